@@ -1,0 +1,82 @@
+"""Effective per-class settings: command line > environment > configuration files > defaults."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import SysextError
+from .model import ClassSettings, ImageClass, MutableMode, Options
+
+
+def parse_hierarchies(value: str, variable: str) -> tuple[str, ...]:
+    """A colon-separated list of absolute, normalised paths other than "/" (upstream's rules)."""
+    if value == "":
+        raise SysextError(f"${variable} is set but empty", hint="unset it to use the default hierarchies")
+    result: list[str] = []
+    for item in value.split(":"):
+        if not item:
+            raise SysextError(f"${variable}={value!r} contains an empty element")
+        if not item.startswith("/") or posixpath.normpath(item) != item or item == "/":
+            raise SysextError(
+                f"${variable}={value!r}: {item!r} is not an absolute, normalised path other than '/'"
+            )
+        if item not in result:
+            result.append(item)
+    return tuple(result)
+
+
+def _mutable_from_text(value: str) -> MutableMode:
+    from .cli import parse_mutable
+
+    return parse_mutable(value)
+
+
+def resolve_settings(opts: Options, image_class: ImageClass, env: Mapping[str, str]) -> ClassSettings:
+    """Combine the command line, the environment and the root's configuration for one class."""
+    from .config import load_config
+
+    warnings: list[str] = []
+    prefix = image_class.env_prefix
+    hier_var = f"{prefix}_HIERARCHIES"
+    hierarchies = (
+        parse_hierarchies(env[hier_var], hier_var) if hier_var in env else image_class.default_hierarchies
+    )
+
+    config = load_config(opts.root, image_class)
+    warnings.extend(config.warnings)
+
+    mutable, source = MutableMode.NO, "default"
+    if config.mutable is not None:
+        mutable, source = config.mutable, ", ".join(config.files) or "configuration"
+    env_mutable = env.get(f"{prefix}_MUTABLE_MODE")
+    if env_mutable:
+        try:
+            mutable, source = _mutable_from_text(env_mutable), f"${prefix}_MUTABLE_MODE"
+        except SysextError:
+            warnings.append(f"ignoring ${prefix}_MUTABLE_MODE={env_mutable!r}: not a mutable mode")
+    if opts.mutable is not None:
+        mutable, source = opts.mutable, "command line"
+
+    policy = opts.image_policy if opts.image_policy is not None else config.image_policy
+    return ClassSettings(
+        image_class=image_class,
+        hierarchies=hierarchies,
+        mutable=mutable,
+        mutable_source=source,
+        image_policy=policy,
+        overlay_options=env.get(f"{prefix}_OVERLAYFS_MOUNT_OPTIONS"),
+        noexec=opts.noexec,
+        warnings=tuple(warnings),
+    )
+
+
+def environment() -> Mapping[str, str]:
+    return os.environ
+
+
+def root_path(root: Path, inner: str) -> Path:
+    """Join an absolute path inside the root onto the root, lexically."""
+    return Path(os.path.join(root, inner.lstrip("/"))) if str(root) != "/" else Path(inner)

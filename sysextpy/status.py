@@ -1,0 +1,78 @@
+"""What is merged where: read the metadata directories of live merges inside the root.
+
+The test is upstream's: the hierarchy is a mount point and `H/.systemd-<class>/dev` names the
+hierarchy's own st_dev. A copied or untarred tree with a metadata directory is never mistaken for
+a live merge.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .chase import resolve_in_root
+from .errors import ResolveError
+from .model import ImageClass
+
+
+@dataclass(frozen=True)
+class LiveMerge:
+    image_class: ImageClass
+    hierarchy: str  # as configured, e.g. "/usr"
+    path: Path  # resolved, root-prefixed
+    extensions: tuple[str, ...]
+    since_usec: int
+    metadata_dir: Path
+
+
+def _read_small(path: Path, limit: int = 1 << 20) -> Optional[str]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+    except OSError:
+        return None
+    return data.decode("utf-8", "replace")
+
+
+def parse_dev(text: str) -> Optional[int]:
+    """`MAJOR:MINOR\\n` -> a dev_t, None when malformed."""
+    major, sep, minor = text.strip().partition(":")
+    if not sep or not major.isdigit() or not minor.isdigit():
+        return None
+    return os.makedev(int(major), int(minor))
+
+
+def is_mount_point(path: Path) -> bool:
+    from .mountapi import is_mount_point as _is_mount_point
+
+    return _is_mount_point(os.fspath(path))
+
+
+def live_merge(
+    root: Path, image_class: ImageClass, hierarchy: str
+) -> tuple[Optional[Path], Optional[LiveMerge]]:
+    """Resolve `hierarchy` inside the root; return (resolved path or None if missing, live merge or None)."""
+    try:
+        path = resolve_in_root(root, hierarchy)
+    except ResolveError:
+        return None, None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None, None
+    meta = path / image_class.metadata_dir
+    dev_text = _read_small(meta / "dev")
+    if dev_text is None or parse_dev(dev_text) != st.st_dev or not is_mount_point(path):
+        return path, None
+    names_text = _read_small(meta / image_class.list_file) or ""
+    names = tuple(n for n in names_text.splitlines() if n)
+    return path, LiveMerge(
+        image_class=image_class,
+        hierarchy=hierarchy,
+        path=path,
+        extensions=names,
+        since_usec=st.st_mtime_ns // 1000,
+        metadata_dir=meta,
+    )

@@ -1,0 +1,199 @@
+"""Verb implementations: each turns Options into output and an exit status."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import SysextError
+from .log import log
+from .model import ClassSettings, JsonMode, Options, Verb, Verdict
+from .output import emit_json, emit_table, format_usec
+
+EXIT_PARTIAL = 3
+
+
+def class_settings(opts: Options, env: Mapping[str, str]) -> tuple[ClassSettings, ...]:
+    from .settings import resolve_settings
+
+    result = tuple(resolve_settings(opts, c, env) for c in opts.classes)
+    for cs in result:
+        for w in cs.warnings:
+            log.warning("%s", w)
+    return result
+
+
+def require_privileges() -> None:
+    if os.geteuid() != 0:
+        raise SysextError("Need to be privileged.", hint="run as root")
+
+
+def verb_status(opts: Options, settings: tuple[ClassSettings, ...]) -> int:
+    from .status import live_merge
+
+    rows: list[dict[str, Any]] = []
+    for cs in settings:
+        for hierarchy in cs.hierarchies:
+            path, merge = live_merge(opts.root, cs.image_class, hierarchy)
+            if path is None:
+                continue
+            rows.append(
+                {
+                    "hierarchy": hierarchy,
+                    "extensions": list(merge.extensions) if merge else [],
+                    "since": merge.since_usec if merge else None,
+                    "class": cs.image_class.value,
+                }
+            )
+    rows.sort(key=lambda r: (r["hierarchy"], r["class"]))
+    if opts.json is not JsonMode.OFF:
+        emit_json(rows, opts.json)
+        return 0
+    table = [
+        [
+            r["hierarchy"],
+            ", ".join(r["extensions"]) if r["extensions"] else "none",
+            format_usec(r["since"]) if r["since"] else "",
+            r["class"],
+        ]
+        for r in rows
+    ]
+    emit_table(["hierarchy", "extensions", "since", "class"], table, legend=opts.legend)
+    return 0
+
+
+def verb_list(opts: Options, settings: tuple[ClassSettings, ...]) -> int:
+    from .discover import discover
+    from .osrelease import is_initrd_root
+
+    initrd = is_initrd_root(opts.root)
+    rows: list[dict[str, Any]] = []
+    for cs in settings:
+        found = discover(opts.root, cs.image_class, initrd=initrd)
+        for c in found.candidates:
+            rows.append(
+                {
+                    "name": c.name,
+                    "type": c.type.value,
+                    "path": os.fspath(c.path),
+                    "time": c.mtime_usec or c.crtime_usec,
+                    "class": cs.image_class.value,
+                }
+            )
+    rows.sort(key=lambda r: (r["name"], r["class"]))
+    if opts.json is not JsonMode.OFF:
+        emit_json(rows, opts.json)
+        return 0
+    if not rows:
+        log.info("No OS extensions found.")
+        return 0
+    table = [[r["name"], r["type"], r["path"], format_usec(r["time"]), r["class"]] for r in rows]
+    emit_table(["name", "type", "path", "time", "class"], table, legend=opts.legend)
+    if opts.legend:
+        print(f"\n{len(rows)} images listed.")
+    return 0
+
+
+def plan_rows(plan: Any) -> list[dict[str, Any]]:
+    """Every image and skipped entry of a plan, as JSON-ready rows."""
+    rows: list[dict[str, Any]] = []
+    for cp in plan.classes:
+        for v in cp.verdicts:
+            c = v.candidate
+            row: dict[str, Any] = {
+                "name": c.name,
+                "class": c.image_class.value,
+                "type": c.type.value,
+                "path": os.fspath(c.path),
+                "entry": os.fspath(c.entry),
+                "verdict": v.verdict.value,
+                "reason": v.reason,
+            }
+            if c.version is not None:
+                row["version"] = c.version
+            if v.release_file:
+                row["releaseFile"] = v.release_file
+            rows.append(row)
+        for s in cp.skipped:
+            rows.append(
+                {
+                    "name": s.name,
+                    "class": s.image_class.value,
+                    "type": None,
+                    "path": None,
+                    "entry": os.fspath(s.entry),
+                    "verdict": s.verdict.value,
+                    "reason": s.reason,
+                }
+            )
+    return rows
+
+
+def verb_plan(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[str, str]) -> int:
+    from .plan import judge_all, survey
+
+    found = survey(opts, settings, env)
+    if os.geteuid() == 0:
+        # Raw images are inspected in a private mount namespace: nothing shows on the host.
+        from .images import Workspace
+
+        with Workspace() as ws:
+            plan = judge_all(opts, found, ws)
+    else:
+        plan = judge_all(opts, found)
+    rows = plan_rows(plan)
+    result: dict[str, Any] = {
+        "root": os.fspath(plan.root),
+        "scope": plan.host.scope,
+        "images": rows,
+        "classes": [
+            {
+                "class": cp.image_class.value,
+                "hierarchies": list(cp.settings.hierarchies),
+                "mutable": cp.settings.mutable.value,
+                "merge": [v.name for v in cp.to_merge],
+            }
+            for cp in plan.classes
+        ],
+    }
+    if plan.host.release_error:
+        result["hostError"] = plan.host.release_error
+    if opts.json is not JsonMode.OFF:
+        emit_json(result, opts.json)
+    else:
+        table = [
+            [
+                r["class"],
+                r["name"] or "-",
+                r["verdict"],
+                r["path"] or r["entry"],
+                r["reason"],
+            ]
+            for r in rows
+        ]
+        emit_table(["class", "name", "verdict", "path", "reason"], table, legend=opts.legend)
+        if opts.legend:
+            for cp in plan.classes:
+                names = ", ".join(v.name for v in cp.to_merge) or "nothing"
+                print(
+                    f"\n{cp.image_class.value}: would merge {names} into {', '.join(cp.settings.hierarchies)}"
+                )
+    if plan.host.release_error:
+        log.error("%s", plan.host.release_error)
+    return EXIT_PARTIAL if any(r["verdict"] == Verdict.REJECTED.value for r in rows) else 0
+
+
+def run_verb(opts: Options) -> int:
+    env = os.environ
+    settings = class_settings(opts, env)
+    if opts.verb is Verb.STATUS:
+        return verb_status(opts, settings)
+    if opts.verb is Verb.LIST:
+        return verb_list(opts, settings)
+    if opts.verb is Verb.PLAN:
+        return verb_plan(opts, settings, env)
+    require_privileges()
+    from .merge import run_mutating_verb
+
+    return run_mutating_verb(opts, settings, env)
