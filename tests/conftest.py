@@ -1,0 +1,152 @@
+"""Shared fixtures. Mounting tests run inside one private mount namespace for the whole session.
+
+As root, pytest_configure moves the pytest process itself into a new mount namespace (pytest is
+still single-threaded then), makes every mount private and puts a fresh tmpfs on /run. Nothing
+a test mounts can reach the host, and everything vanishes when pytest exits. Set
+SYSEXTPY_TEST_NO_UNSHARE=1 to skip this (mounting tests are then skipped).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+
+from sysextpy import mountapi
+from sysextpy.loopdev import count_attached_loops
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Why the session is (not) in a private mount namespace; None once it is.
+_no_mountns_reason: Optional[str] = "pytest_configure did not run"
+
+
+def _enter_private_mount_namespace() -> Optional[str]:
+    if os.geteuid() != 0:
+        return "needs root for a private mount namespace"
+    if os.environ.get("SYSEXTPY_TEST_NO_UNSHARE"):
+        return "SYSEXTPY_TEST_NO_UNSHARE is set"
+    try:
+        mountapi.unshare(mountapi.CLONE_NEWNS)
+    except OSError as exc:
+        return f"unshare(CLONE_NEWNS) failed: {exc.strerror}"
+    try:
+        mountapi.mount(None, "/", None, mountapi.MS_REC | mountapi.MS_PRIVATE)
+        mountapi.mount("tmpfs", "/run", "tmpfs", mountapi.MS_NOSUID | mountapi.MS_NODEV, "mode=0755")
+    except OSError as exc:
+        # We are in a new namespace but cannot isolate it: do not mount anything at all.
+        return f"isolating the private mount namespace failed: {exc.strerror}"
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _no_mountns_reason
+    _no_mountns_reason = _enter_private_mount_namespace()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "mountns" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.mounts)
+
+
+@pytest.fixture
+def mountns() -> Iterator[None]:
+    """The test mounts: skip unless the session runs in a private mount namespace."""
+    if _no_mountns_reason is not None:
+        pytest.skip(f"mounting test: {_no_mountns_reason}")
+    yield
+
+
+def _leftover_mounts(below: Path) -> list[mountapi.MountInfo]:
+    return mountapi.submounts_below(os.path.realpath(below), mountapi.read_mountinfo())
+
+
+def _wait_for_loops(at_most: int, timeout: float = 2.0) -> int:
+    """Autoclear may finish a moment after the last close; give it that moment."""
+    deadline = time.monotonic() + timeout
+    count = count_attached_loops()
+    while count > at_most and time.monotonic() < deadline:
+        time.sleep(0.02)
+        count = count_attached_loops()
+    return count
+
+
+def check_no_leftovers(below: Path, loops_before: int) -> None:
+    """Fail if mounts remain below `below` (unmounting them lazily) or loop devices leaked."""
+    leftovers = _leftover_mounts(below)
+    for info in reversed(leftovers):
+        try:
+            mountapi.umount2(info.mount_point, mountapi.MNT_DETACH)
+        except OSError:
+            pass  # best effort: an outer leftover may already have taken this one along
+    loops_after = _wait_for_loops(loops_before)
+    problems = []
+    if leftovers:
+        problems.append("mounts left behind: " + ", ".join(i.mount_point for i in leftovers))
+    if loops_after > loops_before:
+        problems.append(f"loop devices leaked: {loops_before} attached before, {loops_after} after")
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def mount_tmp_path(mountns: None, tmp_path: Path) -> Iterator[Path]:
+    """tmp_path for a mounting test, checked afterwards for leftover mounts and loop devices."""
+    loops_before = count_attached_loops()
+    yield tmp_path
+    check_no_leftovers(tmp_path, loops_before)
+
+
+@pytest.fixture
+def fake_root(tmp_path: Path) -> Iterator[Path]:
+    """A minimal Debian 12 root at tmp_path/"root" (tmp_path stays free for images and scratch).
+
+    Teardown fails the test if anything is still mounted below tmp_path or loop devices leaked.
+    """
+    root = tmp_path / "root"
+    for sub in ("etc", "usr/bin", "usr/lib", "usr/share", "opt", "var/lib"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    os_release = 'ID=debian\nVERSION_ID=12\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n'
+    (root / "usr/lib/os-release").write_text(os_release)
+    (root / "etc/os-release").write_text(os_release)
+    loops_before = count_attached_loops()
+    yield root
+    check_no_leftovers(tmp_path, loops_before)
+
+
+RunSysextpy = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture
+def sysextpy_cmd() -> RunSysextpy:
+    """Run `python -m sysextpy ARGS...` from the repository; returns the CompletedProcess."""
+
+    def run(
+        *args: str,
+        env: Optional[Mapping[str, str]] = None,
+        input: Optional[str] = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = {k: v for k, v in os.environ.items() if k != "SYSTEMD_LOG_LEVEL"}
+        if env:
+            full_env.update(env)
+        return subprocess.run(
+            [sys.executable, "-m", "sysextpy", *args],
+            cwd=REPO_ROOT,
+            env=full_env,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    return run
