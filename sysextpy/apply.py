@@ -1,0 +1,448 @@
+"""Execute a plan: the only module that mounts on the host.
+
+Everything is assembled in a private Workspace first: images are mounted, each hierarchy's new
+overlay is built detached, metadata is written, submounts are cloned into it, and the result is
+captured as a detached mount tree. Only then, back in the host's namespace, is each tree moved
+onto its hierarchy: beneath the old overlay (MOVE_MOUNT_BENEATH) when one is live, so that the
+hierarchy is never missing, and the old one is detached afterwards. A failure before that point
+leaves the host untouched.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from . import mountapi as m
+from .chase import resolve_in_root, root_relative
+from .errors import MountError, ResolveError, SysextError
+from .identity import format_origin
+from .images import Workspace, image_tree
+from .log import log
+from .model import ClassSettings, ExtensionVerdict, ImageClass, MutableMode
+from .status import live_merge
+
+MUTABLE_BASE = "/var/lib/extensions.mutable"
+DEFAULT_MUTABLE_OPTIONS = "redirect_dir=on,noatime,metacopy=off,index=off"
+
+
+def component_name(hierarchy: str) -> str:
+    """`/usr` -> `usr`, `/foo/bar` -> `foo.bar`: the hierarchy's name under extensions.mutable."""
+    return hierarchy.strip("/").replace("/", ".")
+
+
+def c_escape(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+@dataclass
+class Assembled:
+    """One hierarchy ready to be swapped in (tree_fd set) or to be unmerged (tree_fd None)."""
+
+    image_class: ImageClass
+    hierarchy: str
+    target: Path
+    tree_fd: Optional[int]
+    contributing: tuple[str, ...] = ()
+    was_merged: bool = False
+    mount_id: Optional[int] = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MutableLayout:
+    upper: Optional[Path]
+    work: Optional[Path]
+    import_dirs: tuple[Path, ...]
+    recorded: Optional[str]  # what origin's mutableDirs records for this hierarchy
+    host_is_upper: bool
+
+
+def _mode_bits(path: Optional[Path]) -> int:
+    if path is None:
+        return 0o755
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o755
+
+
+def _ensure_mutable_dir(root: Path, path: Path, mode: int) -> None:
+    """Create a missing mutable directory; parents 0755, the directory itself the hierarchy's mode."""
+    rel = root_relative(root, path)
+    current = root
+    for part in [p for p in rel.split("/") if p]:
+        current = current / part
+        if not current.exists():
+            os.mkdir(current, 0o755)
+    os.chmod(path, mode)
+
+
+def mutable_layout(
+    root: Path, settings: ClassSettings, hierarchy: str, host_dir: Optional[Path], ws: Workspace
+) -> MutableLayout:
+    mode = settings.mutable
+    comp = component_name(hierarchy)
+    want_mode = _mode_bits(host_dir)
+    if mode is MutableMode.NO:
+        return MutableLayout(None, None, (), None, False)
+
+    persistent: Optional[Path] = None
+    if mode in (MutableMode.YES, MutableMode.AUTO, MutableMode.IMPORT, MutableMode.EPHEMERAL_IMPORT):
+        try:
+            persistent = resolve_in_root(root, f"{MUTABLE_BASE}/{comp}")
+        except ResolveError as e:
+            if e.errno != errno.ENOENT:
+                raise SysextError(f"Cannot use mutable directory for {hierarchy!r}: {e}") from e
+            if mode is MutableMode.YES:
+                persistent = resolve_in_root(root, f"{MUTABLE_BASE}/{comp}", missing_ok=True)
+                _ensure_mutable_dir(root, persistent, want_mode)
+        if persistent is not None and not persistent.is_dir():
+            raise SysextError(f"Mutable directory {os.fspath(persistent)!r} is not a directory.")
+    same_as_host = False
+    if persistent is not None and host_dir is not None:
+        a, b = os.stat(persistent), os.stat(host_dir)
+        same_as_host = persistent == host_dir or (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+    if mode.imports:
+        if same_as_host:
+            raise SysextError(
+                f"Mutable directory {str(persistent)!r} points to the hierarchy {hierarchy!r} itself.",
+                hint=f"'{mode.value}' mode imports it as a read-only layer; use 'yes' or 'auto' instead",
+            )
+        imports = (persistent,) if persistent is not None else ()
+        if mode is MutableMode.IMPORT:
+            return MutableLayout(None, None, imports, None, False)
+        upper = ws.scratch_dir("ephemeral", mode=want_mode, name=comp)
+        work = ws.scratch_dir("ephemeral-work", mode=0o700, name=comp)
+        return MutableLayout(upper, work, imports, os.fspath(upper), False)
+
+    if mode.is_ephemeral:
+        upper = ws.scratch_dir("ephemeral", mode=want_mode, name=comp)
+        work = ws.scratch_dir("ephemeral-work", mode=0o700, name=comp)
+        return MutableLayout(upper, work, (), os.fspath(upper), False)
+
+    # yes / auto
+    if persistent is None:
+        return MutableLayout(None, None, (), None, False)
+    have = stat.S_IMODE(os.stat(persistent).st_mode)
+    if have != want_mode:
+        raise SysextError(
+            f"Mutable directory {os.fspath(persistent)!r} has mode {have:04o}, ought to have mode {want_mode:04o}.",
+            hint=f"chmod {want_mode:04o} it",
+        )
+    if os.statvfs(persistent).f_flag & os.ST_RDONLY:
+        raise SysextError(f"Can't use {os.fspath(persistent)!r} as an upperdir as it is read-only.")
+    work = persistent.parent / f".systemd-{comp}-workdir"
+    if not work.exists():
+        os.mkdir(work, 0o700)
+    if os.stat(work).st_dev != os.stat(persistent).st_dev:
+        raise SysextError(
+            f"Work directory {os.fspath(work)!r} is not on the same file system as {os.fspath(persistent)!r}.",
+            hint="overlayfs needs upperdir and workdir on one file system (EXDEV)",
+        )
+    return MutableLayout(persistent, work, (), root_relative(root, persistent), same_as_host)
+
+
+def _nonempty_dir(path: Path) -> bool:
+    try:
+        with os.scandir(path) as it:
+            return any(True for _ in it)
+    except OSError:
+        return False
+
+
+def _hierarchy_in_image(tree: Path, hierarchy: str) -> Optional[Path]:
+    """The image's copy of the hierarchy (the image is its own root), if it is a non-empty directory."""
+    try:
+        inner = resolve_in_root(tree, hierarchy)
+    except ResolveError:
+        return None
+    if not inner.is_dir() or not _nonempty_dir(inner):
+        return None
+    return inner
+
+
+def _overlay_options(settings: ClassSettings, mutable: bool) -> list[tuple[str, Optional[str]]]:
+    text = settings.overlay_options
+    if text is None:
+        text = DEFAULT_MUTABLE_OPTIONS if mutable else ""
+    return m.parse_mount_options(text) if text else []
+
+
+def _mount_attrs(settings: ClassSettings, read_only: bool) -> int:
+    attrs = m.MOUNT_ATTR_NODEV
+    noexec = settings.image_class is ImageClass.CONFEXT
+    if settings.image_class is ImageClass.CONFEXT:
+        attrs |= m.MOUNT_ATTR_NOSUID
+    if settings.noexec is not None:
+        noexec = settings.noexec
+    if noexec:
+        attrs |= m.MOUNT_ATTR_NOEXEC
+    if read_only:
+        attrs |= m.MOUNT_ATTR_RDONLY
+    return attrs
+
+
+def _write(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _carry_submounts(target: Path) -> list[tuple[str, int]]:
+    """Clone every top-level mount below `target` (recursively), so it can be re-attached inside
+    the new overlay. Returns (path relative to target, detached tree fd)."""
+    infos = m.read_mountinfo()
+    base = os.fspath(target)
+    below = m.submounts_below(base, infos)
+    tops: list[str] = []
+    for info in below:
+        rel = os.path.relpath(info.mount_point, base)
+        if rel.split("/", 1)[0].startswith(".systemd-"):
+            continue  # our own read-only metadata bind mount
+        if any(rel == t or rel.startswith(t + "/") for t in tops):
+            continue
+        tops = [t for t in tops if not t.startswith(rel + "/")]
+        tops.append(rel)
+    carried = []
+    for rel in tops:
+        try:
+            fd = m.open_tree(
+                m.AT_FDCWD, os.path.join(base, rel), m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC | m.AT_RECURSIVE
+            )
+        except OSError as e:
+            log.warning("Cannot carry submount %s over: %s", os.path.join(base, rel), e.strerror)
+            continue
+        carried.append((rel, fd))
+    return carried
+
+
+@dataclass
+class Prepared:
+    """A hierarchy with its old overlay detached (in the workspace only) and its layers known."""
+
+    settings: ClassSettings
+    hierarchy: str
+    target: Path
+    host_dir: Optional[Path]
+    was_merged: bool
+    layers: list[tuple[str, Path]]
+    layout: MutableLayout
+    carried: list[tuple[str, int]]
+
+
+def prepare_hierarchy(
+    root: Path, ws: Workspace, settings: ClassSettings, hierarchy: str, merged: Sequence[ExtensionVerdict]
+) -> Prepared:
+    """Call with the workspace entered. Detaches old overlays in the private namespace only, so
+    that the new layers reach the hierarchy underneath, not the current merged view."""
+    cls = settings.image_class
+    target = resolve_in_root(root, hierarchy, missing_ok=True)
+    exists = target.is_dir()
+    _, live = live_merge(root, cls, hierarchy)
+    was_merged = live is not None
+    carried: list[tuple[str, int]] = _carry_submounts(target) if exists else []
+    try:
+        while live is not None:
+            m.umount2(target, m.MNT_DETACH)
+            _, live = live_merge(root, cls, hierarchy)
+        host_dir: Optional[Path] = target if exists else None
+        layers: list[tuple[str, Path]] = []
+        for v in merged:
+            inner = _hierarchy_in_image(image_tree(v.candidate, ws), hierarchy)
+            if inner is not None:
+                layers.append((v.name, inner))
+        layout = mutable_layout(root, settings, hierarchy, host_dir, ws)
+    except BaseException:
+        for _, fd in carried:
+            os.close(fd)
+        raise
+    return Prepared(settings, hierarchy, target, host_dir, was_merged, layers, layout, carried)
+
+
+def build_hierarchy(
+    root: Path, ws: Workspace, prep: Prepared, merged: Sequence[ExtensionVerdict], origin: Mapping[str, Any]
+) -> Assembled:
+    """Build the hierarchy's overlay as a detached tree. Call with the workspace entered."""
+    settings, layout = prep.settings, prep.layout
+    cls, hierarchy, host_dir = settings.image_class, prep.hierarchy, prep.host_dir
+    result = Assembled(cls, hierarchy, prep.target, None, tuple(n for n, _ in prep.layers), prep.was_merged)
+    try:
+        if not prep.layers and settings.mutable is MutableMode.NO:
+            return result  # nothing to mount here; an old merge (if any) goes away
+
+        mode_bits = _mode_bits(host_dir)
+        meta_top = ws.scratch_dir("meta", mode=mode_bits)
+        meta = meta_top / cls.metadata_dir
+        meta.mkdir(mode=0o755)
+        _write(meta / cls.list_file, "".join(f"{v.name}\n" for v in merged))
+        _write(meta / "origin", format_origin(origin))
+
+        lowers: list[Path] = [meta_top]
+        lowers.extend(layout.import_dirs)
+        lowers.extend(path for _, path in reversed(prep.layers))
+        if host_dir is not None and _nonempty_dir(host_dir) and not layout.host_is_upper:
+            lowers.append(host_dir)
+            host_dev = os.stat(host_dir).st_dev
+            if os.major(host_dev) != 0:
+                _write(meta / "backing", f"{os.major(host_dev)}:{os.minor(host_dev)}\n")
+        if layout.work is not None and not settings.mutable.is_ephemeral:
+            _write(meta / "work_dir", c_escape(root_relative(root, layout.work).lstrip("/")) + "\n")
+        os.chmod(layout.upper if layout.upper is not None else meta_top, mode_bits)
+        if layout.upper is None and len(lowers) < 2:
+            # overlayfs wants two lower layers without an upper one; an empty layer changes nothing
+            lowers.append(ws.scratch_dir("empty"))
+
+        read_only = layout.upper is None
+        fd = m.make_overlay_fd(
+            [os.fspath(p) for p in lowers],
+            upperdir=os.fspath(layout.upper) if layout.upper else None,
+            workdir=os.fspath(layout.work) if layout.work else None,
+            source=cls.value,
+            options=_overlay_options(settings, mutable=not read_only),
+            attr_flags=_mount_attrs(settings, read_only=read_only),
+        )
+        try:
+            dev = os.fstat(fd).st_dev
+            _write(meta / "dev", f"{os.major(dev)}:{os.minor(dev)}\n")
+            now = time.time()
+            os.utime(meta_top, (now, now))
+            staging = ws.scratch_dir("staging")
+            m.move_mount(fd, "", m.AT_FDCWD, staging, m.MOVE_MOUNT_F_EMPTY_PATH)
+        finally:
+            os.close(fd)
+        for rel, sub_fd in prep.carried:
+            dest = staging / rel
+            if not os.path.lexists(dest):
+                result.notes.append(f"submount {rel!r} dropped: the new overlay has no {rel!r}")
+                log.warning(
+                    "Submount %s not carried over: the new overlay has no such path.", prep.target / rel
+                )
+                continue
+            m.move_mount(sub_fd, "", m.AT_FDCWD, dest, m.MOVE_MOUNT_F_EMPTY_PATH)
+        if not read_only:
+            # Keep the metadata read-only even though the overlay is writable.
+            meta_view = staging / cls.metadata_dir
+            m.mount(meta_view, meta_view, None, m.MS_BIND)
+            m.mount(None, meta_view, None, m.MS_BIND | m.MS_REMOUNT | m.MS_RDONLY | m.MS_NODEV | m.MS_NOSUID)
+        result.tree_fd = m.open_tree(
+            m.AT_FDCWD, staging, m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC | m.AT_RECURSIVE
+        )
+        result.mount_id = m.statx(result.tree_fd, "", m.AT_EMPTY_PATH, m.STATX_MNT_ID_UNIQUE).mnt_id
+        return result
+    except OSError as e:
+        raise MountError(f"Failed to assemble {hierarchy!r} for {cls.value}: {e}") from e
+    finally:
+        for _, sub_fd in prep.carried:
+            os.close(sub_fd)
+        prep.carried.clear()
+
+
+def _is_ours_on_top(root: Path, cls: ImageClass, hierarchy: str, new_id: Optional[int]) -> bool:
+    path, live = live_merge(root, cls, hierarchy)
+    if live is None or path is None:
+        return False
+    if new_id is None:
+        return True
+    return m.unique_mount_id(path) != new_id
+
+
+def detach_merge(root: Path, cls: ImageClass, hierarchy: str, keep_id: Optional[int] = None) -> int:
+    """Detach our overlay(s) on the hierarchy, stopping at `keep_id`. Returns how many."""
+    count = 0
+    while _is_ours_on_top(root, cls, hierarchy, keep_id):
+        path = resolve_in_root(root, hierarchy)
+        try:
+            m.umount2(path, m.MNT_DETACH)
+        except OSError as e:
+            raise MountError(f"Failed to unmount {os.fspath(path)!r}: {e.strerror}") from e
+        count += 1
+        if count > 64:
+            raise MountError(f"{os.fspath(path)!r}: more than 64 stacked merges, giving up")
+    return count
+
+
+def swap_in(root: Path, item: Assembled) -> str:
+    """Put an assembled tree onto its hierarchy (host namespace). Returns what happened."""
+    cls, hierarchy = item.image_class, item.hierarchy
+    if item.tree_fd is None:
+        if detach_merge(root, cls, hierarchy):
+            log.info("Unmerged '%s'.", os.fspath(item.target))
+            return "unmerged"
+        return "untouched"
+    target = item.target
+    if not target.exists():
+        _ensure_mutable_dir(root, target, 0o755)
+    _, live = live_merge(root, cls, hierarchy)
+    try:
+        if live is not None and m.have_move_mount_beneath():
+            m.move_mount(
+                item.tree_fd, "", m.AT_FDCWD, target, m.MOVE_MOUNT_F_EMPTY_PATH | m.MOVE_MOUNT_BENEATH
+            )
+            detach_merge(root, cls, hierarchy, keep_id=item.mount_id)
+            action = "replaced"
+        else:
+            if live is not None:
+                log.warning(
+                    "This kernel cannot mount beneath (MOVE_MOUNT_BENEATH, Linux >= 6.5): "
+                    "'%s' is briefly missing while it is replaced.",
+                    os.fspath(target),
+                )
+                detach_merge(root, cls, hierarchy)
+            m.move_mount(item.tree_fd, "", m.AT_FDCWD, target, m.MOVE_MOUNT_F_EMPTY_PATH)
+            action = "merged"
+    except OSError as e:
+        raise MountError(f"Failed to attach the new overlay on {os.fspath(target)!r}: {e.strerror}") from e
+    finally:
+        os.close(item.tree_fd)
+        item.tree_fd = None
+    log.info("Merged extensions into '%s'.", os.fspath(target))
+    return action
+
+
+def discard(items: Sequence[Assembled]) -> None:
+    for item in items:
+        if item.tree_fd is not None:
+            os.close(item.tree_fd)
+            item.tree_fd = None
+
+
+def unmerge_hierarchy(root: Path, cls: ImageClass, hierarchy: str) -> bool:
+    """Detach every merge of ours on the hierarchy and remove its recorded work directory."""
+    path, live = live_merge(root, cls, hierarchy)
+    if live is None or path is None:
+        return False
+    work_dirs = []
+    while live is not None:
+        try:
+            text = (live.metadata_dir / "work_dir").read_text().strip()
+            if text:
+                work_dirs.append(text)
+        except OSError:
+            pass  # read-only merges have no work directory
+        try:
+            m.umount2(path, m.MNT_DETACH)
+        except OSError as e:
+            raise MountError(f"Failed to unmount {os.fspath(path)!r}: {e.strerror}") from e
+        _, live = live_merge(root, cls, hierarchy)
+    for rel in work_dirs:
+        wd = Path(os.path.join(root, rel))
+        if wd.name.startswith(".systemd-") and wd.name.endswith("-workdir"):
+            shutil.rmtree(wd, ignore_errors=True)  # best effort, like upstream
+    log.info("Unmerged '%s'.", os.fspath(path))
+    return True
