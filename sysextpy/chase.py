@@ -1,0 +1,182 @@
+"""Root-confined path resolution, like systemd's chase() with a root ("resolve in root").
+
+Everything sysext looks at inside `--root` (search directories, their entries, `.v/` entries,
+hierarchies, os-release...) and inside a mounted image is resolved this way: symlinks are followed
+component by component, an absolute target restarts at the root instead of the host's "/", and
+".." never climbs above the root. So a symlink in an image or a foreign root can never make us
+read, mount or overlay something of the host.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import Union
+
+from .errors import ResolveError
+
+StrPath = Union[str, "os.PathLike[str]"]
+
+MAX_STEPS = 128
+"""Components walked plus symlinks expanded before giving up with ELOOP (the spec's limit)."""
+
+
+def canonical_root(root: Path) -> Path:
+    """The root with all its own symlinks resolved. Call it once at start: `resolve_in_root` does not
+    resolve the root itself, and `root_relative` can only strip the root in the spelling it was given."""
+    return Path(os.path.realpath(os.fspath(root)))
+
+
+def _root_str(root: StrPath) -> str:
+    # The root is trusted as given (it may be reached through a symlink); only its spelling is tidied.
+    # An empty string or "/" means the host itself.
+    r = os.fspath(root)
+    if r in ("", "/"):
+        return "/"
+    r = os.path.normpath(os.path.abspath(r))
+    # POSIX keeps a leading "//"; it means nothing special on Linux.
+    return "/" + r.lstrip("/") if r != "/" else "/"
+
+
+def _join(root: str, parts: list[str]) -> str:
+    rel = "/".join(parts)
+    if not rel:
+        return root
+    return root + rel if root == "/" else root + "/" + rel
+
+
+def _clamp(parts: list[str], more: list[str]) -> list[str]:
+    """Lexically append `more` to `parts`: "" and "." dropped, ".." pops but stops at the root."""
+    out = list(parts)
+    for p in more:
+        if p in ("", "."):
+            continue
+        if p == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(p)
+    return out
+
+
+def resolve_in_root(root: Path, path: StrPath, *, missing_ok: bool = False) -> Path:
+    """Resolve `path` inside `root` and return the host path `root` + resolved path.
+
+    `path` is taken relative to the root whether or not it starts with "/". Symlinks are followed
+    with absolute targets re-rooted, ".." is clamped at the root, a trailing "/" or final "."/".."
+    demands a directory. With `missing_ok`, a missing component is not an error: the unresolved rest
+    is appended lexically (".." still clamped) and returned.
+
+    `root` is used as spelled (absolute, normalised, not symlink-resolved); pass `canonical_root()`
+    of it if results are later stripped with `root_relative`. Raises ResolveError with errno ENOENT,
+    ENOTDIR, ELOOP, EACCES... when the path cannot be resolved.
+    """
+    root_s = _root_str(root)
+    spelled = os.fspath(path)
+
+    def fail(err: int, what: str) -> ResolveError:
+        return ResolveError(f"Cannot resolve {spelled!r} inside {root_s!r}: {what}", errno=err)
+
+    try:
+        st = os.stat(root_s)
+    except OSError as e:
+        raise fail(e.errno or errno.EIO, f"the root is not accessible ({e.strerror})") from e
+    if not stat.S_ISDIR(st.st_mode):
+        raise fail(errno.ENOTDIR, "the root is not a directory")
+
+    # Resolved components below the root: each one an existing directory that is not a symlink, so
+    # ".." may pop them lexically. `todo` is a stack; its top (end) is the next component.
+    done: list[str] = []
+    todo = spelled.split("/")
+    todo.reverse()
+    steps = 0
+
+    while todo:
+        name = todo.pop()
+        if name in ("", "."):
+            continue
+        steps += 1
+        if steps > MAX_STEPS:
+            raise fail(errno.ELOOP, f"more than {MAX_STEPS} steps (symlink loop?)")
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+
+        candidate = _join(root_s, [*done, name])
+        try:
+            st = os.lstat(candidate)
+        except FileNotFoundError as e:
+            if missing_ok:
+                todo.append(name)
+                todo.reverse()
+                return Path(_join(root_s, _clamp(done, todo)))
+            raise fail(errno.ENOENT, f"{_join('/', [*done, name])!r} does not exist") from e
+        except OSError as e:
+            raise fail(
+                e.errno or errno.EIO, f"cannot look at {_join('/', [*done, name])!r} ({e.strerror})"
+            ) from e
+
+        if stat.S_ISLNK(st.st_mode):
+            steps += 1
+            if steps > MAX_STEPS:
+                raise fail(errno.ELOOP, f"more than {MAX_STEPS} steps (symlink loop?)")
+            try:
+                target = os.readlink(candidate)
+            except OSError as e:
+                raise fail(
+                    e.errno or errno.EIO, f"cannot read link {_join('/', [*done, name])!r} ({e.strerror})"
+                ) from e
+            if target.startswith("/"):
+                done = []  # absolute targets mean the root, never the host's "/"
+            # Relative targets continue from the link's directory, which is `done` as it stands.
+            pieces = target.split("/")
+            pieces.reverse()
+            todo.extend(pieces)
+            continue
+
+        if not stat.S_ISDIR(st.st_mode) and todo:
+            # Anything still to walk, even just a trailing "/" or ".", needs a directory here.
+            raise fail(errno.ENOTDIR, f"{_join('/', [*done, name])!r} is not a directory")
+        done.append(name)
+
+    return Path(_join(root_s, done))
+
+
+def exists_in_root(root: Path, path: StrPath) -> bool:
+    """Whether `path` resolves inside `root`. Missing (ENOENT) or through a non-directory (ENOTDIR) is
+    False like os.path.exists; loops and permission problems are real errors and raise."""
+    try:
+        resolve_in_root(root, path)
+    except ResolveError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return False
+        raise
+    return True
+
+
+def is_within_root(root: Path, path: Path) -> bool:
+    """Whether `path` is `root` or lies below it, comparing spellings only (no resolution)."""
+    r = _root_str(root)
+    p = os.fspath(path)
+    if r == "/":
+        return p.startswith("/")
+    return p == r or p.startswith(r + "/")
+
+
+def root_relative(root: Path, path: Path) -> str:
+    """`path` as seen from inside `root`: "/x/y" for root + "/x/y", "/" for the root itself.
+
+    A path not below the root is returned unchanged, as upstream keeps the full path in that case.
+    """
+    r = _root_str(root)
+    p = os.fspath(path)
+    if r == "/":
+        return p
+    if p == r:
+        return "/"
+    if p.startswith(r + "/"):
+        return p[len(r) :]
+    return p
