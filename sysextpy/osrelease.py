@@ -1,0 +1,502 @@
+"""os-release and extension-release files: the parser, safe reading, and where to find them.
+
+The parser is pure (text in, values out). Everything that touches the file system takes an explicit
+root and resolves paths inside it with chase.resolve_in_root(), so an absolute symlink in an image or
+in --root never escapes to the host.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from .chase import exists_in_root, resolve_in_root, root_relative
+from .errors import ImageError, ParseError, ResolveError, SysextError
+from .model import HostRelease, ImageClass
+from .util import parse_bool
+
+__all__ = [
+    "ReleaseLookup",
+    "find_extension_release",
+    "image_base_name",
+    "image_has_os_release",
+    "image_name_is_valid",
+    "is_initrd_root",
+    "load_host_release",
+    "parse_os_release",
+    "parse_os_release_verbose",
+    "read_text_bounded",
+    "read_xattr",
+]
+
+STRICT_XATTR = "user.extension-release.strict"
+RELEASE_PREFIX = "extension-release."
+DEFAULT_READ_LIMIT = 64 * 1024
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_BLANK = " \t\r"  # a lone CR (not part of CRLF) counts as blank, like in systemd
+_DOUBLE_QUOTE_ESCAPABLE = '"\\`$'
+
+
+# --------------------------------------------------------------------------------------------------
+# The parser
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    """Parse os-release syntax; never raises. See parse_os_release_verbose() for the rules."""
+    return parse_os_release_verbose(text)[0]
+
+
+def parse_os_release_verbose(text: str) -> tuple[dict[str, str], list[str]]:
+    """Parse os-release(5) syntax and say which lines were ignored and why.
+
+    KEY=value assignments, one per line; blank lines and lines starting with '#' or ';' are
+    comments; whitespace around keys and values is trimmed; values may be quoted like in a shell
+    ('...' literal, "..." with backslash escapes for " \\ ` $), may span lines inside quotes or with
+    a trailing backslash; the last assignment to a key wins. Lines that are not assignments or assign
+    to a name that is not [A-Za-z_][A-Za-z0-9_]* are skipped with a warning. Never raises.
+    """
+    src = text.replace("\r\n", "\n")
+    end = len(src)
+    fields: dict[str, str] = {}
+    warnings: list[str] = []
+    pos = 0
+    line = 1
+    while pos < end:
+        while pos < end and src[pos] in _BLANK:
+            pos += 1
+        if pos >= end:
+            break
+        char = src[pos]
+        if char == "\n":
+            pos += 1
+            line += 1
+            continue
+        if char in "#;":
+            pos, line = _skip_comment(src, pos, line)
+            continue
+
+        start_line = line
+        key_end = pos
+        while key_end < end and src[key_end] not in "=\n":
+            key_end += 1
+        if key_end >= end or src[key_end] == "\n":
+            warnings.append(f"line {start_line}: ignoring {src[pos:key_end]!r}: not a KEY=value assignment")
+            pos = key_end
+            continue
+
+        key = src[pos:key_end].rstrip(_BLANK)
+        value, pos, line, closed = _read_value(src, key_end + 1, line)
+        if not _KEY.match(key):
+            warnings.append(
+                f"line {start_line}: ignoring assignment to {key!r}: not a valid name "
+                "(letters, digits and '_', not starting with a digit)"
+            )
+            continue
+        if not closed:
+            warnings.append(f"line {start_line}: value of {key} has an unterminated quote; using it as is")
+        fields[key] = value
+    return fields, warnings
+
+
+def _skip_comment(src: str, pos: int, line: int) -> tuple[int, int]:
+    # A backslash escapes the next character even here, so "# foo \" continues the comment.
+    end = len(src)
+    while pos < end:
+        char = src[pos]
+        if char == "\\" and pos + 1 < end:
+            if src[pos + 1] == "\n":
+                line += 1
+            pos += 2
+            continue
+        pos += 1
+        if char == "\n":
+            return pos, line + 1
+    return pos, line
+
+
+def _read_value(src: str, pos: int, line: int) -> tuple[str, int, int, bool]:
+    """Read one value starting after '='. Returns (value, next position, line there, quotes closed)."""
+    end = len(src)
+    while pos < end and src[pos] in _BLANK:
+        pos += 1
+    chunks: list[str] = []
+    keep = 0  # chunks[:keep] survive trimming of trailing unquoted blanks
+    closed = True
+    while pos < end:
+        char = src[pos]
+        if char == "\n":
+            return "".join(chunks[:keep]), pos + 1, line + 1, closed
+        if char == "\\":
+            if pos + 1 >= end:  # a lone backslash at the very end escapes nothing
+                pos = end
+                break
+            escaped = src[pos + 1]
+            pos += 2
+            if escaped == "\n":
+                line += 1
+                continue
+            chunks.append(escaped)
+            keep = len(chunks)
+            continue
+        if char == "'":
+            close = src.find("'", pos + 1)
+            if close < 0:
+                closed = False
+                chunk, pos = src[pos + 1 :], end
+            else:
+                chunk, pos = src[pos + 1 : close], close + 1
+            line += chunk.count("\n")
+            chunks.append(chunk)
+            keep = len(chunks)
+            continue
+        if char == '"':
+            chunk, pos, line, ok = _read_double_quoted(src, pos + 1, line)
+            closed = closed and ok
+            chunks.append(chunk)
+            keep = len(chunks)
+            continue
+        chunks.append(char)
+        if char not in _BLANK:
+            keep = len(chunks)
+        pos += 1
+    return "".join(chunks[:keep]), pos, line, closed
+
+
+def _read_double_quoted(src: str, pos: int, line: int) -> tuple[str, int, int, bool]:
+    end = len(src)
+    out: list[str] = []
+    while pos < end:
+        char = src[pos]
+        if char == '"':
+            return "".join(out), pos + 1, line, True
+        if char == "\\" and pos + 1 < end:
+            escaped = src[pos + 1]
+            pos += 2
+            if escaped == "\n":
+                line += 1
+            elif escaped in _DOUBLE_QUOTE_ESCAPABLE:
+                out.append(escaped)
+            else:
+                out.append("\\" + escaped)
+            continue
+        if char == "\n":
+            line += 1
+        out.append(char)
+        pos += 1
+    return "".join(out), end, line, False
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading files safely
+
+_FILE_TYPES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symlink"),
+)
+
+
+def _describe_type(mode: int) -> str:
+    for check, name in _FILE_TYPES:
+        if check(mode):
+            return name
+    return f"of unknown type (mode {stat.S_IFMT(mode):#o})"
+
+
+def _refuse_unless_regular(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise SysextError(
+            f"Refusing to read {str(path)!r}: it is {_describe_type(mode)}, not a regular file",
+            hint="release and configuration files must be regular files",
+        )
+
+
+def read_text_bounded(path: Path, limit: int = DEFAULT_READ_LIMIT) -> str:
+    """Read a small regular file as UTF-8 (invalid bytes replaced); refuse anything else.
+
+    FIFOs, devices, sockets and directories are refused without blocking and without reading, and
+    so are files larger than `limit` bytes.
+    """
+    # stat() first so that devices are never opened at all; fstat() after open closes the race.
+    try:
+        _refuse_unless_regular(path, os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SysextError(f"Failed to open {str(path)!r}: {e.strerror}") from e
+    try:
+        st = os.fstat(fd)
+        _refuse_unless_regular(path, st.st_mode)
+        if st.st_size > limit:
+            raise SysextError(
+                f"Refusing to read {str(path)!r}: it has {st.st_size} bytes, more than the limit of {limit}",
+                hint="release and configuration files are expected to be small text files",
+            )
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            # The file may grow after fstat(); read at most one byte past the limit to notice.
+            chunk = os.read(fd, limit + 1 - total)
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise SysextError(
+                    f"Refusing to read {str(path)!r}: it grew past {limit} bytes while being read"
+                )
+    except OSError as e:
+        raise SysextError(f"Failed to read {str(path)!r}: {e.strerror}") from e
+    finally:
+        os.close(fd)
+    return b"".join(parts).decode("utf-8", errors="replace")
+
+
+# --------------------------------------------------------------------------------------------------
+# Host data
+
+
+def _resolve_existing(root: Path, path: str) -> Optional[Path]:
+    """Resolve path inside root; None when it (or a parent) does not exist. Other failures raise."""
+    try:
+        return resolve_in_root(root, path)
+    except ResolveError as e:
+        if e.is_missing:
+            return None
+        raise
+
+
+def load_host_release(root: Path, env: Mapping[str, str]) -> HostRelease:
+    """The host's os-release inside root, per §4.2.
+
+    $SYSTEMD_OS_RELEASE when set (no fallback), else /etc/os-release, else /usr/lib/os-release.
+    SysextError when there is none, it cannot be read, or it has no ID=.
+    """
+    override = env.get("SYSTEMD_OS_RELEASE")
+    tried = [override] if override is not None else ["/etc/os-release", "/usr/lib/os-release"]
+    resolved: Optional[Path] = None
+    text: Optional[str] = None
+    try:
+        for candidate in tried:
+            resolved = _resolve_existing(root, candidate)
+            if resolved is not None:
+                text = read_text_bounded(resolved)
+                break
+    except SysextError as e:
+        raise SysextError(
+            f"Failed to acquire 'os-release' data of OS tree {str(root)!r}: {e.message}", hint=e.hint
+        ) from e
+    if resolved is None or text is None:
+        names = " or ".join(repr(t) for t in tried)
+        raise SysextError(
+            f"Failed to acquire 'os-release' data of OS tree {str(root)!r}: no {names} in it",
+            hint="install os-release(5) in the OS tree or point $SYSTEMD_OS_RELEASE at it",
+        )
+
+    fields = parse_os_release(text)
+    source = root_relative(root, resolved)
+    os_id = fields.get("ID", "")
+    if not os_id:
+        raise SysextError(
+            f"'ID' field not found or empty in {source!r} of OS tree {str(root)!r}",
+            hint="os-release must set ID=, e.g. ID=fedora",
+        )
+    return HostRelease(
+        id=os_id,
+        id_like=tuple(fields.get("ID_LIKE", "").split()),
+        version_id=fields.get("VERSION_ID", ""),
+        sysext_level=fields.get("SYSEXT_LEVEL", ""),
+        confext_level=fields.get("CONFEXT_LEVEL", ""),
+        source=source,
+    )
+
+
+def is_initrd_root(root: Path) -> bool:
+    """Whether the OS tree at root is an initrd (it has /etc/initrd-release)."""
+    return exists_in_root(root, "/etc/initrd-release")
+
+
+def image_has_os_release(image_root: Path) -> bool:
+    """Whether an extension image carries /usr/lib/os-release, which it must not."""
+    return _resolve_existing(image_root, "/usr/lib/os-release") is not None
+
+
+# --------------------------------------------------------------------------------------------------
+# extension-release files inside images
+
+
+def image_name_is_valid(name: str) -> bool:
+    """systemd's image_name_is_valid(): a plain file name, no control characters, no '.#' temp files."""
+    if name in ("", ".", "..") or "/" in name or len(name.encode("utf-8", "surrogatepass")) > 255:
+        return False
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return False
+    return not name.startswith(".#")
+
+
+def image_base_name(name: str) -> Optional[str]:
+    """The name an image's extension-release file may use: suffix stripped, cut at the first '_' or '+'."""
+    for suffix in (".sysext.raw", ".confext.raw", ".raw"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    for i, char in enumerate(name):
+        if char in "_+":
+            name = name[:i]
+            break
+    return name if image_name_is_valid(name) else None
+
+
+def read_xattr(path: Path, name: str) -> Optional[bytes]:
+    """An extended attribute of path (not following symlinks); None when absent or unsupported."""
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return None
+        raise
+
+
+@dataclass(frozen=True)
+class ReleaseLookup:
+    """Where an image's extension-release data came from, what it says, and why."""
+
+    path: Optional[Path]  # resolved, image-root-prefixed; None when no usable file was found
+    fields: tuple[tuple[str, str], ...]
+    reason: str
+    ambiguous: bool = False  # more than one candidate qualified (upstream: ENOTUNIQ)
+    warnings: tuple[str, ...] = ()  # lines of the file the parser skipped
+
+    @property
+    def found(self) -> bool:
+        return self.path is not None
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.fields)
+
+
+def _strict_xattr_verdict(
+    path: Path, file_name: str, get_xattr: Callable[[Path, str], Optional[bytes]]
+) -> tuple[bool, str]:
+    """Whether a fallback candidate opted out of strict name matching, and a note for the reason."""
+    try:
+        raw = get_xattr(path, STRICT_XATTR)
+    except OSError as e:
+        return False, f"{file_name} (cannot read its {STRICT_XATTR} xattr: {e.strerror})"
+    if raw is None:
+        return False, f"{file_name} (set {STRICT_XATTR}=0 on it to accept it)"
+    text = raw.rstrip(b"\0").decode("utf-8", errors="replace")
+    try:
+        strict = parse_bool(text)
+    except ParseError:
+        return False, f"{file_name} (its {STRICT_XATTR}={text!r} is not a boolean; set it to 0 to accept it)"
+    if strict:
+        return False, f"{file_name} (its {STRICT_XATTR} is true; set it to 0 to accept it)"
+    return True, f"{file_name} ({STRICT_XATTR}={text})"
+
+
+def _lookup_result(path: Path, reason: str) -> ReleaseLookup:
+    fields, warnings = parse_os_release_verbose(read_text_bounded(path))
+    return ReleaseLookup(path=path, fields=tuple(fields.items()), reason=reason, warnings=tuple(warnings))
+
+
+def find_extension_release(
+    image_root: Path,
+    name: str,
+    image_class: ImageClass,
+    *,
+    strict: bool = True,
+    get_xattr: Optional[Callable[[Path, str], Optional[bytes]]] = None,
+) -> ReleaseLookup:
+    """Find and read the extension-release file of image `name`, with image_root as its own root.
+
+    First `<release dir>/extension-release.<name>`; if that does not exist, the one regular
+    `extension-release.*` file in the release directory that is named after the image's base name or
+    carries user.extension-release.strict=0 (in relaxed mode: any single one). Absence and ambiguity
+    are reported in the result; a broken image (unreadable or non-regular release file, symlink loop,
+    unreadable directory) raises ImageError.
+    """
+    try:
+        return _find_extension_release(image_root, name, image_class, strict, get_xattr or read_xattr)
+    except ImageError:
+        raise
+    except SysextError as e:
+        raise ImageError(f"Cannot read the release data of image {name!r}: {e.message}", hint=e.hint) from e
+    except OSError as e:
+        raise ImageError(
+            f"Cannot read the release data of image {name!r}: {e.strerror} ({e.filename!r})"
+        ) from e
+
+
+def _find_extension_release(
+    image_root: Path,
+    name: str,
+    image_class: ImageClass,
+    strict: bool,
+    get_xattr: Callable[[Path, str], Optional[bytes]],
+) -> ReleaseLookup:
+    release_dir = image_class.release_dir
+    wanted = RELEASE_PREFIX + name
+    if not image_name_is_valid(name):
+        return ReleaseLookup(None, (), f"{name!r} is not a valid image name, so it has no {wanted!r}")
+
+    primary = _resolve_existing(image_root, f"/{release_dir}/{wanted}")
+    if primary is not None:
+        return _lookup_result(primary, f"read {release_dir}/{wanted}")
+
+    directory = _resolve_existing(image_root, "/" + release_dir)
+    if directory is None or not directory.is_dir():
+        return ReleaseLookup(None, (), f"{wanted} missing: the image has no {release_dir}/ directory")
+
+    base = image_base_name(name) if strict else None
+    accepted: list[tuple[Path, str]] = []
+    rejected: list[str] = []
+    with os.scandir(directory) as entries:
+        listing = sorted(entries, key=lambda entry: entry.name)
+    for entry in listing:
+        if not entry.name.startswith(RELEASE_PREFIX):
+            continue
+        suffix = entry.name[len(RELEASE_PREFIX) :]
+        if not image_name_is_valid(suffix):
+            continue
+        if not entry.is_file(follow_symlinks=False):
+            rejected.append(f"{entry.name} (not a regular file)")
+            continue
+        path = Path(entry.path)
+        if not strict:
+            accepted.append((path, f"{entry.name} (relaxed check: any single file)"))
+        elif base is not None and suffix == base:
+            accepted.append((path, f"{entry.name} (matches the base name {base!r})"))
+        else:
+            ok, note = _strict_xattr_verdict(path, entry.name, get_xattr)
+            if ok:
+                accepted.append((path, note))
+            else:
+                rejected.append(note)
+
+    if len(accepted) > 1:
+        names = ", ".join(note for _, note in accepted)
+        return ReleaseLookup(
+            None,
+            (),
+            f"{wanted} missing and {len(accepted)} other files in {release_dir}/ qualify: {names}; "
+            "keep only one or name it after the image",
+            ambiguous=True,
+        )
+    if len(accepted) == 1:
+        path, note = accepted[0]
+        return _lookup_result(path, f"{wanted} missing; using {release_dir}/{note}")
+    if rejected:
+        return ReleaseLookup(None, (), f"{wanted} missing; found " + "; ".join(rejected))
+    return ReleaseLookup(
+        None, (), f"{wanted} missing and no other extension-release.* file in {release_dir}/"
+    )

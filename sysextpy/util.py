@@ -1,0 +1,30 @@
+"""Small value parsers shared by the CLI, the config files and the release-file code."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from .errors import ParseError
+
+_TRUE = frozenset({"1", "yes", "y", "true", "t", "on"})
+_FALSE = frozenset({"0", "no", "n", "false", "f", "off"})
+
+
+def parse_bool(value: str) -> bool:
+    """systemd's boolean spellings, case-insensitive: yes/no, true/false, 1/0, on/off, y/n, t/f."""
+    folded = value.lower()
+    if folded in _TRUE:
+        return True
+    if folded in _FALSE:
+        return False
+    raise ParseError(
+        f"Invalid boolean {value!r}",
+        hint="use one of yes/no, true/false, 1/0, on/off, y/n, t/f",
+    )
+
+
+def parse_bool_or_none(value: Optional[str]) -> Optional[bool]:
+    """Like parse_bool(), but an absent or empty value means "not set" and gives None."""
+    if value is None or value == "":
+        return None
+    return parse_bool(value)
