@@ -1,74 +1,103 @@
-"""Logging setup: stderr for people, the journal when we run under systemd and systemd-python exists."""
+"""Logging: stderr for people, `<N>`-prefixed lines or journal fields when running under systemd.
+
+A small logger of our own rather than the stdlib's `logging`: importing that (with traceback,
+threading, string and weakref) costs more than a whole no-op refresh should. The interface is
+the familiar one: `log.debug/info/warning/error(fmt, *args)` with %-style formatting.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-from typing import Optional
+from typing import Any, Callable, Optional
 
-log = logging.getLogger("sysextpy")
+DEBUG, INFO, NOTICE, WARNING, ERROR, CRITICAL = 7, 6, 5, 4, 3, 2
 
-# systemd's log level names, as accepted in $SYSTEMD_LOG_LEVEL, mapped onto stdlib levels.
-_SYSTEMD_LEVELS = {
-    "emerg": logging.CRITICAL,
-    "alert": logging.CRITICAL,
-    "crit": logging.CRITICAL,
-    "err": logging.ERROR,
-    "warning": logging.WARNING,
-    "notice": logging.INFO,
-    "info": logging.INFO,
-    "debug": logging.DEBUG,
+# $SYSTEMD_LOG_LEVEL names and numbers, mapped onto syslog priorities.
+_NAMES = {
+    "emerg": 0,
+    "alert": 1,
+    "crit": 2,
+    "err": 3,
+    "warning": 4,
+    "notice": 5,
+    "info": 6,
+    "debug": 7,
 }
-_NUMERIC = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 
 
 def level_from_env(value: Optional[str]) -> Optional[int]:
-    """Map a $SYSTEMD_LOG_LEVEL value ("debug", "7", ...) to a logging level; None when unusable."""
+    """Map a $SYSTEMD_LOG_LEVEL value ("debug", "7", ...) to a syslog priority; None when unusable."""
     if not value:
         return None
     value = value.strip().lower()
-    if value.isdigit() and int(value) < len(_NUMERIC):
-        value = _NUMERIC[int(value)]
-    return _SYSTEMD_LEVELS.get(value)
+    if value.isdigit():
+        number = int(value)
+        return number if number <= 7 else None
+    return _NAMES.get(value)
 
 
-class _KmsgStyleFormatter(logging.Formatter):
-    """Prefix lines with the sd-daemon level so journald files them at the right priority."""
+class Logger:
+    def __init__(self) -> None:
+        self.level = INFO
+        self._emit: Callable[[int, str], None] = self._to_stderr
 
-    _PRIO = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+    def _to_stderr(self, priority: int, message: str) -> None:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
 
-    def format(self, record: logging.LogRecord) -> str:
-        prio = self._PRIO.get(record.levelno, 6)
-        return f"<{prio}>{super().format(record)}"
+    def _to_stream_with_priority(self, priority: int, message: str) -> None:
+        sys.stderr.write("".join(f"<{priority}>{line}\n" for line in message.splitlines() or [""]))
+        sys.stderr.flush()
+
+    def log(self, priority: int, fmt: str, *args: Any) -> None:
+        if priority > self.level:
+            return
+        message = fmt % args if args else fmt
+        self._emit(priority, message)
+
+    def debug(self, fmt: str, *args: Any) -> None:
+        self.log(DEBUG, fmt, *args)
+
+    def info(self, fmt: str, *args: Any) -> None:
+        self.log(INFO, fmt, *args)
+
+    def warning(self, fmt: str, *args: Any) -> None:
+        self.log(WARNING, fmt, *args)
+
+    def error(self, fmt: str, *args: Any) -> None:
+        self.log(ERROR, fmt, *args)
+
+    def is_debug(self) -> bool:
+        return self.level >= DEBUG
+
+
+log = Logger()
 
 
 def _stderr_is_journal() -> bool:
     stream = os.environ.get("JOURNAL_STREAM", "")
-    if not stream or ":" not in stream:
+    dev, sep, ino = stream.partition(":")
+    if not sep:
         return False
     try:
         st = os.fstat(sys.stderr.fileno())
     except (OSError, ValueError):
         return False
-    dev, _, ino = stream.partition(":")
     return f"{st.st_dev}" == dev and f"{st.st_ino}" == ino
 
 
 def setup_logging(debug: bool = False) -> None:
-    level = logging.DEBUG if debug else (level_from_env(os.environ.get("SYSTEMD_LOG_LEVEL")) or logging.INFO)
-    handler: logging.Handler
-    if _stderr_is_journal():
-        try:
-            from systemd.journal import JournalHandler  # optional dependency
+    log.level = DEBUG if debug else (level_from_env(os.environ.get("SYSTEMD_LOG_LEVEL")) or INFO)
+    log._emit = log._to_stderr
+    if not _stderr_is_journal():
+        return
+    try:
+        from systemd import journal  # optional: structured fields when systemd-python is there
 
-            handler = JournalHandler(SYSLOG_IDENTIFIER="sysextpy")
-        except ImportError:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(_KmsgStyleFormatter("%(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(level)
-    log.propagate = False
+        def to_journal(priority: int, message: str) -> None:
+            journal.send(message, PRIORITY=str(priority), SYSLOG_IDENTIFIER="sysextpy")
+
+        log._emit = to_journal
+    except ImportError:
+        log._emit = log._to_stream_with_priority

@@ -1,0 +1,129 @@
+"""`record`: dataclass semantics without dataclasses' import and class-creation cost.
+
+The boot path runs this program on every boot, and the no-op refresh must cost less than
+upstream's C tool. `dataclasses` builds every method with exec() and pulls in `inspect`: about
+25 ms for this package's thirty classes, more than the rest of a no-op refresh. The type checker
+sees the real `dataclasses.dataclass` (so fields, defaults and frozenness are checked as usual);
+at run time `record` builds the same methods from closures.
+
+Supported: keyword `frozen`, field defaults, `field(default=..., default_factory=...)`, fields
+inherited from a record base class, `__post_init__`, `replace()`, equality, hashing of frozen
+records and a dataclass-style repr.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypeVar
+
+_T = TypeVar("_T")
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass as record
+    from dataclasses import field, replace
+else:
+    _MISSING = object()
+
+    class FrozenInstanceError(AttributeError):
+        """Raised when a frozen record is assigned to, like dataclasses.FrozenInstanceError."""
+
+    class _Field:
+        __slots__ = ("default", "default_factory")
+
+        def __init__(self, default: Any, default_factory: Any) -> None:
+            self.default = default
+            self.default_factory = default_factory
+
+    def field(*, default: Any = _MISSING, default_factory: Any = _MISSING) -> Any:
+        return _Field(default, default_factory)
+
+    def _make(cls: type, frozen: bool) -> type:
+        inherited: dict[str, Any] = {}
+        for base in reversed(cls.__mro__[1:]):
+            inherited.update(getattr(base, "__record_defaults__", {}))
+        own = cls.__dict__.get("__annotations__", {})
+        defaults: dict[str, Any] = dict(inherited)
+        for name in own:
+            value = cls.__dict__.get(name, _MISSING)
+            if isinstance(value, _Field):
+                if value.default is not _MISSING:
+                    setattr(cls, name, value.default)
+                else:
+                    delattr(cls, name)
+            defaults[name] = value
+        names = tuple(defaults)
+        cls.__record_defaults__ = defaults
+        cls.__record_fields__ = names
+
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            if len(args) > len(names):
+                raise TypeError(f"{cls.__name__}() takes {len(names)} arguments, got {len(args)}")
+            values = dict(zip(names, args))
+            for key, value in kwargs.items():
+                if key not in defaults:
+                    raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {key!r}")
+                if key in values:
+                    raise TypeError(f"{cls.__name__}() got multiple values for argument {key!r}")
+                values[key] = value
+            setter = object.__setattr__
+            for name in names:
+                if name in values:
+                    setter(self, name, values[name])
+                    continue
+                default = defaults[name]
+                if default is _MISSING:
+                    raise TypeError(f"{cls.__name__}() missing required argument {name!r}")
+                if isinstance(default, _Field):
+                    if default.default_factory is not _MISSING:
+                        setter(self, name, default.default_factory())
+                    elif default.default is not _MISSING:
+                        setter(self, name, default.default)
+                    else:
+                        raise TypeError(f"{cls.__name__}() missing required argument {name!r}")
+                else:
+                    setter(self, name, default)
+            post = getattr(self, "__post_init__", None)
+            if post is not None:
+                post()
+
+        def __repr__(self: Any) -> str:
+            inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
+            return f"{cls.__qualname__}({inner})"
+
+        def __eq__(self: Any, other: Any) -> Any:
+            if other.__class__ is not self.__class__:
+                return NotImplemented
+            return all(getattr(self, n) == getattr(other, n) for n in names)
+
+        cls.__init__ = __init__
+        cls.__repr__ = __repr__
+        cls.__eq__ = __eq__
+        if frozen:
+
+            def __setattr__(self: Any, name: str, value: Any) -> None:
+                raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+            def __delattr__(self: Any, name: str) -> None:
+                raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+            def __hash__(self: Any) -> int:
+                return hash(tuple(getattr(self, n) for n in names))
+
+            cls.__setattr__ = __setattr__
+            cls.__delattr__ = __delattr__
+            cls.__hash__ = __hash__
+        else:
+            cls.__hash__ = None
+        return cls
+
+    def record(cls: Any = None, *, frozen: bool = False) -> Any:
+        if cls is None:
+            return lambda c: _make(c, frozen)
+        return _make(cls, frozen)
+
+    def replace(obj: _T, **changes: Any) -> _T:
+        values = {n: getattr(obj, n) for n in obj.__record_fields__}
+        values.update(changes)
+        return obj.__class__(**values)
+
+
+__all__ = ["record", "field", "replace"]
