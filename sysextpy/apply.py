@@ -16,7 +16,6 @@ import shutil
 import stat
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,16 +25,11 @@ from .errors import MountError, ResolveError, SysextError
 from .identity import format_origin
 from .images import Workspace, image_tree
 from .log import log
-from .model import ClassSettings, ExtensionVerdict, ImageClass, MutableMode
+from .model import MUTABLE_BASE, ClassSettings, ExtensionVerdict, ImageClass, MutableMode, component_name
+from .records import field, record
 from .status import live_merge
 
-MUTABLE_BASE = "/var/lib/extensions.mutable"
 DEFAULT_MUTABLE_OPTIONS = "redirect_dir=on,noatime,metacopy=off,index=off"
-
-
-def component_name(hierarchy: str) -> str:
-    """`/usr` -> `usr`, `/foo/bar` -> `foo.bar`: the hierarchy's name under extensions.mutable."""
-    return hierarchy.strip("/").replace("/", ".")
 
 
 def c_escape(text: str) -> str:
@@ -50,7 +44,7 @@ def c_escape(text: str) -> str:
     return "".join(out)
 
 
-@dataclass
+@record
 class Assembled:
     """One hierarchy ready to be swapped in (tree_fd set) or to be unmerged (tree_fd None)."""
 
@@ -64,7 +58,7 @@ class Assembled:
     notes: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MutableLayout:
     upper: Optional[Path]
     work: Optional[Path]
@@ -143,7 +137,8 @@ def mutable_layout(
     have = stat.S_IMODE(os.stat(persistent).st_mode)
     if have != want_mode:
         raise SysextError(
-            f"Mutable directory {os.fspath(persistent)!r} has mode {have:04o}, ought to have mode {want_mode:04o}.",
+            f"Mutable directory {os.fspath(persistent)!r} has mode {have:04o}, "
+            f"ought to have mode {want_mode:04o}.",
             hint=f"chmod {want_mode:04o} it",
         )
     if os.statvfs(persistent).f_flag & os.ST_RDONLY:
@@ -153,7 +148,8 @@ def mutable_layout(
         os.mkdir(work, 0o700)
     if os.stat(work).st_dev != os.stat(persistent).st_dev:
         raise SysextError(
-            f"Work directory {os.fspath(work)!r} is not on the same file system as {os.fspath(persistent)!r}.",
+            f"Work directory {os.fspath(work)!r} is not on the same file system "
+            f"as {os.fspath(persistent)!r}.",
             hint="overlayfs needs upperdir and workdir on one file system (EXDEV)",
         )
     return MutableLayout(persistent, work, (), root_relative(root, persistent), same_as_host)
@@ -232,7 +228,7 @@ def _carry_submounts(target: Path) -> list[tuple[str, int]]:
     return carried
 
 
-@dataclass
+@record
 class Prepared:
     """A hierarchy with its old overlay detached (in the workspace only) and its layers known."""
 
@@ -276,7 +272,12 @@ def prepare_hierarchy(
 
 
 def build_hierarchy(
-    root: Path, ws: Workspace, prep: Prepared, merged: Sequence[ExtensionVerdict], origin: Mapping[str, Any]
+    root: Path,
+    ws: Workspace,
+    prep: Prepared,
+    merged: Sequence[ExtensionVerdict],
+    origin: Mapping[str, Any],
+    extra: Optional[Mapping[str, str]] = None,
 ) -> Assembled:
     """Build the hierarchy's overlay as a detached tree. Call with the workspace entered."""
     settings, layout = prep.settings, prep.layout
@@ -292,6 +293,8 @@ def build_hierarchy(
         meta.mkdir(mode=0o755)
         _write(meta / cls.list_file, "".join(f"{v.name}\n" for v in merged))
         _write(meta / "origin", format_origin(origin))
+        for filename, text in (extra or {}).items():
+            _write(meta / filename, text)  # ours beyond upstream's files, e.g. the fingerprint
 
         lowers: list[Path] = [meta_top]
         lowers.extend(layout.import_dirs)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
 from . import __version__
-from .errors import SysextError, UsageError
+from .errors import ParseError, SysextError, UsageError
 from .model import ALL_CLASSES, ImageClass, JsonMode, MutableMode, Options, Verb
+from .records import replace
+from .util import parse_bool
 
 USAGE = """\
 sysextpy [OPTIONS...] [VERB]
@@ -52,29 +53,26 @@ Exit status: 0 success, 1 error, 2 usage error, 3 some images rejected while oth
 """
 
 MUTABLE_NAMES = tuple(m.value for m in MutableMode)
-_TRUE = ("1", "yes", "y", "true", "t", "on")
-_FALSE = ("0", "no", "n", "false", "f", "off")
 
 
 def parse_boolean(option: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise UsageError(f"{option}= takes a boolean, got {value!r}")
+    try:
+        return parse_bool(value)
+    except ParseError:
+        raise UsageError(f"{option}= takes a boolean, got {value!r}") from None
 
 
 def parse_mutable(value: str) -> MutableMode:
-    lowered = value.strip().lower()
+    """A mode name (case-sensitive, as upstream's table lookup) or any boolean spelling."""
     for mode in MutableMode:
-        if lowered == mode.value:
+        if value == mode.value:
             return mode
-    if lowered in _TRUE:
-        return MutableMode.YES
-    if lowered in _FALSE:
-        return MutableMode.NO
-    raise UsageError(f"--mutable= takes one of {', '.join(MUTABLE_NAMES)} or a boolean, got {value!r}")
+    try:
+        return MutableMode.YES if parse_bool(value) else MutableMode.NO
+    except ParseError:
+        raise UsageError(
+            f"--mutable= takes one of {', '.join(MUTABLE_NAMES)} or a boolean, got {value!r}"
+        ) from None
 
 
 def class_from_argv0(argv0: str) -> tuple[ImageClass, ...]:
@@ -115,14 +113,16 @@ def _opt_root(p: _Parsed, value: str) -> None:
 
 def _opt_mutable(p: _Parsed, value: str) -> None:
     if value == "help":
-        p.show = p.show or "mutable-help"
+        # Like upstream, only a --no-legend given *before* --mutable=help drops the header: help
+        # stops the parse, so later options are never seen.
+        p.show = "mutable-help"
         return
     p.values["mutable"] = parse_mutable(value)
 
 
 def _opt_json(p: _Parsed, value: str) -> None:
     if value == "help":
-        p.show = p.show or "json-help"
+        p.show = "json-help"
         return
     try:
         p.values["json"] = JsonMode(value)
@@ -131,7 +131,16 @@ def _opt_json(p: _Parsed, value: str) -> None:
 
 
 def _opt_policy(p: _Parsed, value: str) -> None:
-    p.values["image_policy"] = value or None
+    if not value:
+        p.values["image_policy"] = None
+        return
+    # Imported here: the policy grammar is only needed when the option is given.
+    from .policy import format_image_policy, parse_image_policy
+
+    try:
+        p.values["image_policy"] = format_image_policy(parse_image_policy(value))
+    except ParseError as e:
+        raise UsageError(f"--image-policy=: {e.message}", hint=e.hint) from None
 
 
 def _opt_state(p: _Parsed, value: str) -> None:
@@ -159,9 +168,9 @@ _FLAGS: dict[str, Callable[[_Parsed], None]] = {
     "--no-legend": lambda p: p.values.__setitem__("legend", False),
     "--no-pager": lambda p: None,
     "--debug": lambda p: p.values.__setitem__("debug", True),
-    "--help": lambda p: setattr(p, "show", p.show or "help"),
-    "-h": lambda p: setattr(p, "show", p.show or "help"),
-    "--version": lambda p: setattr(p, "show", p.show or "version"),
+    "--help": lambda p: setattr(p, "show", "help"),
+    "-h": lambda p: setattr(p, "show", "help"),
+    "--version": lambda p: setattr(p, "show", "version"),
 }
 
 
@@ -172,13 +181,15 @@ def parse_args(argv: Sequence[str], argv0: str = "sysextpy") -> tuple[Options, O
     args = list(argv)
     i = 0
     only_positional = False
-    while i < len(args):
+    extra: Optional[str] = None  # a second positional; reported after the options, like getopt
+    while i < len(args) and p.show is None:
         arg = args[i]
         i += 1
         if only_positional or not arg.startswith("-") or arg == "-":
-            if p.verb is not None:
-                raise UsageError(f"too many arguments: {arg!r} after verb {p.verb!r}")
-            p.verb = arg
+            if p.verb is None:
+                p.verb = arg
+            elif extra is None:
+                extra = arg
             continue
         if arg == "--":
             only_positional = True
@@ -199,10 +210,15 @@ def parse_args(argv: Sequence[str], argv0: str = "sysextpy") -> tuple[Options, O
             continue
         raise UsageError(f"unknown option {arg!r}", hint="see sysextpy --help")
 
+    if p.show is not None:
+        # Help and friends print and exit as soon as they are seen, like upstream's getopt loop.
+        return replace(Options(), **p.values), p.show  # type: ignore[arg-type]
+    if extra is not None:
+        raise UsageError(f"too many arguments: {extra!r} after verb {p.verb!r}")
     verb = Verb.STATUS
     if p.verb is not None:
         if p.verb == "help":
-            p.show = p.show or "help"
+            p.show = "help"
         else:
             try:
                 verb = Verb(p.verb)
@@ -239,7 +255,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _print_mutable_help(opts)
         return 0
     if show == "json-help":
-        print("\n".join(m.value for m in JsonMode))
+        # Upstream's order, which is not the enum's.
+        print("\n".join(m.value for m in (JsonMode.PRETTY, JsonMode.SHORT, JsonMode.OFF)))
         return 0
 
     from .log import log, setup_logging

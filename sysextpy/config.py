@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +15,7 @@ from .errors import ParseError, ResolveError, SysextError
 from .model import ImageClass, MutableMode
 from .osrelease import read_text_bounded
 from .policy import format_image_policy, parse_image_policy
+from .records import record
 from .util import parse_bool
 
 __all__ = [
@@ -50,7 +50,7 @@ def parse_mutable_mode(value: str) -> MutableMode:
 # The file syntax
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Assignment:
     key: str
     value: str
@@ -131,7 +131,7 @@ def parse_config(
 # Finding and applying the files
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ClassConfig:
     mutable: Optional[MutableMode] = None
     image_policy: Optional[str] = None  # canonical spelling, already validated
@@ -143,7 +143,7 @@ def _is_dev_null(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == 1 and os.minor(st.st_rdev) == 3
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Located:
     shown: str  # the path inside the root
     path: Optional[Path]  # resolved; None when masked

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +17,7 @@ from .chase import resolve_in_root
 from .errors import ResolveError
 from .log import log
 from .model import Candidate, ImageClass, ImageType, Skipped, Verdict
+from .records import record
 
 NAME_MAX = 255
 
@@ -45,7 +45,7 @@ def strip_suffix(name: str, suffix: str) -> str:
     return name[: -len(suffix)] if suffix and name.endswith(suffix) and len(name) > len(suffix) else name
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Discovery:
     image_class: ImageClass
     candidates: tuple[Candidate, ...]  # one per name, in precedence order

@@ -54,7 +54,7 @@ def sidecar_root_hash(image: Path, env: Mapping[str, str]) -> Optional[str]:
     return None
 
 
-def _crtime_usec(path: Path) -> int:
+def crtime_usec(path: Path) -> int:
     from . import mountapi as m
 
     best = 0
@@ -96,7 +96,7 @@ def extension_identity(root: Path, candidate: Candidate, env: Mapping[str, str])
         entry["fileHandle"] = {"type": handle[0], "handle": handle[1].hex()}
     else:
         entry["inode"] = os.stat(path).st_ino
-    entry["crtime"] = _crtime_usec(path)
+    entry["crtime"] = crtime_usec(path)
     entry["mtime"] = os.stat(path).st_mtime_ns // 1000 if candidate.type is ImageType.RAW else 0
     return entry
 

@@ -1,21 +1,29 @@
-"""merge, unmerge and refresh: the lock, the plan, the workspace, the swap."""
+"""merge, unmerge and refresh: the lock, the fingerprint, the workspace, the swap, the record."""
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from . import __version__
 from .errors import LockTimeout, SysextError
 from .log import log
-from .model import ClassSettings, Options, Verb, Verdict
+from .model import ClassSettings, ImageClass, Options, Verb, Verdict
+from .records import field, record
 
 EXIT_PARTIAL = 3
 DEFAULT_LOCK_TIMEOUT = 60.0
+SKIP_MESSAGE = (
+    "Skipping extension refresh because no change was found, "
+    "use --always-refresh=yes to always do a refresh."
+)
+LIVE_RESULTS = ("merged", "replaced", "unchanged")
 
 
 @contextmanager
@@ -51,7 +59,94 @@ def run_lock(state_path: Path, env: Mapping[str, str]) -> Iterator[None]:
         os.close(fd)
 
 
-def _log_choice(cls_name: str, chosen: list[str], ignored: int) -> None:
+@record
+class ClassRun:
+    """One class's inputs and decision in this run."""
+
+    settings: ClassSettings
+    fingerprint: str
+    inputs: dict[str, Any]
+    skip: bool
+    reason: str
+    changes: tuple[str, ...] = ()
+    unreachable: list[str] = field(default_factory=list)
+
+    @property
+    def image_class(self) -> ImageClass:
+        return self.settings.image_class
+
+
+def _truthy(value: Optional[str]) -> bool:
+    return (value or "").strip().lower() in ("1", "yes", "y", "true", "t", "on")
+
+
+def _old_inputs(root: Path, cs: ClassSettings) -> Optional[dict[str, Any]]:
+    from .fingerprint import read_live_extra
+    from .status import live_merge
+
+    for h in cs.hierarchies:
+        _, live = live_merge(root, cs.image_class, h)
+        if live is not None:
+            extra = read_live_extra(live.metadata_dir)
+            inputs = extra.get("inputs") if extra else None
+            if isinstance(inputs, dict):
+                return inputs
+    return None
+
+
+def decide(
+    opts: Options,
+    cs: ClassSettings,
+    fingerprint: str,
+    inputs: dict[str, Any],
+    prior: Any,
+    env: Mapping[str, str],
+) -> tuple[bool, str, tuple[str, ...]]:
+    """Skip or refresh one class. Skipping needs a usable record of this boot with the same
+    fingerprint AND live merges that match it on the mount table."""
+    from . import mountapi as m
+    from .fingerprint import describe_changes, read_live_extra
+    from .status import live_merge
+
+    if opts.verb is not Verb.REFRESH:
+        return False, f"verb {opts.verb.value}", ()
+    if opts.always_refresh:
+        return False, "--always-refresh=yes given", ()
+    if _truthy(env.get("SYSEXTPY_FORCE_REFRESH")):
+        return False, "SYSEXTPY_FORCE_REFRESH=1 (the earlier merge was incomplete or failed)", ()
+    if not prior.usable:
+        return False, f"{prior.reason}: doing a full refresh", ()
+    entry = prior.record["classes"].get(cs.image_class.value)
+    if not isinstance(entry, dict) or not isinstance(entry.get("hierarchies"), dict):
+        return False, "the record has nothing for this class", ()
+    if entry.get("fingerprint") != fingerprint:
+        old = _old_inputs(opts.root, cs)
+        changes = tuple(describe_changes(old, inputs)) if old else ()
+        return False, "inputs changed since the last merge", changes
+    recorded: dict[str, Any] = entry["hierarchies"]
+    if set(recorded) != set(cs.hierarchies):
+        return False, "the set of hierarchies changed", ()
+    for h, res in recorded.items():
+        result = res.get("result") if isinstance(res, dict) else None
+        path, live = live_merge(opts.root, cs.image_class, h)
+        if result in LIVE_RESULTS:
+            if live is None or path is None:
+                return False, f"{h} is no longer merged", ()
+            extra = read_live_extra(live.metadata_dir)
+            if not extra or extra.get("fingerprint") != fingerprint:
+                return False, f"{h} holds a different merge than recorded", ()
+            want = res.get("mountId")
+            if isinstance(want, int) and m.unique_mount_id(path) != want:
+                return False, f"{h} is mounted anew since the record was written", ()
+        elif result in ("untouched", "unmerged"):
+            if live is not None:
+                return False, f"{h} is merged but the record says it should not be", ()
+        else:
+            return False, f"{h}: the last run's result was {result!r}", ()
+    return True, "fingerprint and live merges match the record", ()
+
+
+def _log_choice(chosen: list[str], ignored: int) -> None:
     if chosen:
         log.info("Using extensions %s.", ", ".join(f"'{n}'" for n in chosen))
     elif ignored:
@@ -60,16 +155,39 @@ def _log_choice(cls_name: str, chosen: list[str], ignored: int) -> None:
         log.info("No extensions found.")
 
 
+def _new_record(opts: Options, phase: str, started: int) -> dict[str, Any]:
+    from .reload import in_initrd
+    from .state import SCHEMA, boot_id
+
+    return {
+        "schema": SCHEMA,
+        "bootId": boot_id(),
+        "phase": phase,
+        "tool": f"sysextpy {__version__}",
+        "verb": opts.verb.value,
+        "root": os.fspath(opts.root),
+        "inInitrd": in_initrd(),
+        "started": started,
+        "finished": None,
+        "classes": {},
+        "errors": [],
+        "timings": {},
+        "reload": {"done": False, "reason": ""},
+    }
+
+
 def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[str, str]) -> int:
-    from . import apply
-    from .identity import origin_record
-    from .images import Workspace
-    from .plan import judge_all, survey
+    from .chase import root_relative
+    from .fingerprint import class_inputs, digest, host_inputs
+    from .plan import survey
+    from .sources import unreachable_dirs
+    from .state import now_usec, read_record, write_record
     from .status import live_merge
 
+    t0 = time.monotonic()
+    started = now_usec()
     root = opts.root
-    refresh = opts.verb is Verb.REFRESH
-    if not refresh:
+    if opts.verb is Verb.MERGE:
         for cs in settings:
             for h in cs.hierarchies:
                 if live_merge(root, cs.image_class, h)[1] is not None:
@@ -80,22 +198,112 @@ def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[st
     found = survey(opts, settings, env)
     if found.host.release is None:
         raise SysextError(found.host.release_error or "Failed to acquire 'os-release' data of the root.")
-    # Identity is taken in the host's namespace: mount ids differ inside the private workspace.
-    identities: dict[tuple[str, str], dict[str, Any]] = {}
-    from .identity import extension_identity
+    host_part = host_inputs(root, found.host, env)
+    prior = read_record(opts.state)
 
-    for c in found.candidates:
-        identities[(c.image_class.value, c.name)] = extension_identity(root, c, env)
+    runs: list[ClassRun] = []
+    for cs, disc in zip(found.settings, found.discoveries):
+        skipped = [(root_relative(root, s.entry), s.reason) for s in disc.skipped]
+        inputs = class_inputs(opts, cs, disc.candidates, skipped, host_part, env)
+        fp = digest(inputs)
+        skip, reason, changes = decide(opts, cs, fp, inputs, prior, env)
+        run = ClassRun(cs, fp, inputs, skip, reason, changes, unreachable_dirs(root, disc.search_dirs))
+        runs.append(run)
+        if skip:
+            log.debug("%s: no change (%s)", cs.image_class.value, reason)
+        elif opts.verb is Verb.REFRESH:
+            log.info("%s: refreshing: %s", cs.image_class.value, reason)
+            for change in changes:
+                log.info("%s: %s", cs.image_class.value, change)
+    t_decided = time.monotonic()
 
+    record = _new_record(opts, "merging", started)
+    prior_classes = prior.record.get("classes", {}) if prior.usable and prior.record else {}
+    for run in runs:
+        if run.skip:
+            entry = json.loads(json.dumps(prior_classes[run.image_class.value]))
+            for res in entry.get("hierarchies", {}).values():
+                if res.get("result") in LIVE_RESULTS:
+                    res["result"] = "unchanged"
+            entry["unreachable"] = run.unreachable
+            record["classes"][run.image_class.value] = entry
+
+    if all(r.skip for r in runs):
+        log.info("%s", SKIP_MESSAGE)
+        record["phase"] = "merged"
+        record["finished"] = now_usec()
+        record["timings"] = {"totalMs": round((time.monotonic() - t0) * 1000, 3)}
+        record["reload"] = {"done": False, "reason": "nothing changed"}
+        write_record(opts.state, record)
+        rejected = any(c.get("rejected") for c in record["classes"].values())
+        return EXIT_PARTIAL if rejected else 0
+
+    for run in runs:
+        if not run.skip:
+            record["classes"][run.image_class.value] = {
+                "fingerprint": None,
+                "merged": [],
+                "rejected": [],
+                "ignored": [],
+                "unreachable": run.unreachable,
+                "hierarchies": {},
+            }
+    write_record(opts.state, record)  # "merging": a crash from here on never leads to a skip
+
+    # Only now the modules that build and mount: a skipped refresh never loads them.
+    from . import apply
+    from .fingerprint import EXTRA_FILE
+    from .identity import extension_identity, origin_record
+    from .images import Workspace
+    from .plan import judge_all
+    from .reload import decide_reload, reload_manager
+
+    todo = [r for r in runs if not r.skip]
+    # upstream's origin identity is taken in the host's namespace: mount ids differ in the workspace
+    identities = {
+        (c.image_class.value, c.name): extension_identity(root, c, env)
+        for r, d in zip(runs, found.discoveries)
+        if not r.skip
+        for c in d.candidates
+    }
+    assembled: list[tuple[ClassRun, apply.Assembled]] = []
+    requesting: set[str] = set()
     ws = Workspace()
     ws.enter()
-    assembled: list[apply.Assembled] = []
     try:
-        plan = judge_all(opts, found, ws)
-        for cp in plan.classes:
+        from .plan import Survey
+
+        sub = Survey(
+            root=found.root,
+            host=found.host,
+            initrd=found.initrd,
+            settings=tuple(r.settings for r in todo),
+            discoveries=tuple(d for r, d in zip(runs, found.discoveries) if not r.skip),
+        )
+        plan = judge_all(opts, sub, ws)
+        for run, cp in zip(todo, plan.classes):
             merged = list(cp.to_merge)
-            ignored = sum(1 for v in cp.verdicts if v.verdict is Verdict.IGNORED)
-            _log_choice(cp.image_class.value, [v.name for v in merged], ignored)
+            entry = record["classes"][run.image_class.value]
+            entry["merged"] = [v.name for v in merged]
+            entry["rejected"] = [
+                {"name": v.name, "reason": v.reason} for v in cp.verdicts if v.verdict is Verdict.REJECTED
+            ]
+            entry["rejected"] += [
+                {"name": s.name or os.fspath(s.entry), "reason": s.reason}
+                for s in cp.skipped
+                if s.verdict is Verdict.REJECTED
+            ]
+            entry["ignored"] = [
+                {"name": v.name, "reason": v.reason} for v in cp.verdicts if v.verdict is Verdict.IGNORED
+            ]
+            _log_choice(
+                [v.name for v in merged], sum(1 for v in cp.verdicts if v.verdict is Verdict.IGNORED)
+            )
+            reload_flags = {v.name: _truthy(dict(v.release).get("EXTENSION_RELOAD_MANAGER")) for v in merged}
+            requesting.update(n for n, flag in reload_flags.items() if flag)
+            old = _old_inputs(root, cp.settings)
+            if old:
+                requesting.update(_old_reloaders(root, cp.settings, set(reload_flags)))
             prepared = [
                 apply.prepare_hierarchy(root, ws, cp.settings, h, merged) for h in cp.settings.hierarchies
             ]
@@ -111,44 +319,158 @@ def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[st
                 env,
                 identities,
             )
+            extra = json.dumps(
+                {
+                    "tool": f"sysextpy {__version__}",
+                    "fingerprint": run.fingerprint,
+                    "inputs": run.inputs,
+                    "reload": reload_flags,
+                },
+                indent=1,
+                sort_keys=True,
+            )
             for p in prepared:
-                assembled.append(apply.build_hierarchy(root, ws, p, merged, origin))
-    except BaseException:
+                assembled.append(
+                    (run, apply.build_hierarchy(root, ws, p, merged, origin, {EXTRA_FILE: extra + "\n"}))
+                )
+    except BaseException as e:
         ws.leave()
-        apply.discard(assembled)
+        apply.discard([a for _, a in assembled])
+        record["phase"] = "failed"
+        record["errors"].append(str(e))
+        record["finished"] = now_usec()
+        _write_quietly(opts.state, record)
         raise
     ws.leave()
+    t_built = time.monotonic()
 
     # Everything is built. From here on, each hierarchy changes in one step.
-    errors = []
-    for item in assembled:
+    errors: list[str] = []
+    changed = False
+    for run, item in assembled:
+        entry = record["classes"][run.image_class.value]
         try:
-            apply.swap_in(root, item)
+            action = apply.swap_in(root, item)
+            changed = changed or action != "untouched"
+            entry["hierarchies"][item.hierarchy] = {
+                "result": action,
+                "mountId": item.mount_id,
+                "error": None,
+            }
         except SysextError as e:
             errors.append(str(e))
             log.error("%s", e)
-    apply.discard(assembled)
+            entry["hierarchies"][item.hierarchy] = {"result": "failed", "mountId": None, "error": str(e)}
+    apply.discard([a for _, a in assembled])
+    for run in todo:
+        entry = record["classes"][run.image_class.value]
+        if not any(h.get("result") == "failed" for h in entry["hierarchies"].values()):
+            entry["fingerprint"] = run.fingerprint
+
+    do_reload, why = decide_reload(opts, changed, requesting)
+    log.info("%s the service manager: %s.", "Reloading" if do_reload else "Not reloading", why)
+    record["reload"] = {"done": False, "reason": why}
+    if do_reload:
+        try:
+            reload_manager()
+            record["reload"]["done"] = True
+        except SysextError as e:
+            errors.append(str(e))
+            log.error("%s", e)
+
+    record["errors"] = errors
+    record["phase"] = "failed" if errors else "merged"
+    record["finished"] = now_usec()
+    record["timings"] = {
+        "totalMs": round((time.monotonic() - t0) * 1000, 3),
+        "decideMs": round((t_decided - t0) * 1000, 3),
+        "assembleMs": round((t_built - t_decided) * 1000, 3),
+        "swapMs": round((time.monotonic() - t_built) * 1000, 3),
+    }
+    write_record(opts.state, record)
     if errors:
         return 1
     return EXIT_PARTIAL if plan.rejected else 0
 
 
-def do_unmerge(opts: Options, settings: tuple[ClassSettings, ...]) -> int:
-    from . import apply
+def _old_reloaders(root: Path, cs: ClassSettings, still_merged: set[str]) -> set[str]:
+    """Extensions of the live merge that ask for a reload and are going away."""
+    from .fingerprint import read_live_extra
+    from .status import live_merge
 
-    failed = 0
+    result: set[str] = set()
+    for h in cs.hierarchies:
+        _, live = live_merge(root, cs.image_class, h)
+        if live is None:
+            continue
+        extra = read_live_extra(live.metadata_dir) or {}
+        flags = extra.get("reload") or {}
+        if isinstance(flags, dict):
+            result.update(n for n, f in flags.items() if f and n not in still_merged)
+    return result
+
+
+def _write_quietly(path: Path, record: Mapping[str, Any]) -> None:
+    from .state import write_record
+
+    try:
+        write_record(path, record)
+    except SysextError as e:
+        log.error("%s", e)
+
+
+def do_unmerge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[str, str]) -> int:
+    from . import apply
+    from .reload import decide_reload, reload_manager
+    from .state import now_usec, write_record
+
+    record = _new_record(opts, "merging", now_usec())
+    requesting: set[str] = set()
     for cs in settings:
+        requesting |= _old_reloaders(opts.root, cs, set())
+    failed: list[str] = []
+    changed = False
+    for cs in settings:
+        entry: dict[str, Any] = {
+            "fingerprint": None,
+            "merged": [],
+            "rejected": [],
+            "ignored": [],
+            "unreachable": [],
+            "hierarchies": {},
+        }
         for h in cs.hierarchies:
             try:
-                apply.unmerge_hierarchy(opts.root, cs.image_class, h)
+                did = apply.unmerge_hierarchy(opts.root, cs.image_class, h)
+                changed = changed or did
+                entry["hierarchies"][h] = {
+                    "result": "unmerged" if did else "untouched",
+                    "mountId": None,
+                    "error": None,
+                }
             except SysextError as e:
                 log.error("%s", e)
-                failed += 1
+                failed.append(str(e))
+                entry["hierarchies"][h] = {"result": "failed", "mountId": None, "error": str(e)}
+        record["classes"][cs.image_class.value] = entry
+    do_reload, why = decide_reload(opts, changed, requesting)
+    log.info("%s the service manager: %s.", "Reloading" if do_reload else "Not reloading", why)
+    if do_reload:
+        try:
+            reload_manager()
+        except SysextError as e:
+            failed.append(str(e))
+            log.error("%s", e)
+    record["phase"] = "failed" if failed else "merged"
+    record["errors"] = failed
+    record["finished"] = now_usec()
+    record["reload"] = {"done": do_reload, "reason": why}
+    write_record(opts.state, record)
     return 1 if failed else 0
 
 
 def run_mutating_verb(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[str, str]) -> int:
     with run_lock(opts.state, env):
         if opts.verb is Verb.UNMERGE:
-            return do_unmerge(opts, settings)
+            return do_unmerge(opts, settings, env)
         return do_merge(opts, settings, env)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from .records import field, record
 
 
 class ImageClass(enum.Enum):
@@ -80,6 +81,13 @@ class ImageClass(enum.Enum):
 
 ALL_CLASSES = (ImageClass.SYSEXT, ImageClass.CONFEXT)
 
+MUTABLE_BASE = "/var/lib/extensions.mutable"
+
+
+def component_name(hierarchy: str) -> str:
+    """`/usr` -> `usr`, `/foo/bar` -> `foo.bar`: the hierarchy's name under extensions.mutable."""
+    return hierarchy.strip("/").replace("/", ".")
+
 
 class MutableMode(enum.Enum):
     NO = "no"
@@ -122,7 +130,7 @@ class JsonMode(enum.Enum):
     PRETTY = "pretty"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Candidate:
     """One image found by discovery, before anything inside it was read."""
 
@@ -137,7 +145,7 @@ class Candidate:
     version: Optional[str] = None  # the picked version for `.v/` entries
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Skipped:
     """A directory entry discovery did not turn into an image, and why."""
 
@@ -148,7 +156,7 @@ class Skipped:
     verdict: Verdict = Verdict.IGNORED
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HostRelease:
     """What the host's os-release says, for compatibility decisions."""
 
@@ -163,7 +171,7 @@ class HostRelease:
         return self.sysext_level if image_class is ImageClass.SYSEXT else self.confext_level
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HostInfo:
     release: Optional[HostRelease]
     scope: str  # "initrd" or "system"
@@ -171,7 +179,7 @@ class HostInfo:
     release_error: Optional[str] = None  # why `release` is None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ExtensionVerdict:
     """The decision for one candidate image."""
 
@@ -202,7 +210,7 @@ class Verb(enum.Enum):
 DEFAULT_STATE_PATH = Path("/run/sysextpy/state.json")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Options:
     """The parsed command line. Everything below the CLI gets its inputs from here, never from argv."""
 
@@ -226,7 +234,7 @@ class Options:
         return not (self.no_reload or self.root_given)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ClassSettings:
     """Effective settings of one class after CLI, environment and configuration files."""
 

@@ -11,13 +11,12 @@ import ctypes
 import errno
 import functools
 import os
-import platform
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Optional, Union
 
-from sysextpy.errors import MountError, ParseError
+from .errors import MountError, ParseError
+from .records import record
 
 StrPath = Union[str, "os.PathLike[str]"]
 
@@ -158,9 +157,9 @@ def _check(result: int, what: str, path: Optional[StrPath] = None) -> int:
 
 
 def _nr(name: str) -> int:
-    table = _NR_BY_MACHINE.get(platform.machine())
+    table = _NR_BY_MACHINE.get(os.uname().machine)
     if table is None:
-        raise OSError(errno.ENOSYS, f"{name}: syscall number unknown on {platform.machine()!r}")
+        raise OSError(errno.ENOSYS, f"{name}: syscall number unknown on {os.uname().machine!r}")
     return table[name]
 
 
@@ -315,7 +314,7 @@ class _StatxBuf(ctypes.Structure):
     ]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Statx:
     """What statx(2) returned; fields the kernel did not fill (see `mask`) are None."""
 
@@ -715,7 +714,7 @@ def make_overlay_fd(
 # /proc/*/mountinfo
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MountInfo:
     mount_id: int
     parent_id: int

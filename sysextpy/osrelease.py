@@ -12,13 +12,13 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 from .chase import exists_in_root, resolve_in_root, root_relative
 from .errors import ImageError, ParseError, ResolveError, SysextError
 from .model import HostRelease, ImageClass
+from .records import record
 from .util import parse_bool
 
 __all__ = [
@@ -366,7 +366,7 @@ def read_xattr(path: Path, name: str) -> Optional[bytes]:
         raise
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ReleaseLookup:
     """Where an image's extension-release data came from, what it says, and why."""
 

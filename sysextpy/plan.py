@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -26,12 +25,13 @@ from .model import (
     Skipped,
     Verdict,
 )
+from .records import record
 
 if TYPE_CHECKING:
     from .images import Workspace
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ImageMetadata:
     """What was read from inside one image, without merging it."""
 
@@ -42,7 +42,7 @@ class ImageMetadata:
     empty: bool = False  # an empty directory (the documented way to mask a name)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ClassPlan:
     settings: ClassSettings
     discovery: Discovery
@@ -74,7 +74,7 @@ class ClassPlan:
         return tuple(bad)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Plan:
     root: Path
     host: HostInfo
@@ -166,7 +166,7 @@ def judge(
     )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Survey:
     """What discovery found, before any image was opened."""
 

@@ -14,12 +14,12 @@ partition they protect.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Optional, Union
 
 from .errors import ParseError
 from .model import ImageClass
+from .records import record
 
 __all__ = [
     "DESIGNATORS",
@@ -73,7 +73,7 @@ _VERITY = frozenset({"verity", "signed"})
 Flags = frozenset[str]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ImagePolicy:
     """A parsed policy: the flags written for each listed partition, and the default rule's flags.
 

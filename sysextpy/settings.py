@@ -19,7 +19,8 @@ def parse_hierarchies(value: str, variable: str) -> tuple[str, ...]:
     for item in value.split(":"):
         if not item:
             raise SysextError(f"${variable}={value!r} contains an empty element")
-        if not item.startswith("/") or posixpath.normpath(item) != item or item == "/":
+        # normpath() keeps a leading "//" (POSIX allows it), upstream's normalisation check does not.
+        if not item.startswith("/") or posixpath.normpath(item) != item or item == "/" or "//" in item:
             raise SysextError(
                 f"${variable}={value!r}: {item!r} is not an absolute, normalised path other than '/'"
             )
@@ -52,7 +53,7 @@ def resolve_settings(opts: Options, image_class: ImageClass, env: Mapping[str, s
     if config.mutable is not None:
         mutable, source = config.mutable, ", ".join(config.files) or "configuration"
     env_mutable = env.get(f"{prefix}_MUTABLE_MODE")
-    if env_mutable:
+    if env_mutable is not None:  # set but empty is a bad value too, warned about like upstream
         try:
             mutable, source = _mutable_from_text(env_mutable), f"${prefix}_MUTABLE_MODE"
         except SysextError:

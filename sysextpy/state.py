@@ -40,11 +40,11 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from .errors import SysextError
+from .records import record
 
 SCHEMA = 1
 MAX_RECORD_BYTES = 1 << 20
@@ -83,7 +83,7 @@ def write_record(path: Path, record: Mapping[str, Any]) -> None:
         raise SysextError(f"Cannot write the handoff record {os.fspath(path)!r}: {e.strerror}") from e
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RecordCheck:
     record: Optional[dict[str, Any]]
     usable: bool
@@ -94,8 +94,10 @@ def parse_record(text: str, current_boot: str) -> RecordCheck:
     """Pure: judge a record's text. Never raises."""
     try:
         record = json.loads(text)
-    except ValueError as e:
+    except json.JSONDecodeError as e:
         return RecordCheck(None, False, f"corrupt record ({e.msg} at line {e.lineno})")
+    except ValueError as e:
+        return RecordCheck(None, False, f"corrupt record ({e})")
     if not isinstance(record, dict):
         return RecordCheck(None, False, "corrupt record (not a JSON object)")
     if record.get("schema") != SCHEMA:

@@ -8,16 +8,16 @@ a live merge.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from .chase import resolve_in_root
 from .errors import ResolveError
 from .model import ImageClass
+from .records import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LiveMerge:
     image_class: ImageClass
     hierarchy: str  # as configured, e.g. "/usr"

@@ -176,9 +176,8 @@ def verb_plan(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[s
         if opts.legend:
             for cp in plan.classes:
                 names = ", ".join(v.name for v in cp.to_merge) or "nothing"
-                print(
-                    f"\n{cp.image_class.value}: would merge {names} into {', '.join(cp.settings.hierarchies)}"
-                )
+                where = ", ".join(cp.settings.hierarchies)
+                print(f"\n{cp.image_class.value}: would merge {names} into {where}")
     if plan.host.release_error:
         log.error("%s", plan.host.release_error)
     return EXIT_PARTIAL if any(r["verdict"] == Verdict.REJECTED.value for r in rows) else 0

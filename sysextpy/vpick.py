@@ -12,7 +12,6 @@ import functools
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +19,7 @@ from .arch import is_architecture, native_architecture, secondary_architectures
 from .chase import is_within_root, resolve_in_root, root_relative
 from .errors import ResolveError
 from .model import ImageClass
+from .records import record
 from .versioncomp import compare_versions
 
 _UINT_MAX = 2**32 - 1  # upstream stores counters as `unsigned`; "no counter" is UINT_MAX
@@ -51,7 +51,7 @@ def split_vdir_name(entry_name: str, image_class: ImageClass) -> Optional[tuple[
     return stem, fmt
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VersionedName:
     """What a `.v/` entry name says about itself."""
 
@@ -184,7 +184,7 @@ def _cmp_bytes(a: bytes, b: bytes) -> int:
     return (a > b) - (a < b)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Picked:
     path: Path  # the chosen entry, fully resolved inside the root, root-prefixed
     name: VersionedName

@@ -1,0 +1,247 @@
+"""The fingerprint: every input that decides what a class's merge looks like, hashed.
+
+Computed without mounting anything: upstream's per-image identity (path, verity hash or mount id
++ file handle + crtime + mtime), a digest of each directory extension's tree (names, types,
+sizes, mtimes, link targets), the host inputs that decide compatibility, and the settings. Two
+runs with equal fingerprints would produce the same merge, so `refresh` may skip.
+
+The inputs themselves are kept (in `sysextpy.json` of the metadata directory) so that a refresh
+that does happen can say which extension and which field changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from . import __version__
+from .chase import resolve_in_root, root_relative
+from .errors import ResolveError
+from .model import Candidate, ClassSettings, HostInfo, ImageType, Options
+from .records import record
+
+if TYPE_CHECKING:
+    from hashlib import sha256
+else:
+    try:  # the built-in module: importing hashlib loads OpenSSL, which costs more than it hashes here
+        from _sha256 import sha256
+    except ImportError:  # Python >= 3.12
+        try:
+            from _sha2 import sha256
+        except ImportError:
+            from hashlib import sha256
+
+EXTRA_FILE = "sysextpy.json"
+TREE_ENTRY_LIMIT = 200_000
+
+
+def tree_digest(top: Path) -> str:
+    """sha256 over (relative path, type, mode, size, mtime, link target) of every entry below `top`.
+    File contents are not read: an edit changes the size or the mtime."""
+    h = sha256()
+    count = 0
+    stack = [(top, "")]
+    while stack:
+        directory, rel = stack.pop()
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as e:
+            h.update(f"{rel}\0error:{e.errno}\n".encode())
+            continue
+        for entry in entries:
+            count += 1
+            if count > TREE_ENTRY_LIMIT:
+                h.update(b"\0truncated\n")
+                return h.hexdigest()
+            path = f"{rel}/{entry.name}"
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as e:
+                h.update(f"{path}\0error:{e.errno}\n".encode("utf-8", "surrogateescape"))
+                continue
+            extra = ""
+            if stat.S_ISLNK(st.st_mode):
+                try:
+                    extra = os.readlink(entry.path)
+                except OSError:
+                    extra = "?"
+            elif stat.S_ISDIR(st.st_mode):
+                stack.append((Path(entry.path), path))
+            line = f"{path}\0{st.st_mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{extra}\n"
+            h.update(line.encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            return sha256(f.read(1 << 20)).hexdigest()
+    except OSError:
+        return ""
+
+
+def host_inputs(root: Path, host: HostInfo, env: Mapping[str, str]) -> dict[str, Any]:
+    """What of the host decides compatibility: its os-release (by content), scope, architecture."""
+    release_path: Optional[Path] = None
+    source = host.release.source if host.release else ""
+    if source:
+        try:
+            release_path = resolve_in_root(root, source)
+        except ResolveError:
+            release_path = None
+    return {
+        "osRelease": source,
+        "osReleaseSha256": _file_sha256(release_path) if release_path else "",
+        "scope": host.scope,
+        "architecture": host.architecture,
+    }
+
+
+def mutable_inputs(root: Path, settings: ClassSettings) -> dict[str, Any]:
+    """Which persistent mutable directories exist (in `auto` mode that decides the layout)."""
+    from .model import MUTABLE_BASE, component_name
+
+    present = {}
+    for h in settings.hierarchies:
+        try:
+            p = resolve_in_root(root, f"{MUTABLE_BASE}/{component_name(h)}")
+            present[h] = root_relative(root, p)
+        except ResolveError:
+            continue
+    return present
+
+
+def image_inputs(candidate: Candidate, env: Mapping[str, str]) -> dict[str, Any]:
+    """What identifies an image for the skip decision.
+
+    Unlike upstream's `origin` fields, this leaves out the mount id, the file handle and the
+    inode: an image below a merged hierarchy (a sysext in /etc/extensions while /etc carries a
+    confext) shows a different mount and handle through the overlay than it did before the merge,
+    and the initrd's merge would never be confirmed after switch-root. Sizes, mtimes, birth time
+    and, for directories, the whole tree's metadata are the same through the overlay.
+    """
+    from .identity import crtime_usec, sidecar_root_hash
+
+    path = candidate.path
+    entry: dict[str, Any] = {"type": candidate.type.value, "path": os.fspath(path)}
+    if candidate.version is not None:
+        entry["version"] = candidate.version
+    if candidate.type in (ImageType.DIRECTORY, ImageType.SUBVOLUME):
+        entry["treeDigest"] = tree_digest(path)
+        return entry
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        entry["error"] = e.errno
+        return entry
+    entry.update(size=st.st_size, mtime=st.st_mtime_ns, crtime=crtime_usec(path))
+    if candidate.type is ImageType.BLOCK:
+        entry["rdev"] = st.st_rdev
+    verity = sidecar_root_hash(path, env) if candidate.type is ImageType.RAW else None
+    if verity is not None:
+        entry["verityHash"] = verity
+    return entry
+
+
+def class_inputs(
+    opts: Options,
+    settings: ClassSettings,
+    candidates: tuple[Candidate, ...],
+    skipped: list[tuple[str, str]],
+    host_part: Mapping[str, Any],
+    env: Mapping[str, str],
+) -> dict[str, Any]:
+    """Everything that decides this class's merge. Paths are relative to the root, so the initrd's
+    run (--root=/sysroot) and the real root's agree."""
+    root = opts.root
+    prefix = os.fspath(root) if os.fspath(root) != "/" else ""
+    images: dict[str, Any] = {}
+    for c in candidates:
+        entry = image_inputs(c, env)
+        entry["path"] = root_relative(root, c.path)
+        images[c.name] = entry
+    not_images = sorted(
+        (entry, reason.replace(prefix, "") if prefix else reason) for entry, reason in skipped
+    )
+    return {
+        "tool": __version__,
+        "class": settings.image_class.value,
+        "hierarchies": list(settings.hierarchies),
+        "mutable": settings.mutable.value,
+        "mutableDirs": mutable_inputs(root, settings),
+        "overlayOptions": settings.overlay_options,
+        "noexec": settings.noexec,
+        "imagePolicy": settings.image_policy,
+        "force": opts.force,
+        "host": dict(host_part),
+        "images": images,
+        "notImages": not_images,
+    }
+
+
+def digest(inputs: Mapping[str, Any]) -> str:
+    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 8) -> list[str]:
+    """Human-readable differences between two input sets: which extension, which field."""
+    changes: list[str] = []
+    old_images: Mapping[str, Any] = old.get("images") or {}
+    new_images: Mapping[str, Any] = new.get("images") or {}
+    for name in sorted(set(old_images) | set(new_images)):
+        if name not in old_images:
+            changes.append(f"extension {name!r} added")
+        elif name not in new_images:
+            changes.append(f"extension {name!r} removed")
+        else:
+            a, b = old_images[name], new_images[name]
+            fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            if fields:
+                detail = ", ".join(fields)
+                if "path" in fields:
+                    detail += f" ({a.get('path')!r} -> {b.get('path')!r})"
+                changes.append(f"extension {name!r} changed: {detail}")
+    for key in sorted(set(old) | set(new)):
+        if key in ("images",):
+            continue
+        if old.get(key) != new.get(key):
+            if key == "host":
+                fields = sorted(
+                    k
+                    for k in set(old.get(key) or {}) | set(new.get(key) or {})
+                    if (old.get(key) or {}).get(k) != (new.get(key) or {}).get(k)
+                )
+                changes.append(f"host changed: {', '.join(fields)}")
+            elif key == "notImages":
+                old_set = {tuple(x) for x in old.get(key) or []}
+                new_set = {tuple(x) for x in new.get(key) or []}
+                for entry, reason in sorted(new_set - old_set):
+                    changes.append(f"{entry}: {reason}")
+                for entry, reason in sorted(old_set - new_set):
+                    changes.append(f"{entry}: no longer {reason!r}")
+            else:
+                changes.append(f"{key} changed: {old.get(key)!r} -> {new.get(key)!r}")
+    if len(changes) > limit:
+        changes = changes[:limit] + [f"... and {len(changes) - limit} more"]
+    return changes
+
+
+@record(frozen=True)
+class Decision:
+    skip: bool
+    reason: str
+    changes: tuple[str, ...] = ()
+
+
+def read_live_extra(metadata_dir: Path) -> Optional[dict[str, Any]]:
+    try:
+        with open(metadata_dir / EXTRA_FILE, "rb") as f:
+            data = json.loads(f.read(8 << 20))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,37 @@
+"""The single service-manager reload, after all classes are done."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from .log import log
+from .model import Options
+
+
+def in_initrd() -> bool:
+    """Whether this process runs in an initrd (not whether --root is one)."""
+    return os.path.exists("/etc/initrd-release")
+
+
+def decide_reload(opts: Options, changed: bool, requesting: Iterable[str]) -> tuple[bool, str]:
+    """Whether to reload the manager, and why (said in the log either way)."""
+    wanted = sorted(set(requesting))
+    if not changed:
+        return False, "nothing changed"
+    if opts.no_reload:
+        return False, "--no-reload given"
+    if opts.root_given:
+        return False, "--root given"
+    if in_initrd():
+        return False, "running in the initrd"
+    if not wanted:
+        return False, "no changed extension sets EXTENSION_RELOAD_MANAGER=1"
+    return True, "EXTENSION_RELOAD_MANAGER=1 in " + ", ".join(repr(n) for n in wanted)
+
+
+def reload_manager() -> None:
+    from .run import run
+
+    run(["systemctl", "daemon-reload"], timeout=90)
+    log.info("Reloaded the service manager.")

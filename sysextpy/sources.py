@@ -1,0 +1,68 @@
+"""Which search directories cannot be seen yet: they lie below a file system the root's fstab
+names but that is not mounted (a separate /var while the initrd runs). The handoff record lists
+them, so the real-root run knows its view is more complete and must not skip."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Iterable
+from pathlib import Path
+
+from .chase import resolve_in_root
+from .errors import ResolveError, SysextError
+
+
+def unescape_fstab(field: str) -> str:
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_fstab_mount_points(text: str) -> list[str]:
+    """Pure: the mount points of an fstab (normalised, swap and non-absolute entries dropped)."""
+    points = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) < 2:
+            continue
+        where = unescape_fstab(fields[1])
+        if not where.startswith("/"):
+            continue
+        points.append(posixpath.normpath(where))
+    return points
+
+
+def unreachable_dirs(root: Path, search_dirs: Iterable[str]) -> list[str]:
+    """Search directories whose deepest fstab mount point (other than /) is not mounted in the root."""
+    from .mountapi import is_mount_point
+    from .osrelease import read_text_bounded
+
+    try:
+        fstab = read_text_bounded(resolve_in_root(root, "/etc/fstab"))
+    except (ResolveError, SysextError):
+        return []
+    points = [p for p in parse_fstab_mount_points(fstab) if p != "/"]
+    result = []
+    for d in search_dirs:
+        owners = [p for p in points if d == p or d.startswith(p.rstrip("/") + "/")]
+        if not owners:
+            continue
+        owner = max(owners, key=len)
+        path = Path(os.path.join(root, owner.lstrip("/")))
+        try:
+            mounted = is_mount_point(path)
+        except OSError:
+            mounted = False
+        if not mounted:
+            result.append(d)
+    return result
