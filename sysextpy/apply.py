@@ -399,6 +399,9 @@ def swap_in(root: Path, item: Assembled) -> str:
             )
             detach_merge(root, cls, hierarchy, keep_id=item.mount_id)
             action = "replaced"
+            log.info(
+                "Replaced the merge on '%s' in one step (mounted beneath the old one).", os.fspath(target)
+            )
         else:
             if live is not None:
                 log.warning(
@@ -414,7 +417,8 @@ def swap_in(root: Path, item: Assembled) -> str:
     finally:
         os.close(item.tree_fd)
         item.tree_fd = None
-    log.info("Merged extensions into '%s'.", os.fspath(target))
+    if action == "merged":
+        log.info("Merged extensions into '%s'.", os.fspath(target))
     return action
 
 
