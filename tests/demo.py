@@ -111,9 +111,8 @@ def main() -> int:
     stop.touch()
     out, _ = reader.communicate(timeout=30)
     reads, misses = (int(x) for x in out.split())
-    print(
-        f"  a reader opened /etc/motd and /usr/bin/base-tool {reads} times during the swap: {misses} failures"
-    )
+    print(f"  a reader opened /etc/motd and /usr/bin/base-tool {reads} times during the swap,")
+    print(f"  with {misses} failures")
     print(f"  {root}/usr/bin/hello-tools now says: {tool.read_text().splitlines()[-1]}")
     print(f"  {root}/etc/banner: {(root / 'etc/banner').read_text().strip()}")
 
