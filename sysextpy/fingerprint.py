@@ -120,25 +120,27 @@ def image_inputs(candidate: Candidate, env: Mapping[str, str]) -> dict[str, Any]
 
     Unlike upstream's `origin` fields, this leaves out the mount id, the file handle and the
     inode: an image below a merged hierarchy (a sysext in /etc/extensions while /etc carries a
-    confext) shows a different mount and handle through the overlay than it did before the merge,
-    and the initrd's merge would never be confirmed after switch-root. Sizes, mtimes, birth time
-    and, for directories, the whole tree's metadata are the same through the overlay.
+    confext) shows a different mount, handle and inode number through the overlay than before the
+    merge, and the initrd's merge would never be confirmed after switch-root. Sizes and times are
+    the real file's through the overlay: ctime catches a replaced file or directory (a new inode),
+    mtime and size an edit, and for directories the tree digest every change inside.
     """
-    from .identity import crtime_usec, sidecar_root_hash
+    from .identity import sidecar_root_hash
 
     path = candidate.path
     entry: dict[str, Any] = {"type": candidate.type.value, "path": os.fspath(path)}
     if candidate.version is not None:
         entry["version"] = candidate.version
-    if candidate.type in (ImageType.DIRECTORY, ImageType.SUBVOLUME):
-        entry["treeDigest"] = tree_digest(path)
-        return entry
     try:
         st = os.stat(path)
     except OSError as e:
         entry["error"] = e.errno
         return entry
-    entry.update(size=st.st_size, mtime=st.st_mtime_ns, crtime=crtime_usec(path))
+    entry["ctime"] = st.st_ctime_ns
+    if candidate.type in (ImageType.DIRECTORY, ImageType.SUBVOLUME):
+        entry["treeDigest"] = tree_digest(path)
+        return entry
+    entry.update(size=st.st_size, mtime=st.st_mtime_ns)
     if candidate.type is ImageType.BLOCK:
         entry["rdev"] = st.st_rdev
     verity = sidecar_root_hash(path, env) if candidate.type is ImageType.RAW else None

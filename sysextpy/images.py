@@ -8,14 +8,19 @@ as detached mount trees, when `leave()` returns to the host namespace.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from .errors import ImageError, MountError, SysextError
 from .log import log
 from .model import Candidate, ImageClass, ImageType
+
+if TYPE_CHECKING:
+    from .dissect import ImagePlan, MountStep, TrustContext
+    from .loopdev import LoopDevice
 
 WORKSPACE = Path("/run/sysextpy/workspace")
 _SNIFF_BYTES = 65536 + 4096
@@ -29,8 +34,8 @@ def sniff_filesystem(header: bytes) -> Optional[str]:
         return "erofs"
     if len(header) >= 1082 and struct.unpack_from("<H", header, 1080)[0] == 0xEF53:
         return "ext4"
-    if len(header) >= 520 and header[512:520] == b"EFI PART":
-        return "gpt"
+    if header[512:520] == b"EFI PART" or header[4096:4104] == b"EFI PART":
+        return "gpt"  # 512- or 4096-byte sectors
     if header[:4] == b"XFSB":
         return "xfs"
     if len(header) >= 65608 and header[65600:65608] == b"_BHRfS_M":
@@ -49,10 +54,16 @@ def read_header(path: Path) -> bytes:
 class Workspace:
     """A private mount namespace with a tmpfs scratch directory; see the module docstring."""
 
-    def __init__(self, base: Path = WORKSPACE) -> None:
+    def __init__(self, base: Path = WORKSPACE, trust: Optional[TrustContext] = None) -> None:
         self.base = base
+        # How raw images may be mounted (root, image policy, certificates). Without one, each
+        # image gets the context of the root it was found in, with that root's configured policy.
+        self.trust = trust
+        self._trust_by_root: dict[str, TrustContext] = {}
+        self.dissections: dict[tuple[str, str], ImagePlan] = {}
         self._host_ns: Optional[int] = None
         self._cwd: Optional[int] = None
+        self._root: Optional[int] = None
         self._mounted: dict[tuple[str, str], Path] = {}
         self._counter = 0
         self.inside = False
@@ -63,9 +74,10 @@ class Workspace:
         self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._host_ns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         self._cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+        self._root = os.open("/", os.O_PATH | os.O_CLOEXEC)
         try:
             m.unshare(m.CLONE_NEWNS)
-            m.mount(None, "/", None, m.MS_REC | m.MS_PRIVATE)
+            self._make_private()
             m.mount("sysextpy", self.base, "tmpfs", m.MS_NOSUID | m.MS_NODEV, "mode=0700")
         except OSError as e:
             self._close_fds()
@@ -74,6 +86,25 @@ class Workspace:
             ) from e
         self.inside = True
 
+    @staticmethod
+    def _make_private() -> None:
+        """Stop mounts made here from propagating back to the host's namespace."""
+        from . import mountapi as m
+
+        try:
+            m.mount(None, "/", None, m.MS_REC | m.MS_PRIVATE)
+            return
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+        # In a chroot whose root is not a mount point, "/" cannot be changed; every mount that
+        # can be seen can, and only those can receive the workspace's mounts.
+        for info in m.read_mountinfo():
+            try:
+                m.mount(None, info.mount_point, None, m.MS_PRIVATE)
+            except OSError as e:
+                log.debug("Cannot make %s private: %s", info.mount_point, e.strerror)
+
     def leave(self) -> None:
         """Return to the host's mount namespace. Workspace paths are gone afterwards; detached
         mount fds taken inside stay valid."""
@@ -81,17 +112,20 @@ class Workspace:
 
         if not self.inside:
             return
-        assert self._host_ns is not None and self._cwd is not None
+        assert self._host_ns is not None and self._cwd is not None and self._root is not None
         m.setns(self._host_ns, m.CLONE_NEWNS)
+        # setns() puts the process at the namespace's root: go back into a chroot we ran in
+        os.fchdir(self._root)
+        os.chroot(".")
         os.fchdir(self._cwd)
         self.inside = False
         self._close_fds()
 
     def _close_fds(self) -> None:
-        for fd in (self._host_ns, self._cwd):
+        for fd in (self._host_ns, self._cwd, self._root):
             if fd is not None:
                 os.close(fd)
-        self._host_ns = self._cwd = None
+        self._host_ns = self._cwd = self._root = None
 
     def __enter__(self) -> Workspace:
         self.enter()
@@ -110,44 +144,135 @@ class Workspace:
         return path
 
     def mount_image(self, candidate: Candidate) -> Path:
-        """Attach and mount a raw image read-only inside the workspace; cached per image."""
+        """Dissect, attach and mount a raw image read-only inside the workspace; cached per image.
+
+        ImageError when the image is broken, untrusted or refused by the image policy; nothing
+        attached or mounted for it is left behind then.
+        """
         key = (candidate.image_class.value, candidate.name)
         if key in self._mounted:
             return self._mounted[key]
         if not self.inside:
             raise SysextError("internal: mount_image() outside the workspace")
+        from .dissect import dissect
+
+        plan = dissect(candidate, self._trust_for(candidate))
+        log.info("%s %s: %s", candidate.image_class.value, candidate.name, plan.summary())
+        for note in plan.notes:
+            (log.warning if "WITHOUT verity" in note else log.info)(
+                "%s %s: %s", candidate.image_class.value, candidate.name, note
+            )
+        target = self.scratch_dir("images")
+        mounted: list[Path] = []
+        try:
+            for step in plan.steps:
+                where = target / step.where if step.where else target
+                if step.where and not where.is_dir():
+                    if mounted:
+                        raise ImageError(
+                            f"the image's root file system has no /{step.where} to mount the "
+                            f"{step.designator} partition on"
+                        )
+                    where.mkdir(mode=0o755)
+                self._mount_step(step, where)
+                mounted.append(where)
+        except BaseException:
+            self._unmount_all(mounted)
+            raise
+        log.debug("Mounted image %s at %s", candidate.path, target)
+        self.dissections[key] = plan
+        self._mounted[key] = target
+        return target
+
+    def _trust_for(self, candidate: Candidate) -> TrustContext:
+        if self.trust is not None:
+            return self.trust
+        from .dissect import TrustContext, candidate_root
+
+        root = os.fspath(candidate_root(candidate))
+        if root not in self._trust_by_root:
+            self._trust_by_root[root] = TrustContext.for_candidate(candidate, os.environ)
+        return self._trust_by_root[root]
+
+    def _mount_step(self, step: MountStep, where: Path) -> None:
+        """Attach one file system (through dm-verity when the plan says so) and mount it at `where`."""
         from . import mountapi as m
         from .loopdev import LoopDevice
 
-        path = candidate.path
+        path = os.fspath(step.source)
+        loops: list[LoopDevice] = []
+        verity_name: Optional[str] = None
+
+        def attach(source: Path, offset: int, size: int) -> LoopDevice:
+            try:
+                loop = LoopDevice.attach(source, read_only=True, offset=offset, sizelimit=size)
+            except OSError as e:
+                raise ImageError(
+                    f"cannot attach {os.fspath(source)!r} to a loop device: {e.strerror}"
+                ) from e
+            loops.append(loop)
+            return loop
+
         try:
-            header = read_header(path)
-        except OSError as e:
-            raise ImageError(f"cannot read image {os.fspath(path)!r}: {e.strerror}") from e
-        if not header.strip(b"\0"):
-            raise ImageError(f"image {os.fspath(path)!r} is empty (no file system found)")
-        fstype = sniff_filesystem(header)
-        if fstype is None:
-            raise ImageError(f"image {os.fspath(path)!r} has no recognised file system or partition table")
-        if fstype == "gpt":
-            raise ImageError(
-                f"image {os.fspath(path)!r} is a GPT disk image; partitioned images are not supported yet"
-            )
-        target = self.scratch_dir("images")
-        try:
-            loop = LoopDevice.attach(path, read_only=True)
-        except OSError as e:
-            raise ImageError(f"cannot attach {os.fspath(path)!r} to a loop device: {e.strerror}") from e
-        try:
-            m.mount(loop.path, target, fstype, m.MS_RDONLY | m.MS_NODEV | m.MS_NOSUID)
-        except OSError as e:
-            loop.detach()
-            raise ImageError(f"cannot mount {fstype} image {os.fspath(path)!r}: {e.strerror}") from e
-        finally:
-            loop.close()  # the mount keeps the device; autoclear frees it when the last user goes
-        log.debug("Mounted %s image %s at %s", fstype, path, target)
-        self._mounted[key] = target
-        return target
+            data = attach(step.source, step.offset, step.size)
+            device = data.path
+            if step.verity is not None:
+                device, verity_name = self._activate_verity(step, data, attach)
+            try:
+                m.mount(device, where, step.fstype, m.MS_RDONLY | m.MS_NODEV | m.MS_NOSUID)
+            except OSError as e:
+                raise ImageError(
+                    f"cannot mount the {step.fstype} file system of {step.what} of {path!r}: {e.strerror}"
+                ) from e
+        except BaseException:
+            if verity_name is not None:
+                from .verity import deactivate
+
+                deactivate(verity_name, deferred=False)
+            for loop in loops:
+                loop.detach()
+            raise
+        # The mount (or the dm device under it) keeps the loop devices; autoclear frees them when
+        # their last user goes, and a deferred remove does the same for the dm device.
+        for loop in loops:
+            loop.close()
+        if verity_name is not None:
+            from .verity import deactivate
+
+            deactivate(verity_name, deferred=True)
+
+    def _activate_verity(
+        self, step: MountStep, data: LoopDevice, attach: Callable[[Path, int, int], LoopDevice]
+    ) -> tuple[Path, str]:
+        from .verity import VerityActivation, activate
+
+        assert step.verity is not None
+        v = step.verity
+        hash_loop = attach(v.hash_file, v.hash_offset, v.hash_size)
+        signature_file: Optional[Path] = None
+        if v.kernel_check and v.signature is not None:
+            signature_file = self.scratch_dir("signatures") / "roothash.p7s"
+            signature_file.write_bytes(v.signature.data)
+        self._counter += 1
+        # Unique per activation: the device of the current merge may still be in use during a refresh.
+        name = f"sysextpy-{v.root_hash.hex[:32]}-{os.getpid()}-{self._counter}"
+        act = VerityActivation(
+            name=name,
+            data_device=data.path,
+            hash_device=hash_loop.path,
+            root_hash_hex=v.root_hash.hex,
+            signature_file=signature_file,
+        )
+        return activate(act), name
+
+    def _unmount_all(self, mounted: list[Path]) -> None:
+        from . import mountapi as m
+
+        for where in reversed(mounted):
+            try:
+                m.umount2(where, m.MNT_DETACH)
+            except OSError as e:
+                log.warning("Could not unmount %s: %s", where, e.strerror)
 
 
 def image_tree(candidate: Candidate, workspace: Optional[Workspace]) -> Path:
