@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +10,8 @@ from .model import JsonMode
 
 
 def emit_json(value: Any, mode: JsonMode) -> None:
+    import json  # only JSON output pays for it: tables are the default on the boot path
+
     if mode is JsonMode.PRETTY:
         sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
     else:

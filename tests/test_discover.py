@@ -1,0 +1,532 @@
+"""Discovery on tmp_path roots: search directories, names, suffixes, shadowing, masking, links."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Optional, Union
+
+import pytest
+
+from sysextpy.arch import native_architecture
+from sysextpy.discover import Discovery, discover, invalid_name_reason
+from sysextpy.model import Candidate, ImageClass, ImageType, Skipped, Verdict
+from sysextpy.osrelease import is_initrd_root
+
+SYSEXT = ImageClass.SYSEXT
+CONFEXT = ImageClass.CONFEXT
+
+# A tree is described as {path inside the root: spec}. Specs:
+#   "dir"           an empty directory
+#   "file"          a regular file with some bytes
+#   ("link", T)     a symlink to T
+#   "null"          a character device 1:3 (needs root)
+Spec = Union[str, tuple[str, str]]
+
+
+def build(root: Path, tree: dict[str, Spec]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, spec in tree.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if spec == "dir":
+            path.mkdir()
+        elif spec == "file":
+            path.write_bytes(b"not really an image\n")
+        elif spec == "null":
+            if os.geteuid() != 0:
+                pytest.skip("creating a character device inside the fake root needs root")
+            os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        elif isinstance(spec, tuple) and spec[0] == "link":
+            path.symlink_to(spec[1])
+        else:
+            raise AssertionError(f"bad spec {spec!r}")
+    return root
+
+
+def scan(root: Path, image_class: ImageClass = SYSEXT) -> Discovery:
+    return discover(root, image_class, initrd=is_initrd_root(root))
+
+
+def found(d: Discovery) -> dict[str, tuple[str, str]]:
+    """name -> (type, path inside the root)."""
+    return {c.name: (c.type.value, _inner(d, c.path)) for c in d.candidates}
+
+
+_ROOTS: dict[int, Path] = {}
+
+
+def _inner(d: Discovery, path: Path) -> str:
+    root = _ROOTS[id(d)]
+    return "/" + os.path.relpath(path, root)
+
+
+def scan_tree(tmp_path: Path, tree: dict[str, Spec], image_class: ImageClass = SYSEXT) -> Discovery:
+    root = build(tmp_path / "root", tree)
+    d = scan(root, image_class)
+    _ROOTS[id(d)] = root
+    return d
+
+
+def skipped_by_entry(d: Discovery) -> dict[str, Skipped]:
+    root = _ROOTS[id(d)]
+    return {"/" + os.path.relpath(s.entry, root): s for s in d.skipped}
+
+
+# --------------------------------------------------------------------------------------------------
+# Search directories per class, with and without /etc/initrd-release
+
+SYSEXT_DIRS = ("/etc/extensions", "/run/extensions", "/var/lib/extensions")
+SYSEXT_INITRD_DIRS = SYSEXT_DIRS + ("/.extra/sysext", "/.extra/global_sysext")
+CONFEXT_DIRS = ("/run/confexts", "/var/lib/confexts", "/usr/local/lib/confexts", "/usr/lib/confexts")
+CONFEXT_INITRD_DIRS = (
+    "/run/confexts",
+    "/var/lib/confexts",
+    "/usr/local/lib/confexts",
+    "/.extra/confext",
+    "/.extra/global_confext",
+)
+EVERY_DIR = sorted(set(SYSEXT_INITRD_DIRS + CONFEXT_DIRS + CONFEXT_INITRD_DIRS))
+
+
+@pytest.mark.parametrize(
+    "image_class, initrd, searched",
+    [
+        (SYSEXT, False, SYSEXT_DIRS),
+        (SYSEXT, True, SYSEXT_INITRD_DIRS),
+        (CONFEXT, False, CONFEXT_DIRS),
+        (CONFEXT, True, CONFEXT_INITRD_DIRS),
+    ],
+)
+def test_search_directories(
+    tmp_path: Path, image_class: ImageClass, initrd: bool, searched: tuple[str, ...]
+) -> None:
+    # One image in every directory either class could search, named after the directory.
+    tree: dict[str, Spec] = {f"{d.lstrip('/')}/img{d.replace('/', '-')}": "dir" for d in EVERY_DIR}
+    if initrd:
+        tree["etc/initrd-release"] = "file"
+    d = scan_tree(tmp_path, tree, image_class)
+    assert d.search_dirs == searched
+    assert d.missing_dirs == ()
+    assert [c.search_dir for c in d.candidates] == list(searched)
+    assert [c.name for c in d.candidates] == [f"img{s.replace('/', '-')}" for s in searched]
+    assert d.skipped == ()
+
+
+def test_initrd_release_as_link_inside_root_counts(tmp_path: Path) -> None:
+    d = scan_tree(
+        tmp_path,
+        {"usr/lib/initrd-release": "file", "etc/initrd-release": ("link", "/usr/lib/initrd-release")},
+    )
+    assert d.search_dirs == SYSEXT_INITRD_DIRS
+
+
+def test_missing_search_directories_are_recorded(tmp_path: Path) -> None:
+    d = scan_tree(tmp_path, {"run/extensions/a": "dir"})
+    assert d.missing_dirs == ("/etc/extensions", "/var/lib/extensions")
+    assert [c.name for c in d.candidates] == ["a"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Shadowing and masking
+
+
+@pytest.mark.parametrize(
+    "tree, winner, loser",
+    [
+        pytest.param(
+            {"etc/extensions/foo": "dir", "var/lib/extensions/foo": "dir"},
+            "/etc/extensions/foo",
+            "/var/lib/extensions/foo",
+            id="etc-beats-var",
+        ),
+        pytest.param(
+            {"run/extensions/foo.raw": "file", "var/lib/extensions/foo": "dir"},
+            "/run/extensions/foo.raw",
+            "/var/lib/extensions/foo",
+            id="raw-in-run-beats-dir-in-var",
+        ),
+        pytest.param(
+            {"etc/extensions/foo.sysext.raw": "file", "run/extensions/foo.raw": "file"},
+            "/etc/extensions/foo.sysext.raw",
+            "/run/extensions/foo.raw",
+            id="class-suffix-same-name",
+        ),
+        pytest.param(
+            {"etc/extensions/foo": "dir", "var/lib/extensions/foo.v/foo_1": "dir"},
+            "/etc/extensions/foo",
+            "/var/lib/extensions/foo.v",
+            id="plain-beats-versioned",
+        ),
+        pytest.param(
+            {"run/confexts/foo": "dir", "usr/lib/confexts/foo": "dir"},
+            "/run/confexts/foo",
+            "/usr/lib/confexts/foo",
+            id="confext-run-beats-usr-lib",
+        ),
+    ],
+)
+def test_shadowing_by_name(tmp_path: Path, tree: dict[str, Spec], winner: str, loser: str) -> None:
+    image_class = CONFEXT if any("confexts" in p for p in tree) else SYSEXT
+    d = scan_tree(tmp_path, tree, image_class)
+    assert [c.name for c in d.candidates] == ["foo"]
+    assert _inner(d, d.candidates[0].entry) == winner
+    skipped = skipped_by_entry(d)
+    assert list(skipped) == [loser]
+    assert skipped[loser].name == "foo"
+    assert skipped[loser].verdict is Verdict.IGNORED
+    assert skipped[loser].reason == f"shadowed by {os.fspath(d.candidates[0].entry)!r}"
+
+
+def test_empty_directory_masks_lower_images(tmp_path: Path) -> None:
+    d = scan_tree(tmp_path, {"etc/extensions/foo": "dir", "var/lib/extensions/foo.raw": "file"})
+    assert found(d) == {"foo": ("directory", "/etc/extensions/foo")}
+    assert "shadowed by" in skipped_by_entry(d)["/var/lib/extensions/foo.raw"].reason
+
+
+@pytest.mark.parametrize("link_name", ["foo", "foo.raw"])
+def test_dev_null_link_does_not_mask(tmp_path: Path, link_name: str) -> None:
+    d = scan_tree(
+        tmp_path,
+        {
+            "dev/null": "null",
+            f"etc/extensions/{link_name}": ("link", "/dev/null"),
+            "var/lib/extensions/foo.raw": "file",
+        },
+    )
+    assert found(d) == {"foo": ("raw", "/var/lib/extensions/foo.raw")}
+    reason = skipped_by_entry(d)[f"/etc/extensions/{link_name}"].reason
+    assert reason.startswith("character device, not an image")
+    assert "does not mask" in reason
+
+
+def test_dev_null_link_without_dev_null_in_root_is_dangling(tmp_path: Path) -> None:
+    d = scan_tree(tmp_path, {"etc/extensions/foo": ("link", "/dev/null"), "var/lib/extensions/foo": "dir"})
+    assert found(d) == {"foo": ("directory", "/var/lib/extensions/foo")}
+    assert (
+        skipped_by_entry(d)["/etc/extensions/foo"].reason
+        == "dangling symlink to '/dev/null' (inside the root)"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry names, suffixes and types
+
+
+@pytest.mark.parametrize(
+    "image_class, search_dir, entry, spec, name, image_type",
+    [
+        (SYSEXT, "var/lib/extensions", "foo.raw", "file", "foo", "raw"),
+        (SYSEXT, "var/lib/extensions", "foo.sysext.raw", "file", "foo", "raw"),
+        (SYSEXT, "var/lib/extensions", "foo.confext.raw", "file", "foo.confext", "raw"),
+        (CONFEXT, "var/lib/confexts", "foo.confext.raw", "file", "foo", "raw"),
+        (CONFEXT, "var/lib/confexts", "foo.sysext.raw", "file", "foo.sysext", "raw"),
+        (SYSEXT, "var/lib/extensions", "foo", "dir", "foo", "directory"),
+        (SYSEXT, "var/lib/extensions", "foo.sysext", "dir", "foo", "directory"),
+        (SYSEXT, "var/lib/extensions", "foo.raw", "dir", "foo.raw", "directory"),
+        (SYSEXT, "var/lib/extensions", "foo.mstack", "dir", "foo", "mstack"),
+        (SYSEXT, "var/lib/extensions", ".hidden", "dir", ".hidden", "directory"),
+        (SYSEXT, "var/lib/extensions", "foo-1.2_x+y", "dir", "foo-1.2_x+y", "directory"),
+        (CONFEXT, "run/confexts", "foo.confext", "dir", "foo", "directory"),
+        (SYSEXT, "var/lib/extensions", ".raw", "file", ".raw", "raw"),
+    ],
+)
+def test_entry_names_and_suffixes(
+    tmp_path: Path,
+    image_class: ImageClass,
+    search_dir: str,
+    entry: str,
+    spec: Spec,
+    name: str,
+    image_type: str,
+) -> None:
+    d = scan_tree(tmp_path, {f"{search_dir}/{entry}": spec}, image_class)
+    assert found(d) == {name: (image_type, f"/{search_dir}/{entry}")}
+    assert d.skipped == ()
+    candidate = d.candidates[0]
+    assert candidate.image_class is image_class
+    assert _inner(d, candidate.entry) == f"/{search_dir}/{entry}"
+    assert candidate.search_dir == f"/{search_dir}"
+    assert candidate.mtime_usec > 0
+
+
+@pytest.mark.parametrize(
+    "entry, spec, reason",
+    [
+        (".#foo.raw", "file", "invalid image name '.#foo': name starts with '.#'"),
+        (".#foo", "dir", "invalid image name '.#foo': name starts with '.#'"),
+        ("foo\x01.raw", "file", "invalid image name 'foo\\x01': name contains control characters"),
+        ("foo\nbar", "dir", "name contains control characters"),
+        ("foo\x7f", "dir", "name contains control characters"),
+        ("notes.txt", "file", "regular file without the '.raw' suffix"),
+        ("foo.raw.bak", "file", "regular file without the '.raw' suffix"),
+        (
+            "gone.raw",
+            ("link", "/srv/images/gone.raw"),
+            "dangling symlink to '/srv/images/gone.raw' (inside the root)",
+        ),
+        ("gone", ("link", "../nowhere"), "dangling symlink to '../nowhere' (inside the root)"),
+    ],
+)
+def test_entries_that_are_not_images(tmp_path: Path, entry: str, spec: Spec, reason: str) -> None:
+    d = scan_tree(tmp_path, {f"var/lib/extensions/{entry}": spec, "var/lib/extensions/ok": "dir"})
+    assert found(d) == {"ok": ("directory", "/var/lib/extensions/ok")}
+    skipped = skipped_by_entry(d)
+    assert list(skipped) == [f"/var/lib/extensions/{entry}"]
+    s = skipped[f"/var/lib/extensions/{entry}"]
+    assert reason in s.reason
+    assert s.verdict is Verdict.IGNORED
+    assert s.image_class is SYSEXT
+
+
+def test_non_utf8_name_is_invalid(tmp_path: Path) -> None:
+    root = build(tmp_path / "root", {"var/lib/extensions/ok": "dir"})
+    os.mkdir(os.path.join(os.fsencode(root / "var/lib/extensions"), b"bad\xff"))
+    d = scan(root)
+    assert [c.name for c in d.candidates] == ["ok"]
+    assert len(d.skipped) == 1
+    assert "name is not valid UTF-8" in d.skipped[0].reason
+
+
+def test_invalid_entry_does_not_claim_the_name(tmp_path: Path) -> None:
+    d = scan_tree(
+        tmp_path,
+        {"etc/extensions/foo.raw": ("link", "/missing"), "var/lib/extensions/foo": "dir"},
+    )
+    assert found(d) == {"foo": ("directory", "/var/lib/extensions/foo")}
+
+
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("", "empty name or '.'/'..'"),
+        (".", "empty name or '.'/'..'"),
+        ("..", "empty name or '.'/'..'"),
+        ("a/b", "name contains '/'"),
+        ("x" * 255, None),
+        ("x" * 256, "name longer than 255 bytes"),
+        ("é" * 127, None),
+        ("é" * 128, "name longer than 255 bytes"),
+        ("tab\there", "name contains control characters"),
+        (".#lock", "name starts with '.#'"),
+        (".hidden", None),
+        ("foo#bar", None),
+        ("bad\udcff", "name is not valid UTF-8"),
+    ],
+)
+def test_invalid_name_reason(name: str, reason: Optional[str]) -> None:
+    got = invalid_name_reason(name)
+    if reason is None:
+        assert got is None
+    else:
+        assert got is not None and reason in got
+
+
+def test_sysupdate_temporaries_are_ignored_silently(tmp_path: Path) -> None:
+    d = scan_tree(
+        tmp_path,
+        {
+            "var/lib/extensions/.sysupdate.foo.raw": "file",
+            "var/lib/extensions/.sysupdate.bar": "dir",
+            "var/lib/extensions/foo.raw": "file",
+        },
+    )
+    assert found(d) == {"foo": ("raw", "/var/lib/extensions/foo.raw")}
+    assert d.skipped == ()
+
+
+def test_other_file_types_are_skipped(tmp_path: Path) -> None:
+    root = build(tmp_path / "root", {"var/lib/extensions/ok": "dir"})
+    os.mkfifo(root / "var/lib/extensions/pipe.raw")
+    d = scan(root)
+    assert [c.name for c in d.candidates] == ["ok"]
+    assert [s.reason for s in d.skipped] == ["FIFO, not an image"]
+
+
+# --------------------------------------------------------------------------------------------------
+# .v/ directories
+
+
+def _foreign_arch() -> str:
+    return "arm64" if native_architecture() != "arm64" else "x86-64"
+
+
+def test_versioned_directory_picks_the_newest_usable(tmp_path: Path) -> None:
+    d = scan_tree(
+        tmp_path,
+        {
+            "var/lib/extensions/editor.v/editor_1.0": "dir",
+            "var/lib/extensions/editor.v/editor_1.2": "dir",
+            f"var/lib/extensions/editor.v/editor_2.0_{_foreign_arch()}": "dir",
+            "var/lib/extensions/editor.v/editor_3.0.raw": "file",  # wrong suffix for a plain .v
+            "var/lib/extensions/editor.v/other_9.0": "dir",
+        },
+    )
+    assert found(d) == {"editor": ("directory", "/var/lib/extensions/editor.v/editor_1.2")}
+    (candidate,) = d.candidates
+    assert candidate.version == "1.2"
+    assert _inner(d, candidate.entry) == "/var/lib/extensions/editor.v"
+
+
+@pytest.mark.parametrize(
+    "vdir, entries, name, picked, image_type",
+    [
+        ("foo.raw.v", {"foo_1.raw": "file", "foo_2.raw": "file", "foo_3": "dir"}, "foo", "foo_2.raw", "raw"),
+        (
+            "foo.sysext.raw.v",
+            {"foo_1.sysext.raw": "file", "foo_2.raw": "file"},
+            "foo",
+            "foo_1.sysext.raw",
+            "raw",
+        ),
+        ("foo.v", {"foo_1": "dir", "foo_1.1+0": "dir"}, "foo", "foo_1", "directory"),
+        (
+            "foo.v",
+            {"foo_1": "dir", f"foo_1_{native_architecture()}": "dir"},
+            "foo",
+            f"foo_1_{native_architecture()}",
+            "directory",
+        ),
+    ],
+)
+def test_versioned_directory_suffixes_and_ranking(
+    tmp_path: Path, vdir: str, entries: dict[str, Spec], name: str, picked: str, image_type: str
+) -> None:
+    tree: dict[str, Spec] = {f"var/lib/extensions/{vdir}/{e}": s for e, s in entries.items()}
+    d = scan_tree(tmp_path, tree)
+    assert found(d) == {name: (image_type, f"/var/lib/extensions/{vdir}/{picked}")}
+
+
+def test_versioned_directory_with_nothing_usable_is_skipped(tmp_path: Path) -> None:
+    d = scan_tree(
+        tmp_path,
+        {
+            f"var/lib/extensions/tool.v/tool_1_{_foreign_arch()}": "dir",
+            "var/lib/extensions/tool.v/tool_2.raw": "file",
+            "var/lib/extensions/tool": "dir",
+        },
+    )
+    # The skipped .v does not claim the name: the plain directory is the image.
+    assert found(d) == {"tool": ("directory", "/var/lib/extensions/tool")}
+    s = skipped_by_entry(d)["/var/lib/extensions/tool.v"]
+    assert s.name == "tool"
+    assert "no usable tool_VERSION entry" in s.reason
+
+
+def test_versioned_directory_via_absolute_link_inside_root(tmp_path: Path) -> None:
+    d = scan_tree(
+        tmp_path,
+        {
+            "srv/store/app.v/app_1": "dir",
+            "srv/store/app.v/app_2": ("link", "/srv/versions/app-two"),
+            "srv/versions/app-two": "dir",
+            "var/lib/extensions/app.v": ("link", "/srv/store/app.v"),
+        },
+    )
+    assert found(d) == {"app": ("directory", "/srv/versions/app-two")}
+    assert d.candidates[0].version == "2"
+
+
+# --------------------------------------------------------------------------------------------------
+# Links: dangling, re-rooted, escaping
+
+
+@pytest.mark.parametrize(
+    "target, tree, expected",
+    [
+        # /usr/share and /etc/os-release exist on every host; inside the root they must be looked up.
+        ("/usr/share", {"usr/share": "dir"}, ("directory", "/usr/share")),
+        ("/usr/share", {}, None),
+        ("/etc/os-release", {"etc/os-release": "file"}, ("raw", "/etc/os-release")),
+        ("/etc/os-release", {}, None),
+        ("../../../../../../../../usr/share", {"usr/share": "dir"}, ("directory", "/usr/share")),
+        ("../../../../../../../../usr/share", {}, None),
+        ("/srv/x", {"srv/x": "dir"}, ("directory", "/srv/x")),
+        ("/srv/hop", {"srv/hop": ("link", "/srv/x"), "srv/x": "dir"}, ("directory", "/srv/x")),
+        ("/srv/hop", {"srv/hop": ("link", "../../../../etc/os-release")}, None),
+    ],
+)
+def test_links_resolve_inside_the_root(
+    tmp_path: Path, target: str, tree: dict[str, Spec], expected: Optional[tuple[str, str]]
+) -> None:
+    entry = "img.raw" if expected is None or expected[0] == "raw" or target.endswith("os-release") else "img"
+    full_tree: dict[str, Spec] = {**tree, f"var/lib/extensions/{entry}": ("link", target)}
+    d = scan_tree(tmp_path, full_tree)
+    if expected is None:
+        assert d.candidates == ()
+        assert "dangling symlink" in skipped_by_entry(d)[f"/var/lib/extensions/{entry}"].reason
+    else:
+        assert found(d) == {"img": expected}
+        root = _ROOTS[id(d)]
+        assert d.candidates[0].path.is_relative_to(root)
+
+
+def test_symlink_loop_is_rejected_and_scanning_goes_on(tmp_path: Path) -> None:
+    d = scan_tree(
+        tmp_path,
+        {
+            "var/lib/extensions/loop": ("link", "/var/lib/extensions/loop"),
+            "var/lib/extensions/ok": "dir",
+        },
+    )
+    assert [c.name for c in d.candidates] == ["ok"]
+    s = skipped_by_entry(d)["/var/lib/extensions/loop"]
+    assert s.verdict is Verdict.REJECTED
+    assert "cannot resolve inside the root" in s.reason
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        pytest.param({"dev/null": "null", "etc/extensions": ("link", "/dev/null")}, id="dev-null"),
+        pytest.param(
+            {"etc/hostname": "file", "etc/extensions": ("link", "/etc/hostname")}, id="regular-file"
+        ),
+        pytest.param({"etc/extensions": "file"}, id="file-itself"),
+    ],
+)
+def test_search_dir_that_is_not_a_directory_is_rejected(tmp_path: Path, tree: dict[str, Spec]) -> None:
+    d = scan_tree(tmp_path, {**tree, "var/lib/extensions/ok": "dir", "run/extensions/early": "dir"})
+    assert [c.name for c in d.candidates] == ["early", "ok"]
+    (s,) = d.skipped
+    assert s.entry == Path("/etc/extensions")
+    assert s.verdict is Verdict.REJECTED
+    assert "search directory cannot" in s.reason
+    assert "/etc/extensions" not in d.missing_dirs
+
+
+def test_search_dir_link_to_missing_dev_null_counts_as_missing(tmp_path: Path) -> None:
+    d = scan_tree(tmp_path, {"etc/extensions": ("link", "/dev/null"), "var/lib/extensions/ok": "dir"})
+    assert [c.name for c in d.candidates] == ["ok"]
+    assert "/etc/extensions" in d.missing_dirs
+    assert d.skipped == ()
+
+
+def test_search_dir_reached_through_links_inside_root(tmp_path: Path) -> None:
+    d = scan_tree(
+        tmp_path,
+        {
+            "var": ("link", "/data/var"),
+            "data/var/lib/extensions/foo": "dir",
+        },
+    )
+    assert found(d) == {"foo": ("directory", "/data/var/lib/extensions/foo")}
+    assert _inner(d, d.candidates[0].entry) == "/var/lib/extensions/foo"
+
+
+def test_candidate_fields(tmp_path: Path) -> None:
+    d = scan_tree(tmp_path, {"run/extensions/foo.raw": "file"})
+    root = _ROOTS[id(d)]
+    (c,) = d.candidates
+    assert c == Candidate(
+        name="foo",
+        image_class=SYSEXT,
+        type=ImageType.RAW,
+        path=root / "run/extensions/foo.raw",
+        entry=root / "run/extensions/foo.raw",
+        search_dir="/run/extensions",
+        mtime_usec=os.stat(root / "run/extensions/foo.raw").st_mtime_ns // 1000,
+        crtime_usec=0,
+        version=None,
+    )

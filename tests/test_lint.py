@@ -1,0 +1,111 @@
+"""Linters are tests too: ruff (check and format), mypy --strict, shellcheck."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import pytest
+from conftest import REPO_ROOT
+
+# The virtual environment's tools, next to the interpreter running the tests (not resolved: the
+# venv's python is a symlink to the system one).
+VENV_BIN = Path(sys.executable).parent
+SKIP_DIRS = {".venv", ".git", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__", "build"}
+
+
+def tool(name: str) -> str:
+    path = VENV_BIN / name
+    if not path.exists():
+        pytest.skip(f"{name} is not installed next to {sys.executable} (run `make venv`)")
+    return os.fspath(path)
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv,
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_ruff_check() -> None:
+    result = run([tool("ruff"), "check", "--no-cache", "."])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format() -> None:
+    result = run([tool("ruff"), "format", "--check", "--no-cache", "."])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_strict() -> None:
+    # The configuration in pyproject.toml says strict and which files.
+    result = run([tool("mypy")])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _is_shell_script(path: Path) -> bool:
+    if path.suffix == ".sh":
+        return True
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(200)
+    except OSError:
+        return False
+    if not first.startswith(b"#!"):
+        return False
+    interpreter = first[2:].split()
+    words = [os.path.basename(w) for w in interpreter[:2]]
+    return any(w in (b"sh", b"bash", b"dash") for w in words)
+
+
+def shell_files() -> list[Path]:
+    found: set[Path] = set()
+    for dirpath, dirnames, filenames in os.walk(REPO_ROOT):
+        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+        for name in filenames:
+            if name.endswith(".sh"):
+                found.add(Path(dirpath, name))
+    for pattern in ("generators/*", "dracut/90sysextpy/*", ".ci/*"):
+        for path in REPO_ROOT.glob(pattern):
+            if path.is_file() and _is_shell_script(path):
+                found.add(path)
+    return sorted(found)
+
+
+def _shellcheck() -> Optional[str]:
+    return shutil.which("shellcheck")
+
+
+def test_shellcheck() -> None:
+    shellcheck = _shellcheck()
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    files = shell_files()
+    if not files:
+        pytest.skip("no shell scripts in the repository yet")
+    result = run([shellcheck, "--external-sources", *(os.fspath(f.relative_to(REPO_ROOT)) for f in files)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_shell_file_detection(tmp_path: Path) -> None:
+    cases = {
+        "a.sh": b"echo\n",
+        "gen-sh": b"#!/bin/sh\n",
+        "gen-bash": b"#!/usr/bin/env bash\n",
+        "gen-py": b"#!/usr/bin/python3 -I -S\n",
+        "plain": b"no shebang\n",
+    }
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+    detected = {name for name in cases if _is_shell_script(tmp_path / name)}
+    assert detected == {"a.sh", "gen-sh", "gen-bash"}

@@ -1,0 +1,158 @@
+"""status.live_merge against real overlays in a fake root: only a mount point whose metadata names its
+own device is a live merge."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import pytest
+from conftest import RunSysextpy
+
+from sysextpy import mountapi
+from sysextpy.model import ImageClass
+from sysextpy.status import live_merge, parse_dev
+
+SYSEXT = ImageClass.SYSEXT
+CONFEXT = ImageClass.CONFEXT
+
+
+@pytest.mark.parametrize(
+    "text, dev",
+    [
+        ("259:3\n", os.makedev(259, 3)),
+        ("0:45", os.makedev(0, 45)),
+        (" 8:1 \n", os.makedev(8, 1)),
+        ("", None),
+        ("8", None),
+        ("8:", None),
+        (":1", None),
+        ("8:1:2", None),
+        ("-8:1", None),
+        ("a:b", None),
+        ("8.1", None),
+    ],
+)
+def test_parse_dev(text: str, dev: Optional[int]) -> None:
+    assert parse_dev(text) == dev
+
+
+def dev_text(st_dev: int) -> str:
+    return f"{os.major(st_dev)}:{os.minor(st_dev)}\n"
+
+
+@contextmanager
+def overlay(
+    hierarchy: Path, meta_base: Path, image_class: ImageClass, names: list[str], dev: Optional[str] = None
+) -> Iterator[Path]:
+    """Mount a read-only overlay on `hierarchy`: a metadata layer on top of the original tree, like a
+    merge. The dev file is written after mounting (the overlay's device is only known then); `dev`
+    overrides its content."""
+    meta = meta_base / image_class.metadata_dir
+    meta.mkdir(parents=True)
+    (meta / image_class.list_file).write_text("".join(f"{n}\n" for n in names))
+    mountapi.mount(
+        image_class.value, hierarchy, "overlay", mountapi.MS_RDONLY, f"lowerdir={meta_base}:{hierarchy}"
+    )
+    try:
+        (meta / "dev").write_text(dev if dev is not None else dev_text(os.stat(hierarchy).st_dev))
+        yield hierarchy
+    finally:
+        mountapi.umount2(hierarchy)
+
+
+@pytest.mark.parametrize(
+    "image_class, hierarchy, names",
+    [
+        (SYSEXT, "/usr", ["editor", "tools"]),
+        (SYSEXT, "/opt", ["tools"]),
+        (CONFEXT, "/etc", ["motd"]),
+        (SYSEXT, "/usr", []),  # a mutable merge with no extensions still is a merge
+    ],
+)
+def test_live_overlay_is_merged(
+    fake_root: Path, mountns: None, tmp_path: Path, image_class: ImageClass, hierarchy: str, names: list[str]
+) -> None:
+    target = fake_root / hierarchy.lstrip("/")
+    with overlay(target, tmp_path / "meta", image_class, names):
+        path, merge = live_merge(fake_root, image_class, hierarchy)
+        assert path == target
+        assert merge is not None
+        assert merge.extensions == tuple(names)
+        assert merge.hierarchy == hierarchy
+        assert merge.path == target
+        assert merge.image_class is image_class
+        assert merge.metadata_dir == target / image_class.metadata_dir
+        assert merge.since_usec == os.stat(target).st_mtime_ns // 1000
+        # The other class's metadata is not there: not its merge.
+        other = CONFEXT if image_class is SYSEXT else SYSEXT
+        assert live_merge(fake_root, other, hierarchy) == (target, None)
+    assert live_merge(fake_root, image_class, hierarchy) == (target, None)
+
+
+def test_copied_tree_is_not_merged(fake_root: Path) -> None:
+    """A metadata directory naming the right device, but no mount point: a copy of a merge."""
+    usr = fake_root / "usr"
+    meta = usr / ".systemd-sysext"
+    meta.mkdir()
+    (meta / "extensions").write_text("tools\n")
+    (meta / "dev").write_text(dev_text(os.stat(usr).st_dev))
+    assert not mountapi.is_mount_point(usr)
+    assert live_merge(fake_root, SYSEXT, "/usr") == (usr, None)
+
+
+@pytest.mark.parametrize("dev", ["0:1\n", "garbage\n", ""])
+def test_dev_mismatch_is_not_merged(fake_root: Path, mountns: None, tmp_path: Path, dev: str) -> None:
+    usr = fake_root / "usr"
+    with overlay(usr, tmp_path / "meta", SYSEXT, ["tools"], dev=dev):
+        assert mountapi.is_mount_point(usr)
+        assert live_merge(fake_root, SYSEXT, "/usr") == (usr, None)
+
+
+def test_mount_without_metadata_is_not_merged(fake_root: Path, mountns: None) -> None:
+    usr = fake_root / "usr"
+    mountapi.mount("tmpfs", usr, "tmpfs", 0, "mode=0755")
+    try:
+        assert live_merge(fake_root, SYSEXT, "/usr") == (usr, None)
+    finally:
+        mountapi.umount2(usr)
+
+
+def test_missing_hierarchy(fake_root: Path) -> None:
+    assert live_merge(fake_root, SYSEXT, "/nonexistent") == (None, None)
+
+
+def test_hierarchy_link_is_resolved_inside_root(fake_root: Path, mountns: None, tmp_path: Path) -> None:
+    (fake_root / "sysroot-opt").mkdir()
+    (fake_root / "opt").rmdir()
+    (fake_root / "opt").symlink_to("/sysroot-opt")
+    with overlay(fake_root / "sysroot-opt", tmp_path / "meta", SYSEXT, ["a"]):
+        path, merge = live_merge(fake_root, SYSEXT, "/opt")
+        assert path == fake_root / "sysroot-opt"
+        assert merge is not None and merge.extensions == ("a",)
+
+
+def test_status_verb_reports_the_merge(
+    fake_root: Path, mountns: None, tmp_path: Path, sysextpy_cmd: RunSysextpy
+) -> None:
+    with overlay(fake_root / "usr", tmp_path / "meta", SYSEXT, ["editor", "tools"]):
+        since = os.stat(fake_root / "usr").st_mtime_ns // 1000
+        result = sysextpy_cmd(f"--root={fake_root}", "status", "--json=short")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == [
+            {"hierarchy": "/etc", "extensions": [], "since": None, "class": "confext"},
+            {"hierarchy": "/opt", "extensions": [], "since": None, "class": "sysext"},
+            {"hierarchy": "/usr", "extensions": ["editor", "tools"], "since": since, "class": "sysext"},
+        ]
+        text = sysextpy_cmd(f"--root={fake_root}", "status", "--class=sysext")
+        assert text.returncode == 0
+        lines = text.stdout.splitlines()
+        assert lines[0].split() == ["HIERARCHY", "EXTENSIONS", "SINCE", "CLASS"]
+        assert lines[1].split() == ["/opt", "none", "sysext"]
+        assert lines[2].startswith("/usr")
+        assert "editor, tools" in lines[2]
+        assert lines[2].split()[-1] == "sysext"
