@@ -108,7 +108,7 @@ def decide(
     from .fingerprint import describe_changes, read_live_extra
     from .status import live_merge
 
-    if opts.verb is not Verb.REFRESH:
+    if opts.verb not in (Verb.REFRESH, Verb.PLAN):
         return False, f"verb {opts.verb.value}", ()
     if opts.always_refresh:
         return False, "--always-refresh=yes given", ()
@@ -146,6 +146,26 @@ def decide(
     return True, "fingerprint and live merges match the record", ()
 
 
+def class_runs(opts: Options, found: Any, prior: Any, env: Mapping[str, str]) -> list[ClassRun]:
+    """Fingerprint every class of a survey and decide, for each, whether a refresh may skip it."""
+    from .chase import root_relative
+    from .fingerprint import class_inputs, digest, host_inputs
+    from .sources import unreachable_dirs
+
+    root = opts.root
+    host_part = host_inputs(root, found.host, env)
+    runs = []
+    for cs, disc in zip(found.settings, found.discoveries):
+        skipped = [(root_relative(root, s.entry), s.reason) for s in disc.skipped]
+        inputs = class_inputs(opts, cs, disc.candidates, skipped, host_part, env)
+        fp = digest(inputs)
+        skip, reason, changes = decide(opts, cs, fp, inputs, prior, env)
+        runs.append(
+            ClassRun(cs, fp, inputs, skip, reason, changes, unreachable_dirs(root, disc.search_dirs))
+        )
+    return runs
+
+
 def _log_choice(chosen: list[str], ignored: int) -> None:
     if chosen:
         log.info("Using extensions %s.", ", ".join(f"'{n}'" for n in chosen))
@@ -177,10 +197,7 @@ def _new_record(opts: Options, phase: str, started: int) -> dict[str, Any]:
 
 
 def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[str, str]) -> int:
-    from .chase import root_relative
-    from .fingerprint import class_inputs, digest, host_inputs
     from .plan import survey
-    from .sources import unreachable_dirs
     from .state import now_usec, read_record, write_record
     from .status import live_merge
 
@@ -198,17 +215,11 @@ def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[st
     found = survey(opts, settings, env)
     if found.host.release is None:
         raise SysextError(found.host.release_error or "Failed to acquire 'os-release' data of the root.")
-    host_part = host_inputs(root, found.host, env)
     prior = read_record(opts.state)
 
-    runs: list[ClassRun] = []
-    for cs, disc in zip(found.settings, found.discoveries):
-        skipped = [(root_relative(root, s.entry), s.reason) for s in disc.skipped]
-        inputs = class_inputs(opts, cs, disc.candidates, skipped, host_part, env)
-        fp = digest(inputs)
-        skip, reason, changes = decide(opts, cs, fp, inputs, prior, env)
-        run = ClassRun(cs, fp, inputs, skip, reason, changes, unreachable_dirs(root, disc.search_dirs))
-        runs.append(run)
+    runs = class_runs(opts, found, prior, env)
+    for run in runs:
+        cs, skip, reason, changes = run.settings, run.skip, run.reason, run.changes
         if skip:
             log.debug("%s: no change (%s)", cs.image_class.value, reason)
         elif opts.verb is Verb.REFRESH:

@@ -130,10 +130,28 @@ def plan_rows(plan: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def refresh_decisions(opts: Options, found: Any, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """What `refresh` would do for each class, from the same fingerprint and record it uses."""
+    from .merge import class_runs
+    from .state import read_record
+
+    runs = class_runs(opts, found, read_record(opts.state), env)
+    return {
+        r.image_class.value: {
+            "skip": r.skip,
+            "reason": r.reason,
+            "changes": list(r.changes),
+            "fingerprint": r.fingerprint,
+        }
+        for r in runs
+    }
+
+
 def verb_plan(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[str, str]) -> int:
     from .plan import judge_all, survey
 
     found = survey(opts, settings, env)
+    decisions = refresh_decisions(opts, found, env) if found.host.release is not None else {}
     if os.geteuid() == 0:
         # Raw images are inspected in a private mount namespace: nothing shows on the host.
         from .images import Workspace
@@ -153,6 +171,7 @@ def verb_plan(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[s
                 "hierarchies": list(cp.settings.hierarchies),
                 "mutable": cp.settings.mutable.value,
                 "merge": [v.name for v in cp.to_merge],
+                "refresh": decisions.get(cp.image_class.value),
             }
             for cp in plan.classes
         ],
@@ -176,6 +195,12 @@ def verb_plan(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[s
         if opts.legend:
             for cp in plan.classes:
                 names = ", ".join(v.name for v in cp.to_merge) or "nothing"
+                decision = decisions.get(cp.image_class.value)
+                if decision:
+                    action = "skip" if decision["skip"] else "refresh"
+                    print(f"\n{cp.image_class.value}: refresh would {action}: {decision['reason']}")
+                    for change in decision["changes"]:
+                        print(f"  {change}")
                 where = ", ".join(cp.settings.hierarchies)
                 print(f"\n{cp.image_class.value}: would merge {names} into {where}")
     if plan.host.release_error:
@@ -185,6 +210,10 @@ def verb_plan(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[s
 
 def run_verb(opts: Options) -> int:
     env = os.environ
+    if opts.root_given and not os.path.isdir(opts.root):
+        raise SysextError(f"--root={os.fspath(opts.root)!r} is not a directory.")
+    if opts.verb.mutates:
+        require_privileges()
     settings = class_settings(opts, env)
     if opts.verb is Verb.STATUS:
         return verb_status(opts, settings)
@@ -192,7 +221,6 @@ def run_verb(opts: Options) -> int:
         return verb_list(opts, settings)
     if opts.verb is Verb.PLAN:
         return verb_plan(opts, settings, env)
-    require_privileges()
     from .merge import run_mutating_verb
 
     return run_mutating_verb(opts, settings, env)

@@ -88,9 +88,9 @@ def build_sample_root(root: Path, *, broken: bool = True, raw: bool = True) -> P
     write(ext / "notes.txt", "not an image\n")
     # 10. a dangling link
     (ext / "gone.raw").symlink_to("/srv/images/gone.raw")
-    # 11. an absolute link that would escape on the host, resolved inside the root instead
+    # 11. an absolute link, resolved inside the root (never the host's /srv)
     make_sysext(root / "srv/store/linked", "linked", deb12, {"usr/share/linked/data": "linked\n"})
-    (ext / "linked").symlink_to("../../../../../../../srv/store/linked")
+    (ext / "linked").symlink_to("/srv/store/linked")
     # 12. release file named for another image
     make_sysext(ext / "misnamed", "misnamed-1.2", deb12, {"usr/bin/misnamed": "x\n"})
     if broken:
@@ -112,7 +112,7 @@ def build_sample_root(root: Path, *, broken: bool = True, raw: bool = True) -> P
         src = root.parent / f".{root.name}-squash-src"
         make_sysext(src, "squashy", deb12, {"usr/bin/squashy": script("hello from squashfs")})
         subprocess.run(
-            ["mksquashfs", str(src), str(ext / "squashy.raw"), "-quiet", "-noappend", "-all-root"],
+            ["mksquashfs", str(src), str(ext / "squashy.raw"), "-quiet", "-no-progress", "-noappend", "-all-root"],
             check=True,
             stdin=subprocess.DEVNULL,
         )
