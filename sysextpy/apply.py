@@ -121,7 +121,9 @@ def mutable_layout(
             )
         imports = (persistent,) if persistent is not None else ()
         if mode is MutableMode.IMPORT:
-            return MutableLayout(None, None, imports, None, False)
+            # Recorded like upstream does, so that creating or moving it changes the origin.
+            recorded = root_relative(root, persistent) if persistent is not None else None
+            return MutableLayout(None, None, imports, recorded, False)
         upper = ws.scratch_dir("ephemeral", mode=want_mode, name=comp)
         work = ws.scratch_dir("ephemeral-work", mode=0o700, name=comp)
         return MutableLayout(upper, work, imports, os.fspath(upper), False)
@@ -144,14 +146,15 @@ def mutable_layout(
     if os.statvfs(persistent).f_flag & os.ST_RDONLY:
         raise SysextError(f"Can't use {os.fspath(persistent)!r} as an upperdir as it is read-only.")
     work = persistent.parent / f".systemd-{comp}-workdir"
-    if not work.exists():
-        os.mkdir(work, 0o700)
-    if os.stat(work).st_dev != os.stat(persistent).st_dev:
+    # Checked before the work directory is made, so that a refusal leaves nothing behind.
+    if os.stat(persistent.parent).st_dev != os.stat(persistent).st_dev:
         raise SysextError(
-            f"Work directory {os.fspath(work)!r} is not on the same file system "
+            f"Work directory {os.fspath(work)!r} would not be on the same file system "
             f"as {os.fspath(persistent)!r}.",
             hint="overlayfs needs upperdir and workdir on one file system (EXDEV)",
         )
+    if not work.exists():
+        os.mkdir(work, 0o700)
     return MutableLayout(persistent, work, (), root_relative(root, persistent), same_as_host)
 
 
@@ -226,6 +229,24 @@ def _carry_submounts(target: Path) -> list[tuple[str, int]]:
             continue
         carried.append((rel, fd))
     return carried
+
+
+def _put_back_submounts(target: Path, carried: list[tuple[str, int]]) -> None:
+    """Re-attach mounts carried off an overlay that has just been detached from `target`.
+
+    A mount whose place on the plain hierarchy is already a mount point is the original that
+    the merge cloned into the overlay: it never left, so its clone is dropped."""
+    for rel, fd in carried:
+        dest = target / rel
+        try:
+            if not os.path.lexists(dest):
+                log.warning("Submount %s not put back: the hierarchy has no such path.", dest)
+            elif not m.is_mount_point(dest):
+                m.move_mount(fd, "", m.AT_FDCWD, dest, m.MOVE_MOUNT_F_EMPTY_PATH)
+        except OSError as e:
+            log.warning("Cannot put submount %s back: %s", dest, e.strerror)
+        finally:
+            os.close(fd)
 
 
 @record
@@ -384,10 +405,8 @@ def swap_in(root: Path, item: Assembled) -> str:
     """Put an assembled tree onto its hierarchy (host namespace). Returns what happened."""
     cls, hierarchy = item.image_class, item.hierarchy
     if item.tree_fd is None:
-        if detach_merge(root, cls, hierarchy):
-            log.info("Unmerged '%s'.", os.fspath(item.target))
-            return "unmerged"
-        return "untouched"
+        # Nothing to merge here any more: a full unmerge, which also keeps later submounts.
+        return "unmerged" if unmerge_hierarchy(root, cls, hierarchy) else "untouched"
     target = item.target
     if not target.exists():
         _ensure_mutable_dir(root, target, 0o755)
@@ -435,18 +454,23 @@ def unmerge_hierarchy(root: Path, cls: ImageClass, hierarchy: str) -> bool:
     if live is None or path is None:
         return False
     work_dirs = []
-    while live is not None:
-        try:
-            text = (live.metadata_dir / "work_dir").read_text().strip()
-            if text:
-                work_dirs.append(text)
-        except OSError:
-            pass  # read-only merges have no work directory
-        try:
-            m.umount2(path, m.MNT_DETACH)
-        except OSError as e:
-            raise MountError(f"Failed to unmount {os.fspath(path)!r}: {e.strerror}") from e
-        _, live = live_merge(root, cls, hierarchy)
+    # Mounts made on the merged view since the merge stay, on the plain hierarchy.
+    carried = _carry_submounts(path)
+    try:
+        while live is not None:
+            try:
+                text = (live.metadata_dir / "work_dir").read_text().strip()
+                if text:
+                    work_dirs.append(text)
+            except OSError:
+                pass  # read-only merges have no work directory
+            try:
+                m.umount2(path, m.MNT_DETACH)
+            except OSError as e:
+                raise MountError(f"Failed to unmount {os.fspath(path)!r}: {e.strerror}") from e
+            _, live = live_merge(root, cls, hierarchy)
+    finally:
+        _put_back_submounts(path, carried)
     for rel in work_dirs:
         wd = Path(os.path.join(root, rel))
         if wd.name.startswith(".systemd-") and wd.name.endswith("-workdir"):
