@@ -29,6 +29,7 @@ from .model import MUTABLE_BASE, ClassSettings, ExtensionVerdict, ImageClass, Mu
 from .records import field, record
 from .status import live_merge
 
+OVERLAY_MAX_LAYERS = 500  # the kernel's limit on lower layers (OVL_MAX_STACK)
 DEFAULT_MUTABLE_OPTIONS = "redirect_dir=on,noatime,metacopy=off,index=off"
 
 
@@ -331,6 +332,14 @@ def build_hierarchy(
         if layout.upper is None and len(lowers) < 2:
             # overlayfs wants two lower layers without an upper one; an empty layer changes nothing
             lowers.append(ws.scratch_dir("empty"))
+        if len(lowers) > OVERLAY_MAX_LAYERS:
+            others = len(lowers) - len(prep.layers)
+            raise MountError(
+                f"{len(prep.layers)} extensions contribute to {hierarchy!r}, but overlayfs stacks at "
+                f"most {OVERLAY_MAX_LAYERS} layers and {others} are taken by the metadata and the host's "
+                f"{hierarchy}.",
+                hint=f"merge at most {OVERLAY_MAX_LAYERS - others} extensions with content in {hierarchy}",
+            )
 
         read_only = layout.upper is None
         fd = m.make_overlay_fd(

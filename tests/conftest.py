@@ -19,7 +19,6 @@ from typing import Callable, Optional
 import pytest
 
 from sysextpy import mountapi
-from sysextpy.loopdev import count_attached_loops
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,30 +67,45 @@ def _leftover_mounts(below: Path) -> list[mountapi.MountInfo]:
     return mountapi.submounts_below(os.path.realpath(below), mountapi.read_mountinfo())
 
 
-def _wait_for_loops(at_most: int, timeout: float = 2.0) -> int:
-    """Autoclear may finish a moment after the last close; give it that moment."""
-    deadline = time.monotonic() + timeout
-    count = count_attached_loops()
-    while count > at_most and time.monotonic() < deadline:
-        time.sleep(0.02)
-        count = count_attached_loops()
+def loops_backed_below(path: Path) -> int:
+    """Loop devices whose backing file lies below `path`: scoped to this test, so that loop devices
+    of other processes on the machine do not disturb the check."""
+    prefix = os.path.realpath(path).rstrip("/") + "/"
+    count = 0
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            if backing.read_text().strip().startswith(prefix):
+                count += 1
+        except OSError:
+            pass  # detached while we looked
     return count
 
 
-def check_no_leftovers(below: Path, loops_before: int) -> None:
-    """Fail if mounts remain below `below` (unmounting them lazily) or loop devices leaked."""
+def _wait_for_loops(below: Path, timeout: float = 2.0) -> int:
+    """Autoclear may finish a moment after the last close; give it that moment."""
+    deadline = time.monotonic() + timeout
+    count = loops_backed_below(below)
+    while count and time.monotonic() < deadline:
+        time.sleep(0.02)
+        count = loops_backed_below(below)
+    return count
+
+
+def check_no_leftovers(below: Path) -> None:
+    """Fail if mounts remain below `below` (unmounting them lazily) or loop devices backed by files
+    below it are still attached."""
     leftovers = _leftover_mounts(below)
     for info in reversed(leftovers):
         try:
             mountapi.umount2(info.mount_point, mountapi.MNT_DETACH)
         except OSError:
-            pass  # best effort: an outer leftover may already have taken this one along
-    loops_after = _wait_for_loops(loops_before)
+            pass  # best effort: the test fails either way
+    loops_after = _wait_for_loops(below)
     problems = []
     if leftovers:
         problems.append("mounts left behind: " + ", ".join(i.mount_point for i in leftovers))
-    if loops_after > loops_before:
-        problems.append(f"loop devices leaked: {loops_before} attached before, {loops_after} after")
+    if loops_after:
+        problems.append(f"loop devices leaked: {loops_after} still backed by files below {below}")
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)
 
@@ -99,9 +113,8 @@ def check_no_leftovers(below: Path, loops_before: int) -> None:
 @pytest.fixture
 def mount_tmp_path(mountns: None, tmp_path: Path) -> Iterator[Path]:
     """tmp_path for a mounting test, checked afterwards for leftover mounts and loop devices."""
-    loops_before = count_attached_loops()
     yield tmp_path
-    check_no_leftovers(tmp_path, loops_before)
+    check_no_leftovers(tmp_path)
 
 
 @pytest.fixture
@@ -116,9 +129,8 @@ def fake_root(tmp_path: Path) -> Iterator[Path]:
     os_release = 'ID=debian\nVERSION_ID=12\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n'
     (root / "usr/lib/os-release").write_text(os_release)
     (root / "etc/os-release").write_text(os_release)
-    loops_before = count_attached_loops()
     yield root
-    check_no_leftovers(tmp_path, loops_before)
+    check_no_leftovers(tmp_path)
 
 
 RunSysextpy = Callable[..., "subprocess.CompletedProcess[str]"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from sysextpy import mountapi
+from tests.conftest import loops_backed_below
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,20 +162,6 @@ def listing(path: Path) -> list[tuple[str, str, int, str]]:
                     digest = hashlib.sha256(f.read()).hexdigest()
                 out.append((rel, "file", stat.S_IMODE(st.st_mode), digest))
     return out
-
-
-def loops_backed_below(path: Path) -> int:
-    """Loop devices whose backing file lies below `path`. Scoped, unlike a global count, so
-    that loop devices of other processes on the machine do not disturb a test."""
-    prefix = os.path.realpath(path).rstrip("/") + "/"
-    count = 0
-    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
-        try:
-            if backing.read_text().strip().startswith(prefix):
-                count += 1
-        except OSError:
-            pass  # detached while we looked
-    return count
 
 
 def loops_settle(path: Path, at_most: int, timeout: float = 2.0) -> int:
