@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
 
 from .errors import ParseError
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Optional
 
 ARCHITECTURES: tuple[str, ...] = (
     "x86-64",

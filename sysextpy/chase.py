@@ -13,11 +13,15 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import Union
 
 from .errors import ResolveError
 
-StrPath = Union[str, "os.PathLike[str]"]
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Union
+
+    StrPath = Union[str, "os.PathLike[str]"]
+
 
 MAX_STEPS = 128
 """Components walked plus symlinks expanded before giving up with ELOOP (the spec's limit)."""

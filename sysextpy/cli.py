@@ -11,13 +11,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Optional
 
 from . import __version__
 from .errors import ParseError, SysextError, UsageError
 from .model import ALL_CLASSES, ImageClass, JsonMode, MutableMode, Options, Verb
 from .records import replace
 from .util import parse_bool
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Callable, Optional
 
 USAGE = """\
 sysextpy [OPTIONS...] [VERB]

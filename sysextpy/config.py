@@ -8,7 +8,6 @@ import os
 import stat
 from collections.abc import Collection
 from pathlib import Path
-from typing import Optional
 
 from .chase import resolve_in_root
 from .errors import ParseError, ResolveError, SysextError
@@ -17,6 +16,10 @@ from .osrelease import read_text_bounded
 from .policy import format_image_policy, parse_image_policy
 from .records import record
 from .util import parse_bool
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Optional
 
 __all__ = [
     "CONFIG_DIRS",

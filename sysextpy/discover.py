@@ -11,13 +11,16 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import Optional
 
 from .chase import resolve_in_root
 from .errors import ResolveError
 from .log import log
 from .model import Candidate, ImageClass, ImageType, Skipped, Verdict
 from .records import record
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Optional
 
 NAME_MAX = 255
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import errno as _errno
-from typing import Optional
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Optional
 
 
 class SysextError(Exception):

@@ -16,13 +16,16 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
 
 from . import __version__
 from .chase import resolve_in_root, root_relative
 from .errors import ResolveError
 from .model import Candidate, ClassSettings, HostInfo, ImageType, Options
 from .records import record
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 if TYPE_CHECKING:
     from hashlib import sha256

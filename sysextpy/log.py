@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Optional
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 DEBUG, INFO, NOTICE, WARNING, ERROR, CRITICAL = 7, 6, 5, 4, 3, 2
 

@@ -9,13 +9,16 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
 
 from . import __version__
 from .errors import LockTimeout, SysextError
 from .log import log
 from .model import ClassSettings, ImageClass, Options, Verb, Verdict
 from .records import field, record
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 EXIT_PARTIAL = 3
 DEFAULT_LOCK_TIMEOUT = 60.0

@@ -13,12 +13,17 @@ import functools
 import os
 import re
 from collections.abc import Sequence
-from typing import Optional, Union
 
 from .errors import MountError, ParseError
 from .records import record
 
-StrPath = Union[str, "os.PathLike[str]"]
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Optional, Union
+
+    StrPath = Union[str, "os.PathLike[str]"]
+    MountOptions = Sequence[tuple[str, Optional[str]]]
+
 
 # mount(2) flags
 MS_RDONLY = 0x1
@@ -555,7 +560,6 @@ _VFS_OPTIONS: dict[str, tuple[int, int, bool]] = {
     "nodiratime": (MS_NODIRATIME, MOUNT_ATTR_NODIRATIME, True),
 }
 
-MountOptions = Sequence[tuple[str, Optional[str]]]
 
 
 def parse_mount_options(text: str) -> list[tuple[str, Optional[str]]]:

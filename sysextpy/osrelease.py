@@ -13,13 +13,16 @@ import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Callable, Optional
 
 from .chase import exists_in_root, resolve_in_root, root_relative
 from .errors import ImageError, ParseError, ResolveError, SysextError
 from .model import HostRelease, ImageClass
 from .records import record
 from .util import parse_bool
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Callable, Optional
 
 __all__ = [
     "ReleaseLookup",

@@ -9,7 +9,6 @@ import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
 
 from .discover import Discovery, discover
 from .errors import ImageError, SysextError
@@ -26,6 +25,10 @@ from .model import (
     Verdict,
 )
 from .records import record
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Optional
 
 if TYPE_CHECKING:
     from .images import Workspace

@@ -13,14 +13,14 @@ records and a dataclass-style repr.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
-
-_T = TypeVar("_T")
-
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from dataclasses import dataclass as record
     from dataclasses import field, replace
+    from typing import Any
 else:
+    # Annotations below are never evaluated (postponed) and never checked (this branch is the
+    # run-time stand-in for what the type checker sees above).
     _MISSING = object()
 
     class FrozenInstanceError(AttributeError):
@@ -33,7 +33,7 @@ else:
             self.default = default
             self.default_factory = default_factory
 
-    def field(*, default: Any = _MISSING, default_factory: Any = _MISSING) -> Any:
+    def field(*, default=_MISSING, default_factory=_MISSING):  # noqa: ANN001, ANN201
         return _Field(default, default_factory)
 
     def _make(cls: type, frozen: bool) -> type:
@@ -120,7 +120,7 @@ else:
             return lambda c: _make(c, frozen)
         return _make(cls, frozen)
 
-    def replace(obj: _T, **changes: Any) -> _T:
+    def replace(obj, **changes):  # noqa: ANN001, ANN201 - typed by dataclasses.replace above
         values = {n: getattr(obj, n) for n in obj.__record_fields__}
         values.update(changes)
         return obj.__class__(**values)

@@ -41,10 +41,13 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
 
 from .errors import SysextError
 from .records import record
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 SCHEMA = 1
 MAX_RECORD_BYTES = 1 << 20

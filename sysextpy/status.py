@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 from .chase import resolve_in_root
 from .errors import ResolveError
 from .model import ImageClass
 from .records import record
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Optional
 
 
 @record(frozen=True)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
 
 from .errors import SysextError
 from .log import log
 from .model import ClassSettings, JsonMode, Options, Verb, Verdict
 from .output import emit_json, emit_table, format_usec
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 EXIT_PARTIAL = 3
 

@@ -13,7 +13,6 @@ import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Optional
 
 from .arch import is_architecture, native_architecture, secondary_architectures
 from .chase import is_within_root, resolve_in_root, root_relative
@@ -21,6 +20,10 @@ from .errors import ResolveError
 from .model import ImageClass
 from .records import record
 from .versioncomp import compare_versions
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Optional
 
 _UINT_MAX = 2**32 - 1  # upstream stores counters as `unsigned`; "no counter" is UINT_MAX
 _NAME_MAX = 255

@@ -17,7 +17,6 @@ from conftest import REPO_ROOT, RunSysextpy, check_no_leftovers
 from sample_root import build_sample_root, make_sysext
 
 from sysextpy.arch import native_architecture
-from sysextpy.loopdev import count_attached_loops
 
 IS_ROOT = os.geteuid() == 0
 HAVE_SQUASHFS = shutil.which("mksquashfs") is not None
@@ -202,7 +201,6 @@ def _build(base: Path, broken: bool) -> Path:
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sample]:
     base = tmp_path_factory.mktemp("sample")
-    loops_before = count_attached_loops()
     root = _build(base, broken=True)
     yield Sample(
         root=root,
@@ -212,7 +210,7 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sample]:
         list_text=run("list", f"--root={root}"),
     )
     if IS_ROOT:
-        check_no_leftovers(base, loops_before)
+        check_no_leftovers(base)
 
 
 def _fill(text: str, root: Path) -> str:
@@ -368,11 +366,10 @@ def test_list_one_class(sample: Sample, cls: str) -> None:
 
 
 def test_plan_exit_0_when_nothing_is_rejected(tmp_path: Path, sysextpy_cmd: RunSysextpy) -> None:
-    loops_before = count_attached_loops()
     root = _build(tmp_path, broken=False)
     result = sysextpy_cmd(f"--root={root}", "plan", "--json=short")
     if IS_ROOT:
-        check_no_leftovers(tmp_path, loops_before)
+        check_no_leftovers(tmp_path)
     rows = json.loads(result.stdout)["images"]
     if not IS_ROOT and HAVE_SQUASHFS:
         # raw images cannot be looked into without root: they are rejected, and say why
