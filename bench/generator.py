@@ -1,0 +1,178 @@
+"""sysextpy-generator's start-up cost, and what the dracut module adds to an initramfs.
+
+    /usr/bin/python3 bench/generator.py [--runs N] [--no-initrd]
+
+1. The generator's wall time, median (and 90th percentile) of N runs (default 200), run as systemd
+   runs it (the script through its `#!/usr/bin/python3 -IS` line) on fake roots: in the initrd, and
+   in the real root with a good handoff record and with a failed one. Beside it the bare
+   interpreter (`python3 -IS -c pass`), which is the floor.
+2. The initramfs size delta: two `dracut --no-hostonly --no-kernel` builds, with and without
+   `--add sysextpy`, on a `make install` laid over /usr in a private mount namespace (as
+   tests/test_dracut.py does); compressed image sizes, the uncompressed size of what the module
+   adds (from lsinitrd), and the build times. Needs root and dracut; skip it with --no-initrd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+GENERATOR = REPO / "generators" / "sysextpy-generator"
+PYTHON = "/usr/bin/python3"
+BOOT_ID = "2f0c8f3d-6b1e-4a57-9c3e-0d4f5a6b7c8d"
+
+
+def fake_root(path: Path, initrd: bool, phase: str = "") -> Path:
+    (path / "proc/sys/kernel/random").mkdir(parents=True)
+    (path / "proc/sys/kernel/random/boot_id").write_text(BOOT_ID + "\n")
+    (path / "proc/cmdline").write_text("BOOT_IMAGE=/vmlinuz root=/dev/vda2 ro quiet\n")
+    if initrd:
+        (path / "etc").mkdir()
+        (path / "etc/initrd-release").write_text("")
+    if phase:
+        hierarchy = {"result": "failed" if phase == "failed" else "merged", "mountId": 1, "error": None}
+        entry = {"fingerprint": "0" * 64, "merged": ["a"], "rejected": [], "ignored": [], "unreachable": []}
+        record = {
+            "schema": 1,
+            "bootId": BOOT_ID.replace("-", ""),
+            "phase": phase,
+            "classes": {
+                "sysext": {**entry, "hierarchies": {"/usr": hierarchy, "/opt": hierarchy}},
+                "confext": {
+                    **entry,
+                    "unreachable": ["/var/lib/confexts"],
+                    "hierarchies": {"/etc": hierarchy},
+                },
+            },
+        }
+        (path / "run/sysextpy").mkdir(parents=True)
+        (path / "run/sysextpy/state.json").write_text(json.dumps(record, indent=2))
+    return path
+
+
+def time_runs(argv: list[str], env: dict[str, str], out: Path, runs: int) -> list[float]:
+    times = []
+    for i in range(runs):
+        target = out / str(i)
+        start = time.perf_counter()
+        subprocess.run(
+            [*argv, os.fspath(target)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=True,
+        )
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def report(label: str, times: list[float]) -> None:
+    ms = sorted(t * 1000 for t in times)
+    p90 = ms[int(len(ms) * 0.9) - 1]
+    print(f"  {label:<38} median {statistics.median(ms):6.2f} ms   p90 {p90:6.2f} ms   (n={len(ms)})")
+
+
+def bench_generator(runs: int) -> None:
+    print(f"sysextpy-generator wall time ({PYTHON}, {sys.platform}, {os.cpu_count()} CPUs)")
+    with tempfile.TemporaryDirectory(prefix="sysextpy-bench-") as tmp:
+        work = Path(tmp)
+        report("python3 -IS -c pass (floor)", time_runs([PYTHON, "-IS", "-c", "pass"], {}, work, runs))
+        cases = [
+            ("initrd", fake_root(work / "initrd", initrd=True)),
+            ("real root, record 'merged'", fake_root(work / "merged", initrd=False, phase="merged")),
+            ("real root, record 'failed'", fake_root(work / "failed", initrd=False, phase="failed")),
+            ("real root, no record", fake_root(work / "none", initrd=False)),
+        ]
+        for label, root in cases:
+            out = work / f"out-{root.name}"
+            out.mkdir()
+            report(label, time_runs([os.fspath(GENERATOR)], {"SYSEXTPY_ROOT": os.fspath(root)}, out, runs))
+
+
+def lsinitrd_sizes(image: Path) -> dict[str, int]:
+    listing = subprocess.run(
+        ["lsinitrd", os.fspath(image)], capture_output=True, text=True, check=True
+    ).stdout
+    sizes = {}
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) >= 9 and fields[0][:1] in "-l":
+            sizes[fields[8]] = int(fields[4]) if fields[0][0] == "-" else 0
+    return sizes
+
+
+def bench_initrd() -> None:
+    if os.geteuid() != 0:
+        print("initramfs size delta: skipped (needs root)")
+        return
+    with tempfile.TemporaryDirectory(prefix="sysextpy-bench-dracut-") as tmp:
+        work = Path(tmp)
+        dest = work / "dest"
+        subprocess.run(
+            ["make", "-s", "-C", os.fspath(REPO), "install", f"DESTDIR={dest}", "PREFIX=/usr"]
+            + ["SYSTEMDSYSTEMUNITDIR=/usr/lib/systemd/system"]
+            + ["SYSTEMDSYSTEMGENERATORDIR=/usr/lib/systemd/system-generators"],
+            check=True,
+        )
+        images = {}
+        for label, extra in (("without", ""), ("with", "--add sysextpy")):
+            image = work / f"{label}.img"
+            (work / f"tmp-{label}").mkdir()
+            script = (
+                f"mount -t overlay overlay -o lowerdir={shlex.quote(os.fspath(dest / 'usr'))}:/usr /usr\n"
+                f"exec dracut --quiet --no-hostonly --no-kernel {extra} --force "
+                f"--tmpdir {shlex.quote(os.fspath(work / f'tmp-{label}'))} {shlex.quote(os.fspath(image))}\n"
+            )
+            start = time.monotonic()
+            subprocess.run(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-euc", script], check=True
+            )
+            images[label] = (image, time.monotonic() - start)
+        without, with_module = lsinitrd_sizes(images["without"][0]), lsinitrd_sizes(images["with"][0])
+        added = {path: size for path, size in with_module.items() if path not in without}
+        delta = images["with"][0].stat().st_size - images["without"][0].stat().st_size
+        print("initramfs size delta (dracut --no-hostonly --no-kernel, default compression)")
+        for label, (image, seconds) in images.items():
+            size = image.stat().st_size / 1e6
+            print(f"  {label + ' sysextpy':<20} {size:7.2f} MB   built in {seconds:5.1f} s")
+        print(f"  delta, compressed    {delta / 1e6:7.2f} MB")
+        print(f"  added, uncompressed  {sum(added.values()) / 1e6:7.2f} MB in {len(added)} files, of which:")
+        groups: dict[str, int] = {}
+        for path, size in added.items():
+            if path.endswith(".pyc"):
+                key = "Python byte code (.pyc)"
+            elif path.endswith(".py"):
+                key = "Python sources (.py)"
+            elif "/python3" in path and path.endswith(".so"):
+                key = "Python extension modules"
+            else:
+                key = path
+            groups[key] = groups.get(key, 0) + size
+        for key, size in sorted(groups.items(), key=lambda item: -item[1])[:8]:
+            print(f"    {size / 1e6:7.2f} MB  {key}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--no-initrd", action="store_true", help="skip the dracut builds")
+    args = parser.parse_args()
+    bench_generator(args.runs)
+    if not args.no_initrd:
+        bench_initrd()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
