@@ -13,7 +13,6 @@ from .chase import resolve_in_root
 from .errors import ParseError, ResolveError, SysextError
 from .model import ImageClass, MutableMode
 from .osrelease import read_text_bounded
-from .policy import format_image_policy, parse_image_policy
 from .records import record
 from .util import parse_bool
 
@@ -221,6 +220,8 @@ def _parse_policy_setting(value: str) -> tuple[Optional[str], Optional[str]]:
     Like systemd, words this version does not know are skipped rather than failing the setting; but
     since a rule left without flags allows everything, say so.
     """
+    from .policy import format_image_policy, parse_image_policy  # only when the setting is there
+
     try:
         return format_image_policy(parse_image_policy(value)), None
     except ParseError as strict_error:

@@ -128,8 +128,6 @@ def image_inputs(candidate: Candidate, env: Mapping[str, str]) -> dict[str, Any]
     the real file's through the overlay: ctime catches a replaced file or directory (a new inode),
     mtime and size an edit, and for directories the tree digest every change inside.
     """
-    from .identity import sidecar_root_hash
-
     path = candidate.path
     entry: dict[str, Any] = {"type": candidate.type.value, "path": os.fspath(path)}
     if candidate.version is not None:
@@ -146,9 +144,12 @@ def image_inputs(candidate: Candidate, env: Mapping[str, str]) -> dict[str, Any]
     entry.update(size=st.st_size, mtime=st.st_mtime_ns)
     if candidate.type is ImageType.BLOCK:
         entry["rdev"] = st.st_rdev
-    verity = sidecar_root_hash(path, env) if candidate.type is ImageType.RAW else None
-    if verity is not None:
-        entry["verityHash"] = verity
+    if candidate.type is ImageType.RAW:
+        from .identity import sidecar_root_hash
+
+        verity = sidecar_root_hash(path, env)
+        if verity is not None:
+            entry["verityHash"] = verity
     return entry
 
 

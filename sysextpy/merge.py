@@ -107,7 +107,6 @@ def decide(
 ) -> tuple[bool, str, tuple[str, ...]]:
     """Skip or refresh one class. Skipping needs a usable record of this boot with the same
     fingerprint AND live merges that match it on the mount table."""
-    from . import mountapi as m
     from .fingerprint import describe_changes, read_live_extra
     from .status import live_merge
 
@@ -138,8 +137,7 @@ def decide(
             extra = read_live_extra(live.metadata_dir)
             if not extra or extra.get("fingerprint") != fingerprint:
                 return False, f"{h} holds a different merge than recorded", ()
-            want = res.get("mountId")
-            if isinstance(want, int) and m.unique_mount_id(path) != want:
+            if res.get("dev") != f"{os.major(live.dev)}:{os.minor(live.dev)}":
                 return False, f"{h} is mounted anew since the record was written", ()
         elif result in ("untouched", "unmerged"):
             if live is not None:
@@ -366,11 +364,11 @@ def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[st
         try:
             action = apply.swap_in(root, item)
             changed = changed or action != "untouched"
-            entry["hierarchies"][item.hierarchy] = {
-                "result": action,
-                "mountId": item.mount_id,
-                "error": None,
-            }
+            result: dict[str, Any] = {"result": action, "mountId": item.mount_id, "dev": None, "error": None}
+            if item.mount_id is not None:
+                dev = os.stat(item.target).st_dev
+                result["dev"] = f"{os.major(dev)}:{os.minor(dev)}"
+            entry["hierarchies"][item.hierarchy] = result
         except SysextError as e:
             errors.append(str(e))
             log.error("%s", e)

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import PurePosixPath
-from typing import Optional, Union
 
 from .errors import ParseError
 from .model import ImageClass
 from .records import record
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Optional, Union
 
 __all__ = [
     "DESIGNATORS",

@@ -44,8 +44,8 @@ def parse_fstab_mount_points(text: str) -> list[str]:
 
 def unreachable_dirs(root: Path, search_dirs: Iterable[str]) -> list[str]:
     """Search directories whose deepest fstab mount point (other than /) is not mounted in the root."""
-    from .mountapi import is_mount_point
     from .osrelease import read_text_bounded
+    from .status import is_mount_point
 
     try:
         fstab = read_text_bounded(resolve_in_root(root, "/etc/fstab"))
@@ -60,7 +60,7 @@ def unreachable_dirs(root: Path, search_dirs: Iterable[str]) -> list[str]:
         owner = max(owners, key=len)
         path = Path(os.path.join(root, owner.lstrip("/")))
         try:
-            mounted = is_mount_point(path)
+            mounted = is_mount_point(path, os.stat(path))
         except OSError:
             mounted = False
         if not mounted:

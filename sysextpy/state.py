@@ -20,7 +20,7 @@ Schema (version 1), all keys camelCase:
           "unreachable": ["/var/lib/extensions"],   # search dirs below a file system not yet mounted
           "hierarchies": {
             "/usr": {"result": "merged" | "replaced" | "unchanged" | "unmerged" | "untouched" | "failed",
-                     "mountId": <int> | null, "error": "..." | null}
+                     "mountId": <int> | null, "dev": "MAJ:MIN" | null, "error": "..." | null}
           }
         },
         "confext": {...}

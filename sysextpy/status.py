@@ -28,6 +28,7 @@ class LiveMerge:
     extensions: tuple[str, ...]
     since_usec: int
     metadata_dir: Path
+    dev: int  # st_dev of the merged hierarchy: the overlay's own device
 
 
 def _read_small(path: Path, limit: int = 1 << 20) -> Optional[str]:
@@ -47,7 +48,14 @@ def parse_dev(text: str) -> Optional[int]:
     return os.makedev(int(major), int(minor))
 
 
-def is_mount_point(path: Path) -> bool:
+def is_mount_point(path: Path, st: os.stat_result) -> bool:
+    """A different device than the parent directory means a mount boundary, without loading the
+    syscall wrappers; the same device needs the mount table to tell (a bind mount)."""
+    try:
+        if os.stat(os.path.dirname(os.fspath(path)) or "/").st_dev != st.st_dev:
+            return True
+    except OSError:
+        pass  # let the mount table decide
     from .mountapi import is_mount_point as _is_mount_point
 
     return _is_mount_point(os.fspath(path))
@@ -67,7 +75,7 @@ def live_merge(
         return None, None
     meta = path / image_class.metadata_dir
     dev_text = _read_small(meta / "dev")
-    if dev_text is None or parse_dev(dev_text) != st.st_dev or not is_mount_point(path):
+    if dev_text is None or parse_dev(dev_text) != st.st_dev or not is_mount_point(path, st):
         return path, None
     names_text = _read_small(meta / image_class.list_file) or ""
     names = tuple(n for n in names_text.splitlines() if n)
@@ -78,4 +86,5 @@ def live_merge(
         extensions=names,
         since_usec=st.st_mtime_ns // 1000,
         metadata_dir=meta,
+        dev=st.st_dev,
     )
