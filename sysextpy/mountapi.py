@@ -501,7 +501,7 @@ def have_move_mount_beneath() -> bool:
 def _fdinfo_mnt_id(path: StrPath) -> int:
     fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     try:
-        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
+        with open(f"/proc/self/fdinfo/{fd}", encoding="utf-8") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key == "mnt_id":

@@ -53,12 +53,18 @@ SCHEMA = 1
 MAX_RECORD_BYTES = 1 << 20
 
 
+_boot_id: list[str] = []
+
+
 def boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            return f.read().strip().replace("-", "")
-    except OSError:
-        return ""
+    """This boot's id (32 hex digits), read once per process."""
+    if not _boot_id:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", "rb") as f:  # bytes: no codec to load
+                _boot_id.append(f.read(64).decode("latin-1").strip().replace("-", ""))
+        except OSError:
+            _boot_id.append("")
+    return _boot_id[0]
 
 
 def now_usec() -> int:
