@@ -199,6 +199,45 @@ def _mount_attrs(settings: ClassSettings, read_only: bool) -> int:
     return attrs
 
 
+_ATTR_TO_MS = (
+    (m.MOUNT_ATTR_RDONLY, m.MS_RDONLY),
+    (m.MOUNT_ATTR_NOSUID, m.MS_NOSUID),
+    (m.MOUNT_ATTR_NODEV, m.MS_NODEV),
+    (m.MOUNT_ATTR_NOEXEC, m.MS_NOEXEC),
+)
+
+
+def _mount_overlay(
+    staging: Path,
+    lowers: Sequence[str],
+    *,
+    upperdir: Optional[str],
+    workdir: Optional[str],
+    source: str,
+    options: Sequence[tuple[str, Optional[str]]],
+    attrs: int,
+) -> None:
+    """Mount an overlay on a workspace directory: one layer per call where the kernel can (no
+    option-length limit), else the classic one-page option string, refused clearly when too long."""
+    if m.have_lowerdir_plus():
+        fd = m.make_overlay_fd(
+            lowers, upperdir=upperdir, workdir=workdir, source=source, options=options, attr_flags=attrs
+        )
+        try:
+            m.move_mount(fd, "", m.AT_FDCWD, staging, m.MOVE_MOUNT_F_EMPTY_PATH)
+        finally:
+            os.close(fd)
+        return
+    vfs_flags, _, fs_options = m.split_vfs_options(options)
+    data = m.classic_overlay_options(lowers, upperdir=upperdir, workdir=workdir, options=fs_options)
+    flags = vfs_flags
+    for attr, ms in _ATTR_TO_MS:
+        if attrs & attr:
+            flags |= ms
+    log.debug("This kernel takes overlay layers in one option string (no lowerdir+, Linux < 6.8).")
+    m.mount(source, staging, "overlay", flags, data)
+
+
 def _write(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
@@ -342,23 +381,20 @@ def build_hierarchy(
             )
 
         read_only = layout.upper is None
-        fd = m.make_overlay_fd(
+        staging = ws.scratch_dir("staging")
+        _mount_overlay(
+            staging,
             [os.fspath(p) for p in lowers],
             upperdir=os.fspath(layout.upper) if layout.upper else None,
             workdir=os.fspath(layout.work) if layout.work else None,
             source=cls.value,
             options=_overlay_options(settings, mutable=not read_only),
-            attr_flags=_mount_attrs(settings, read_only=read_only),
+            attrs=_mount_attrs(settings, read_only=read_only),
         )
-        try:
-            dev = os.fstat(fd).st_dev
-            _write(meta / "dev", f"{os.major(dev)}:{os.minor(dev)}\n")
-            now = time.time()
-            os.utime(meta_top, (now, now))
-            staging = ws.scratch_dir("staging")
-            m.move_mount(fd, "", m.AT_FDCWD, staging, m.MOVE_MOUNT_F_EMPTY_PATH)
-        finally:
-            os.close(fd)
+        dev = os.stat(staging).st_dev
+        _write(meta / "dev", f"{os.major(dev)}:{os.minor(dev)}\n")
+        now = time.time()
+        os.utime(meta_top, (now, now))
         for rel, sub_fd in prep.carried:
             dest = staging / rel
             if not os.path.lexists(dest):

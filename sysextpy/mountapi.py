@@ -460,7 +460,12 @@ def have_new_mount_api() -> bool:
 
 @functools.cache
 def have_lowerdir_plus() -> bool:
-    """Whether overlayfs takes one layer per fsconfig call ("lowerdir+", Linux >= 6.8)."""
+    """Whether overlayfs takes one layer per fsconfig call ("lowerdir+", Linux >= 6.8).
+
+    Before 6.5 overlayfs accepts any key at fsconfig() time and refuses it only when the file
+    system is created, so the kernel version has to agree as well."""
+    if not _kernel_at_least(6, 8):
+        return False
     try:
         fd = fsopen("overlay", FSOPEN_CLOEXEC)
     except OSError:
