@@ -59,43 +59,43 @@ def fake_root(path: Path, initrd: bool, phase: str = "") -> Path:
     return path
 
 
-def time_runs(argv: list[str], env: dict[str, str], out: Path, runs: int) -> list[float]:
-    times = []
-    for i in range(runs):
-        target = out / str(i)
-        start = time.perf_counter()
-        subprocess.run(
-            [*argv, os.fspath(target)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=True,
-        )
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def report(label: str, times: list[float]) -> None:
-    ms = sorted(t * 1000 for t in times)
-    p90 = ms[int(len(ms) * 0.9) - 1]
-    print(f"  {label:<38} median {statistics.median(ms):6.2f} ms   p90 {p90:6.2f} ms   (n={len(ms)})")
+def run_once(argv: list[str], env: dict[str, str], target: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [*argv, os.fspath(target)], env=env, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True
+    )
+    return time.perf_counter() - start
 
 
 def bench_generator(runs: int) -> None:
-    print(f"sysextpy-generator wall time ({PYTHON}, {sys.platform}, {os.cpu_count()} CPUs)")
+    load = os.getloadavg()[0]
+    print(f"sysextpy-generator wall time ({PYTHON}, {os.cpu_count()} CPUs, load average {load:.1f})")
     with tempfile.TemporaryDirectory(prefix="sysextpy-bench-") as tmp:
         work = Path(tmp)
-        report("python3 -IS -c pass (floor)", time_runs([PYTHON, "-IS", "-c", "pass"], {}, work, runs))
-        cases = [
+        cases: list[tuple[str, list[str], dict[str, str]]] = [
+            ("python3 -IS -c pass (the floor)", [PYTHON, "-IS", "-c", "pass"], {})
+        ]
+        for label, root in (
             ("initrd", fake_root(work / "initrd", initrd=True)),
             ("real root, record 'merged'", fake_root(work / "merged", initrd=False, phase="merged")),
             ("real root, record 'failed'", fake_root(work / "failed", initrd=False, phase="failed")),
             ("real root, no record", fake_root(work / "none", initrd=False)),
-        ]
-        for label, root in cases:
-            out = work / f"out-{root.name}"
-            out.mkdir()
-            report(label, time_runs([os.fspath(GENERATOR)], {"SYSEXTPY_ROOT": os.fspath(root)}, out, runs))
+        ):
+            cases.append((label, [os.fspath(GENERATOR)], {"SYSEXTPY_ROOT": os.fspath(root)}))
+        # Interleaved rounds: a change in machine load hits every case alike, and the difference to
+        # the floor within a round is what the generator itself costs.
+        times: list[list[float]] = [[] for _ in cases]
+        for i in range(runs):
+            for n, (_, argv, env) in enumerate(cases):
+                times[n].append(run_once(argv, env, work / "out" / f"{n}-{i}"))
+        for n, (label, _, _) in enumerate(cases):
+            ms = sorted(t * 1000 for t in times[n])
+            p90 = ms[int(len(ms) * 0.9) - 1]
+            line = f"  {label:<34} median {statistics.median(ms):6.2f} ms   p90 {p90:6.2f} ms"
+            if n:
+                above = statistics.median((t - f) * 1000 for t, f in zip(times[n], times[0]))
+                line += f"   over the floor {above:5.2f} ms"
+            print(line)
 
 
 def lsinitrd_sizes(image: Path) -> dict[str, int]:

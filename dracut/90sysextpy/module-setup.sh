@@ -1,0 +1,145 @@
+#!/bin/bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+#
+# sysextpy: merge system and configuration extensions into /sysroot from the initrd, so that the
+# real root only has to confirm the merge. Installs sysextpy-sysroot.service, sysextpy-generator
+# (which pulls the unit in unless rd.sysextpy=0), the sysextpy package, and a Python interpreter
+# with exactly the standard-library modules they import, computed here by python-closure.py.
+
+# dracut sets $initdir, $moddir, $hostonly and the $systemd*dir variables before calling us.
+# shellcheck disable=SC2154
+
+# The program sysextpy-sysroot.service runs (the launcher `make install` writes): the first word
+# of its ExecStart=, so that the unit and what is installed cannot disagree.
+sysextpy_launcher() {
+    local _line
+    while read -r _line; do
+        if [[ $_line == ExecStart=/* ]]; then
+            _line=${_line#ExecStart=}
+            printf '%s\n' "${_line%% *}"
+            return 0
+        fi
+    done < "$systemdsystemunitdir/sysextpy-sysroot.service"
+    return 1
+}
+
+# The interpreter a script runs: the first word after "#!" in its first line.
+sysextpy_python() {
+    local _shebang
+    read -r _shebang < "$1" || return 1
+    [[ $_shebang == '#!'/* ]] || return 1
+    _shebang=${_shebang#'#!'}
+    printf '%s\n' "${_shebang%% *}"
+}
+
+# dracut carries on after a failed install(); a module that was asked for and cannot work in the
+# initrd must stop the build instead, so that it fails here and not at boot.
+sysextpy_die() {
+    dfatal "sysextpy: $*"
+    exit 1
+}
+
+# Prerequisite check(s) for module.
+check() {
+    local _launcher
+    if ! _launcher=$(sysextpy_launcher 2> /dev/null) || ! [[ -x "$(sysextpy_python "$_launcher")" ]]; then
+        dinfo "dracut module 'sysextpy' will not be installed: sysextpy-sysroot.service, the program" \
+            "it runs or that program's interpreter is missing"
+        return 1
+    fi
+    # Only when asked for (add_dracutmodules+=" sysextpy "): it adds a Python runtime to the
+    # initrd. Without it, sysextpy.service merges in the real root instead.
+    return 255
+}
+
+# Module dependency requirements.
+depends() {
+    echo systemd
+    return 0
+}
+
+# Kernel modules the merge needs: overlayfs, loop devices, the image file systems, dm-verity.
+installkernel() {
+    hostonly='' instmods overlay loop
+    hostonly=$(optional_hostonly) instmods -s erofs squashfs ext4 dm-verity
+}
+
+# Install the required file(s) and directories for the module in the initramfs.
+install() {
+    local _launcher _python _generator _closure _file _package=""
+    local -a _sources=() _libraries=() _modules=()
+
+    # The import closure is computed by running the interpreter, which only works for the root
+    # dracut runs in.
+    [[ -z ${dracutsysrootdir-} ]] || sysextpy_die "building for another root (--sysroot) is not supported"
+    _launcher=$(sysextpy_launcher) || sysextpy_die "no ExecStart= in sysextpy-sysroot.service"
+    _python=$(sysextpy_python "$_launcher") || sysextpy_die "no interpreter named in $_launcher"
+    _generator="$systemdutildir/system-generators/sysextpy-generator"
+
+    inst_simple "$systemdsystemunitdir/sysextpy-sysroot.service" || sysextpy_die "cannot install the unit"
+    # inst_script also installs the interpreters named in the first lines. Their libraries are
+    # resolved now rather than in dracut's final pass, so that the self-check below can run them.
+    DRACUT_RESOLVE_DEPS=1 inst_script "$_generator" || sysextpy_die "cannot install $_generator"
+    DRACUT_RESOLVE_DEPS=1 inst_script "$_launcher" || sysextpy_die "cannot install $_launcher"
+    # Verity images are opened and their signatures checked with these, when the host has them.
+    inst_multiple -o veritysetup openssl
+    if [[ $hostonly ]]; then
+        inst_multiple -H -o "$systemdsystemconfdir/sysextpy-sysroot.service.d/*.conf"
+    fi
+
+    _closure=$("$_python" -I "$moddir/python-closure.py" "$_launcher" "$_generator") \
+        || sysextpy_die "cannot compute the Python modules to install"
+    while IFS= read -r _file; do
+        case $_file in
+            *.so) _libraries+=("$_file") ;;
+            *) _sources+=("$_file") ;;
+        esac
+        if [[ $_file == */sysextpy/__init__.py ]]; then
+            _package=${_file%/__init__.py}
+        elif [[ $_package && $_file == "$_package"/*.py ]]; then
+            _file=${_file##*/}
+            _modules+=("sysextpy.${_file%.py}")
+        fi
+    done <<< "$_closure"
+    inst_multiple "${_libraries[@]}" || sysextpy_die "cannot install the Python extension modules"
+    # Extension modules are not executable, so neither inst_multiple nor dracut's final pass
+    # looks at their libraries (libffi for _ctypes, ...): resolve them explicitly (-R).
+    inst_multiple -R "${_libraries[@]}" || sysextpy_die "cannot install the libraries of the extension modules"
+    # Sources are data: no library or interpreter resolution for a "#!" line in the stdlib.
+    DRACUT_RESOLVE_DEPS='' inst_multiple "${_sources[@]}" || sysextpy_die "cannot install the Python modules"
+    # Hash-checked byte code: valid whatever file times the image ends up with, and no compiling
+    # (or writing) on the boot path.
+    "$_python" -I -m compileall -q --invalidation-mode checked-hash -s "$initdir" -p / \
+        "${_sources[@]/#/$initdir}" > /dev/null || sysextpy_die "cannot compile the Python modules"
+
+    sysextpy_self_check "$_launcher" "$_python" "$_generator" "${_modules[@]}"
+}
+
+# Run the installed interpreter on the installed files: a missing module fails the build, not the
+# boot. Needs chroot(2), hence root; without it the check is skipped with a warning.
+sysextpy_self_check() {
+    local _launcher=$1 _python=$2 _generator=$3 _out=/tmp/sysextpy-self-check
+    shift 3
+    if [[ $EUID -ne 0 ]]; then
+        dwarn "sysextpy: not running as root, skipping the self-check of the installed Python"
+        return 0
+    fi
+    chroot "$initdir" "$_launcher" --version > /dev/null \
+        || sysextpy_die "'$_launcher --version' fails inside the initrd"
+    # Every module of the package, imported the way the launcher imports them.
+    if ! chroot "$initdir" "$_python" -I -c '
+import importlib, runpy, sys
+runpy.run_path(sys.argv[1], run_name="sysextpy_self_check")
+for name in sys.argv[2:]:
+    importlib.import_module(name)
+' "$_launcher" "$@"; then
+        sysextpy_die "the sysextpy package cannot be imported inside the initrd"
+    fi
+    rm -rf -- "${initdir:?}$_out"
+    if ! SYSTEMD_IN_INITRD=1 SYSTEMD_PROC_CMDLINE='' chroot "$initdir" "$_generator" "$_out" \
+        || ! [[ -L "$initdir$_out/initrd.target.wants/sysextpy-sysroot.service" ]]; then
+        rm -rf -- "${initdir:?}$_out"
+        sysextpy_die "sysextpy-generator does not work inside the initrd"
+    fi
+    rm -rf -- "${initdir:?}$_out"
+}
