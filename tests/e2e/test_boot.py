@@ -1,0 +1,318 @@
+"""Boot scenarios: a real kernel, a dracut initramfs with sysextpy, a Debian root, under QEMU.
+
+Each test is one boot. The guest reports what it saw (units, journal, handoff record, mounts,
+probe results) and powers off; the assertions below read that report. A failing assertion shows
+the guest's console tail and every line about sysextpy (`BootResult.explain`).
+
+Run with `make e2e`, `SYSEXTPY_E2E=1 pytest tests/e2e` or `pytest -m e2e`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any, Optional
+
+import pytest
+
+from . import harness
+from .conftest import MakeGuest
+from .harness import BootResult, Link
+
+pytestmark = pytest.mark.e2e
+
+# Ordering of a probe that must see the root exactly as the initrd left it: after switch-root,
+# before the real-root refresh (sysextpy.service) and before the rest of early boot.
+EARLY = "DefaultDependencies=no\nBefore=sysextpy.service sysinit.target systemd-tmpfiles-setup.service"
+STATE = "/run/sysextpy/state.json"
+MERGED_HIERARCHIES = ("/usr", "/etc")
+# A unit shipped inside a sysext and enabled there with a .wants link.
+SYSEXT_UNIT = (
+    "[Unit]\nDescription=Unit shipped in a sysext\n\n"
+    "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/bin/cat /usr/lib/e2e/dir.txt\n"
+)
+
+
+def record_of(text: Optional[str]) -> dict[str, Any]:
+    assert text is not None, "no handoff record"
+    record = json.loads(text)
+    assert isinstance(record, dict)
+    return record
+
+
+def merged(record: dict[str, Any], image_class: str) -> list[str]:
+    return sorted(record["classes"][image_class]["merged"])
+
+
+def basic_checks(result: BootResult, partial: bool = False) -> dict[str, Any]:
+    """What every scenario requires: a report, multi-user.target, no failed unit. With `partial`
+    (an image was rejected), our units may have failed, but only with exit status 3 ("partial")."""
+    report = result.require_report()
+    with result.explain():
+        assert result.reached("multi-user.target"), "the guest did not reach multi-user.target"
+        failed = [line.split()[0] for line in report["failedUnits"]]
+        if partial:
+            ours = [u for u in failed if u in ("sysextpy-sysroot.service", "sysextpy.service")]
+            assert {u: result.unit(u).get("ExecMainStatus") for u in ours} == {u: "3" for u in ours}
+            failed = [u for u in failed if u not in ours]
+        assert failed == [], f"failed units: {report['failedUnits']}"
+    return report
+
+
+def reloads_after_switch_root(result: BootResult) -> list[dict[str, Any]]:
+    """The manager reloads in the real root: PID 1 says "Reloading." once per reload (the
+    "Reloading requested from client PID ..." line that may precede it is not counted)."""
+    userspace = int(result.require_report()["manager"]["UserspaceTimestampMonotonic"])
+    reloads = result.require_report()["reloads"]
+    return [r for r in reloads if r["usec"] >= userspace and r["message"] == "Reloading."]
+
+
+# --------------------------------------------------------------------------------------------------
+# Smoke
+
+
+def test_smoke_boot(make_guest: MakeGuest) -> None:
+    """The guest boots with our module in the initrd, reaches multi-user.target and reports; the
+    installed sysextpy runs in it and both of our units ran once and succeeded."""
+    guest = make_guest("smoke")
+    result = guest.boot()
+    report = basic_checks(result)
+    with result.explain():
+        assert result.results.get("reached") == "multi-user.target", result.results
+        assert report["uname"] == guest.env.kernel.kver
+        status = result.command("status")
+        assert status["returncode"] == 0, status
+        assert {h["hierarchy"] for h in json.loads(status["stdout"])} >= {"/usr", "/opt", "/etc"}
+        for unit in ("sysextpy-sysroot.service", "sysextpy.service"):
+            runs = report["phases"].get(unit, {}).get("runs", [])
+            assert [r.get("result") for r in runs] == ["done"], f"{unit}: {runs}"
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Happy path: everything merged in the initrd, the real root only confirms.
+
+
+def test_happy_path_merged_in_initrd_and_confirmed(make_guest: MakeGuest) -> None:
+    guest = make_guest("happy")
+    guest.add_dir_sysext(
+        "e2e-dir",
+        {
+            "usr/lib/e2e/dir.txt": "from the directory sysext\n",
+            "usr/lib/systemd/system/e2e-from-sysext.service": SYSEXT_UNIT,
+            "usr/lib/systemd/system/multi-user.target.wants/e2e-from-sysext.service": Link(
+                "../e2e-from-sysext.service"
+            ),
+        },
+    )
+    guest.add_squashfs_sysext(
+        "e2e-squash",
+        {"usr/lib/e2e/squash.txt": "from the squashfs sysext\n", "opt/e2e/squash.txt": "opt too\n"},
+    )
+    guest.add_dir_confext("e2e-conf", {"etc/e2e/conf.txt": "from the confext\n"})
+    guest.add_read_probe(
+        "early", ["/etc/e2e/conf.txt", "/usr/lib/e2e/dir.txt", STATE, "/proc/self/mountinfo"], EARLY
+    )
+    guest.report_paths += ["/usr/lib/e2e/squash.txt", "/opt/e2e/squash.txt", "/etc/e2e/conf.txt"]
+    result = guest.boot()
+    report = basic_checks(result)
+
+    with result.explain():
+        # A unit that starts before the real-root refresh already sees the confext and the sysext.
+        assert result.probe_text("early", "/etc/e2e/conf.txt") == "from the confext\n"
+        assert result.probe_text("early", "/usr/lib/e2e/dir.txt") == "from the directory sysext\n"
+        assert result.path_text("/usr/lib/e2e/squash.txt") == "from the squashfs sysext\n"
+        assert result.path_text("/opt/e2e/squash.txt") == "opt too\n"
+
+        # The initrd merged everything (its record, as the real root found it).
+        initrd = record_of(result.probe_text("early", STATE))
+        assert initrd["inInitrd"] is True and initrd["phase"] == "merged", initrd
+        assert merged(initrd, "sysext") == ["e2e-dir", "e2e-squash"]
+        assert merged(initrd, "confext") == ["e2e-conf"]
+
+        # The real root skipped: said so, changed nothing, remounted nothing, reloaded nothing.
+        final = report["state"]
+        assert final["inInitrd"] is False and final["phase"] == "merged", final
+        for image_class in ("sysext", "confext"):
+            for hierarchy, res in final["classes"][image_class]["hierarchies"].items():
+                if hierarchy in ("/usr", "/opt", "/etc"):
+                    assert res["result"] == "unchanged", (image_class, hierarchy, res)
+        assert final["reload"]["done"] is False
+        assert any(
+            "sysextpy.service" in line and "Skipping extension refresh" in line
+            for line in report["sysextpyJournal"]
+        ), "the real-root run did not say it skipped"
+        before = harness.top_mounts(
+            harness.parse_mountinfo(result.probe_text("early", "/proc/self/mountinfo") or "")
+        )
+        after = harness.top_mounts(report["mounts"])
+        for hierarchy in ("/usr", "/opt", "/etc"):
+            assert before[hierarchy]["fstype"] == "overlay", before[hierarchy]
+            assert after[hierarchy]["id"] == before[hierarchy]["id"], (
+                hierarchy,
+                before[hierarchy],
+                after[hierarchy],
+            )
+        assert reloads_after_switch_root(result) == []
+
+        # A unit enabled inside a sysext (.wants) started.
+        assert result.unit("e2e-from-sysext.service").get("ActiveState") == "active"
+        status = {h["hierarchy"]: h for h in json.loads(result.command("status")["stdout"])}
+        assert sorted(status["/usr"]["extensions"]) == ["e2e-dir", "e2e-squash"], status
+        assert status["/etc"]["extensions"] == ["e2e-conf"], status
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Changed between the phases: an extension on a separate /var appears only in the real root.
+
+
+def test_extension_on_separate_var_is_swapped_in_atomically(make_guest: MakeGuest) -> None:
+    guest = make_guest("separate-var", flavour="new")
+    guest.split_var()
+    # Visible in the initrd (on the root file system).
+    guest.add_dir_sysext("e2e-early", {"usr/lib/e2e/early.txt": "early\n"}, where="/etc/extensions")
+    guest.add_dir_confext(
+        "e2e-early-conf", {"etc/e2e/early.txt": "early\n"}, where="/usr/local/lib/confexts"
+    )
+    # Only on /var (the second disk), which the initrd does not mount.
+    reload = {"EXTENSION_RELOAD_MANAGER": "1"}
+    guest.add_dir_sysext("e2e-late", {"usr/lib/e2e/late.txt": "late\n"}, release_extra=reload)
+    guest.add_dir_confext("e2e-late-conf", {"etc/e2e/late.txt": "late\n"}, release_extra=reload)
+    guest.add_read_probe("early", [STATE, "/proc/self/mountinfo"], EARLY)
+    guest.add_gap_probe(
+        "gap",
+        ["/etc/e2e/early.txt", "/usr/lib/e2e/early.txt", "/etc/os-release", "/usr/bin/python3"],
+        EARLY + "\nAfter=e2e-probe-early.service",
+    )
+    guest.report_paths += ["/usr/lib/e2e/late.txt", "/etc/e2e/late.txt", "/usr/lib/e2e/early.txt"]
+    result = guest.boot()
+    report = basic_checks(result)
+
+    with result.explain():
+        assert guest.env.kernel.release >= harness.NEW_KERNEL_MIN
+        initrd = record_of(result.probe_text("early", STATE))
+        assert merged(initrd, "sysext") == ["e2e-early"] and merged(initrd, "confext") == ["e2e-early-conf"]
+        assert "/var/lib/extensions" in initrd["classes"]["sysext"]["unreachable"], initrd
+
+        final = report["state"]
+        assert merged(final, "sysext") == ["e2e-early", "e2e-late"], final
+        assert merged(final, "confext") == ["e2e-early-conf", "e2e-late-conf"], final
+        assert final["classes"]["sysext"]["hierarchies"]["/usr"]["result"] == "replaced"
+        assert final["classes"]["confext"]["hierarchies"]["/etc"]["result"] == "replaced"
+        assert result.path_text("/usr/lib/e2e/late.txt") == "late\n"
+        assert result.path_text("/etc/e2e/late.txt") == "late\n"
+        assert result.path_text("/usr/lib/e2e/early.txt") == "early\n"
+
+        # Swapped, not patched: new overlays on /usr and /etc ...
+        before = harness.top_mounts(
+            harness.parse_mountinfo(result.probe_text("early", "/proc/self/mountinfo") or "")
+        )
+        after = harness.top_mounts(report["mounts"])
+        for hierarchy in MERGED_HIERARCHIES:
+            assert after[hierarchy]["id"] != before[hierarchy]["id"], hierarchy
+        # ... without a moment in which /etc or /usr were missing ...
+        gap = result.probe("gap")
+        assert gap["passes"] > 10 and gap["stopped"], gap
+        assert gap["failures"] == {}, gap
+        # ... and one reload of the manager for both classes together.
+        assert final["reload"]["done"] is True, final["reload"]
+        assert len(reloads_after_switch_root(result)) == 1, reloads_after_switch_root(result)
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. A broken image among good ones.
+
+
+def test_broken_image_is_named_and_the_good_ones_merge(make_guest: MakeGuest) -> None:
+    guest = make_guest("broken")
+    guest.add_dir_sysext("e2e-good", {"usr/lib/e2e/good.txt": "good\n"})
+    guest.add_squashfs_sysext("e2e-good-squash", {"usr/lib/e2e/good-squash.txt": "good\n"})
+    # A squashfs image cut short, as by an interrupted download: recognised by its magic, but its
+    # tables (at the end, after incompressible data) are gone and it cannot be mounted.
+    broken_src = guest.ext_dir / "broken-src"
+    payload = {"usr/lib/e2e/broken.bin": os.urandom(300_000)}
+    harness.make_extension_tree(
+        broken_src, "e2e-broken", payload, kind="sysext", os_release=guest.os_release
+    )
+    image = harness.make_squashfs(broken_src, guest.ext_dir / "e2e-broken.raw")
+    with open(image, "r+b") as f:
+        f.truncate(os.path.getsize(image) // 3)
+    guest.add_raw(image, "/var/lib/extensions/e2e-broken.raw")
+    guest.report_paths += ["/usr/lib/e2e/good.txt", "/usr/lib/e2e/good-squash.txt"]
+    result = guest.boot()
+    report = basic_checks(result, partial=True)
+
+    with result.explain():
+        assert result.path_text("/usr/lib/e2e/good.txt") == "good\n"
+        assert result.path_text("/usr/lib/e2e/good-squash.txt") == "good\n"
+        final = report["state"]
+        assert merged(final, "sysext") == ["e2e-good", "e2e-good-squash"], final
+        rejected = {r["name"]: r["reason"] for r in final["classes"]["sysext"]["rejected"]}
+        assert rejected.get("e2e-broken"), final["classes"]["sysext"]
+        status = result.command("status")
+        assert "e2e-broken" in status["stdout"] + status["stderr"], status
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. rd.sysextpy=0: nothing in the initrd, the real root merges.
+
+
+def test_rd_switch_off_leaves_the_merge_to_the_real_root(make_guest: MakeGuest) -> None:
+    guest = make_guest("rd-off")
+    guest.add_dir_sysext("e2e-dir", {"usr/lib/e2e/dir.txt": "dir\n"})
+    guest.add_dir_confext("e2e-conf", {"etc/e2e/conf.txt": "conf\n"})
+    guest.add_read_probe("early", ["/etc/e2e/conf.txt", "/usr/lib/e2e/dir.txt", STATE], EARLY)
+    guest.report_paths += ["/usr/lib/e2e/dir.txt", "/etc/e2e/conf.txt"]
+    result = guest.boot(cmdline=["rd.sysextpy=0"])
+    report = basic_checks(result)
+
+    with result.explain():
+        assert "sysextpy-sysroot.service" not in report["phases"], report["phases"]
+        assert result.probe_text("early", STATE) is None
+        assert result.probe_text("early", "/etc/e2e/conf.txt") is None
+        final = report["state"]
+        assert final["inInitrd"] is False and final["phase"] == "merged", final
+        assert merged(final, "sysext") == ["e2e-dir"] and merged(final, "confext") == ["e2e-conf"]
+        assert result.path_text("/usr/lib/e2e/dir.txt") == "dir\n"
+        assert result.path_text("/etc/e2e/conf.txt") == "conf\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. A signed verity DDI, trusted only through the booted root's /etc/verity.d.
+
+
+def _image_kit() -> Any:
+    try:
+        from tests import test_dissect
+    except ImportError as e:  # the image kit lives with the dissection tests
+        pytest.skip(f"the DDI image kit (tests/test_dissect.py) is not importable: {e}")
+    return test_dissect
+
+
+def test_signed_verity_ddi_with_certificate_in_the_root(make_guest: MakeGuest) -> None:
+    kit = _image_kit()
+    if not shutil.which("openssl") or not shutil.which("sfdisk"):
+        pytest.skip("needs openssl and sfdisk on the host to build a signed DDI")
+    guest = make_guest("verity")
+    work = guest.ext_dir / "ddi"
+    signer = kit.make_signer(work / "keys", cn="sysextpy-e2e")
+    ddi = kit.build_ddi(work, work / "e2e-signed.raw", "e2e-signed", signer=signer)
+    guest.add_raw(ddi.path, "/var/lib/extensions/e2e-signed.raw")
+    # The certificate exists only in the booted root, not in the initrd nor on the host.
+    guest.add_files({"/etc/verity.d/e2e.crt": signer.cert.read_text()})
+    guest.add_read_probe("early", [STATE], EARLY)
+    guest.report_paths += ["/usr/share/e2e-signed/hello"]
+    result = guest.boot()
+    report = basic_checks(result)
+
+    with result.explain():
+        initrd = record_of(result.probe_text("early", STATE))
+        assert initrd["inInitrd"] is True
+        assert merged(initrd, "sysext") == ["e2e-signed"], initrd["classes"]["sysext"]
+        assert result.path_text("/usr/share/e2e-signed/hello") is not None
+        verity_mounts = [
+            m
+            for m in report["mounts"]
+            if m["source"].startswith(("/dev/mapper/", "/dev/dm-")) and m["fstype"] == "squashfs"
+        ]
+        assert verity_mounts, "no image mounted from a device-mapper (dm-verity) device"
