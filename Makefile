@@ -37,7 +37,8 @@ clean:
 .PHONY: install
 PKG_CONFIG ?= pkg-config
 BINDIR ?= $(PREFIX)/bin
-# The launcher puts this directory first on sys.path, so any directory works, not only site ones.
+# The launcher (python3 -IS: no site, no environment) puts this directory first on sys.path,
+# so any directory works, not only site ones.
 PYTHONDIR ?= $(PREFIX)/lib/python3/dist-packages
 SYSTEMDSYSTEMUNITDIR ?= $(or $(shell $(PKG_CONFIG) --variable=systemdsystemunitdir systemd 2>/dev/null),/usr/lib/systemd/system)
 SYSTEMDSYSTEMGENERATORDIR ?= $(or $(shell $(PKG_CONFIG) --variable=systemdsystemgeneratordir systemd 2>/dev/null),/usr/lib/systemd/system-generators)
@@ -50,7 +51,7 @@ install:
 	install -m 0644 sysextpy/*.py $(DESTDIR)$(PYTHONDIR)/sysextpy/
 	$(PYTHON) -I -m compileall -q --invalidation-mode checked-hash -d $(PYTHONDIR)/sysextpy \
 		$(DESTDIR)$(PYTHONDIR)/sysextpy
-	printf '%s\n' '#!$(PYTHON) -I' \
+	printf '%s\n' '#!$(PYTHON) -IS' \
 		'"""sysextpy, as installed by make install: runs the package in $(PYTHONDIR)."""' \
 		'import sys' '' 'sys.path.insert(0, "$(PYTHONDIR)")' \
 		'from sysextpy.__main__ import main' '' \

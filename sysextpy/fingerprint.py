@@ -118,7 +118,7 @@ def mutable_inputs(root: Path, settings: ClassSettings) -> dict[str, Any]:
     return present
 
 
-def image_inputs(candidate: Candidate, env: Mapping[str, str]) -> dict[str, Any]:
+def image_inputs(root: Path, candidate: Candidate, env: Mapping[str, str]) -> dict[str, Any]:
     """What identifies an image for the skip decision.
 
     Unlike upstream's `origin` fields, this leaves out the mount id, the file handle and the
@@ -145,9 +145,9 @@ def image_inputs(candidate: Candidate, env: Mapping[str, str]) -> dict[str, Any]
     if candidate.type is ImageType.BLOCK:
         entry["rdev"] = st.st_rdev
     if candidate.type is ImageType.RAW:
-        from .identity import sidecar_root_hash
+        from .dissect import image_root_hash
 
-        verity = sidecar_root_hash(path, env)
+        verity = image_root_hash(root, candidate, env)
         if verity is not None:
             entry["verityHash"] = verity
     return entry
@@ -167,7 +167,7 @@ def class_inputs(
     prefix = os.fspath(root) if os.fspath(root) != "/" else ""
     images: dict[str, Any] = {}
     for c in candidates:
-        entry = image_inputs(c, env)
+        entry = image_inputs(root, c, env)
         entry["path"] = root_relative(root, c.path)
         images[c.name] = entry
     not_images = sorted(

@@ -17,43 +17,6 @@ from .chase import root_relative
 from .model import Candidate, ImageType, MutableMode
 
 
-def _hex_from_file(path: Path) -> Optional[str]:
-    try:
-        with open(path, "rb") as f:
-            text = f.read(4096).decode("ascii", "replace").strip().lower()
-    except OSError:
-        return None
-    if len(text) >= 32 and len(text) % 2 == 0 and all(c in "0123456789abcdef" for c in text):
-        return text
-    return None
-
-
-def _hex_from_xattr(path: Path, name: str) -> Optional[str]:
-    try:
-        value = os.getxattr(path, name)
-    except OSError:
-        return None
-    text = value.decode("ascii", "replace").strip().lower()
-    if len(text) >= 32 and all(c in "0123456789abcdef" for c in text):
-        return text
-    return None
-
-
-def sidecar_root_hash(image: Path, env: Mapping[str, str]) -> Optional[str]:
-    """A dm-verity root hash for a raw image from its xattrs or `.roothash`/`.usrhash` side-cars."""
-    if env.get("SYSTEMD_DISSECT_VERITY_SIDECAR", "1") in ("0", "no", "false"):
-        return None
-    path = os.fspath(image)
-    stem = path[: -len(".raw")] if path.endswith(".raw") else None
-    for attr, suffix in (("user.verity.roothash", ".roothash"), ("user.verity.usrhash", ".usrhash")):
-        found = _hex_from_xattr(image, attr)
-        if found is None and stem is not None:
-            found = _hex_from_file(Path(stem + suffix))
-        if found is not None:
-            return found
-    return None
-
-
 def crtime_usec(path: Path) -> int:
     from . import mountapi as m
 
@@ -81,7 +44,9 @@ def extension_identity(root: Path, candidate: Candidate, env: Mapping[str, str])
     path = candidate.path
     entry: dict[str, Any] = {"path": root_relative(root, path)}
     if candidate.type is ImageType.RAW:
-        verity = sidecar_root_hash(path, env)
+        from .dissect import image_root_hash
+
+        verity = image_root_hash(root, candidate, env)
         if verity is not None:
             entry["verityHash"] = verity
             return entry

@@ -230,7 +230,11 @@ class Workspace:
 
                 deactivate(verity_name, deferred=False)
             for loop in loops:
-                loop.detach()
+                try:
+                    loop.detach()
+                except OSError as e:
+                    # Best effort: autoclear still frees the device once its last user is gone.
+                    log.debug("Could not detach %s now: %s", loop.path, e)
             raise
         # The mount (or the dm device under it) keeps the loop devices; autoclear frees them when
         # their last user goes, and a deferred remove does the same for the dm device.

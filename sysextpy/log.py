@@ -90,17 +90,31 @@ def _stderr_is_journal() -> bool:
     return f"{st.st_dev}" == dev and f"{st.st_ino}" == ino
 
 
+class _JournalWhenItMatters:
+    """Under journald: `<N>`-prefixed lines on stderr, which journald files with their priority;
+    warnings and errors go through systemd-python's journal.send() when it is installed, with
+    fields of their own. Importing it costs more than a whole no-op refresh, so only a run with
+    something to warn about pays for it."""
+
+    def __init__(self) -> None:
+        self._send: Optional[Callable[..., Any]] = None
+        self._tried = False
+
+    def __call__(self, priority: int, message: str) -> None:
+        if priority <= WARNING and not self._tried:
+            self._tried = True
+            try:
+                from systemd import journal  # optional dependency
+
+                self._send = journal.send
+            except ImportError:
+                self._send = None
+        if priority <= WARNING and self._send is not None:
+            self._send(message, PRIORITY=str(priority), SYSLOG_IDENTIFIER="sysextpy")
+            return
+        log._to_stream_with_priority(priority, message)
+
+
 def setup_logging(debug: bool = False) -> None:
     log.level = DEBUG if debug else (level_from_env(os.environ.get("SYSTEMD_LOG_LEVEL")) or INFO)
-    log._emit = log._to_stderr
-    if not _stderr_is_journal():
-        return
-    try:
-        from systemd import journal  # optional: structured fields when systemd-python is there
-
-        def to_journal(priority: int, message: str) -> None:
-            journal.send(message, PRIORITY=str(priority), SYSLOG_IDENTIFIER="sysextpy")
-
-        log._emit = to_journal
-    except ImportError:
-        log._emit = log._to_stream_with_priority
+    log._emit = _JournalWhenItMatters() if _stderr_is_journal() else log._to_stderr

@@ -280,7 +280,9 @@ def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[st
     }
     assembled: list[tuple[ClassRun, apply.Assembled]] = []
     requesting: set[str] = set()
-    ws = Workspace()
+    from .dissect import TrustContext
+
+    ws = Workspace(trust=TrustContext.from_settings(opts, tuple(r.settings for r in todo), env))
     ws.enter()
     try:
         from .plan import Survey

@@ -566,7 +566,6 @@ _VFS_OPTIONS: dict[str, tuple[int, int, bool]] = {
 }
 
 
-
 def parse_mount_options(text: str) -> list[tuple[str, Optional[str]]]:
     """Split "a=b,c,d=e\\,f" into [("a","b"), ("c",None), ("d","e\\,f")]; escapes are kept."""
     result: list[tuple[str, Optional[str]]] = []

@@ -254,11 +254,14 @@ def format_image_policy(policy: ImagePolicy) -> str:
     for word, flags in (("*", OPEN), ("-", IGNORE), ("~", ABSENT)):
         if _matches_everywhere(policy, flags):
             return word
-    parts: list[str] = []
-    for designator, flags in policy.rules:
-        if flags == _normalize(policy.default, designator):
-            continue
-        parts.append(f"{designator}={_format_flags(flags)}")
+    # Leave out every rule the policy means anyway (by default, or derived from the partition a
+    # hash or signature partition protects), one at a time, checking the whole meaning each time.
+    kept = list(policy.rules)
+    for rule in policy.rules:
+        trial = [r for r in kept if r != rule]
+        if policies_equivalent(ImagePolicy(rules=tuple(trial), default=policy.default), policy):
+            kept = trial
+    parts = [f"{designator}={_format_flags(flags)}" for designator, flags in kept]
     if _extend(policy.default) != _extend(IGNORE):
         parts.append(f"={_format_flags(policy.default)}")
     return ":".join(parts) if parts else "-"

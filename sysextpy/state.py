@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -130,8 +131,6 @@ def read_record(path: Path) -> RecordCheck:
     except OSError as e:
         return RecordCheck(None, False, f"handoff record unreadable: {e.strerror}")
     try:
-        import stat
-
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return RecordCheck(None, False, "handoff record is not a regular file")
         data = os.read(fd, MAX_RECORD_BYTES + 1)

@@ -12,7 +12,7 @@ from .output import emit_json, emit_table, format_usec
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Optional
 
 EXIT_PARTIAL = 3
 
@@ -32,21 +32,60 @@ def require_privileges() -> None:
         raise SysextError("Need to be privileged.", hint="run as root")
 
 
+def _merge_details(metadata_dir: Any) -> tuple[Optional[str], dict[str, str]]:
+    """(mutable mode, extension name -> image path) of a live merge, from its metadata files."""
+    import json
+
+    mode: Optional[str] = None
+    paths: dict[str, str] = {}
+    try:
+        with open(metadata_dir / "origin", "rb") as f:
+            origin = json.loads(f.read(8 << 20))
+        mode = origin.get("mutable", {}).get("mode")
+        for name, ident in (origin.get("extensions") or {}).items():
+            if isinstance(ident, dict) and isinstance(ident.get("path"), str):
+                paths[name] = ident["path"]
+    except (OSError, ValueError, AttributeError):
+        pass  # a merge without a readable origin (older tools) still shows its names
+    return mode, paths
+
+
+def _rejected_by_class(opts: Options) -> dict[str, list[dict[str, str]]]:
+    """Images the last run of this boot rejected, per class, from the handoff record."""
+    from .state import read_record
+
+    check = read_record(opts.state)
+    record = check.record
+    if not record or "another boot" in check.reason:
+        return {}
+    result: dict[str, list[dict[str, str]]] = {}
+    for cls, entry in (record.get("classes") or {}).items():
+        if isinstance(entry, dict) and isinstance(entry.get("rejected"), list):
+            result[cls] = [r for r in entry["rejected"] if isinstance(r, dict)]
+    return result
+
+
 def verb_status(opts: Options, settings: tuple[ClassSettings, ...]) -> int:
     from .status import live_merge
 
+    rejected = _rejected_by_class(opts)
     rows: list[dict[str, Any]] = []
     for cs in settings:
+        cls = cs.image_class.value
         for hierarchy in cs.hierarchies:
             path, merge = live_merge(opts.root, cs.image_class, hierarchy)
             if path is None:
                 continue
+            mode, paths = _merge_details(merge.metadata_dir) if merge else (None, {})
             rows.append(
                 {
                     "hierarchy": hierarchy,
                     "extensions": list(merge.extensions) if merge else [],
                     "since": merge.since_usec if merge else None,
-                    "class": cs.image_class.value,
+                    "class": cls,
+                    "mutable": mode,
+                    "paths": paths,
+                    "rejected": rejected.get(cls, []),
                 }
             )
     rows.sort(key=lambda r: (r["hierarchy"], r["class"]))
@@ -59,10 +98,15 @@ def verb_status(opts: Options, settings: tuple[ClassSettings, ...]) -> int:
             ", ".join(r["extensions"]) if r["extensions"] else "none",
             format_usec(r["since"]) if r["since"] else "",
             r["class"],
+            r["mutable"] or "",
         ]
         for r in rows
     ]
-    emit_table(["hierarchy", "extensions", "since", "class"], table, legend=opts.legend)
+    emit_table(["hierarchy", "extensions", "since", "class", "mutable"], table, legend=opts.legend)
+    shown = [cs.image_class.value for cs in settings]
+    for cls in shown:
+        for r in rejected.get(cls, []):
+            print(f"rejected {cls} image {r.get('name')!r}: {r.get('reason')}")
     return 0
 
 
@@ -157,9 +201,10 @@ def verb_plan(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[s
     decisions = refresh_decisions(opts, found, env) if found.host.release is not None else {}
     if os.geteuid() == 0:
         # Raw images are inspected in a private mount namespace: nothing shows on the host.
+        from .dissect import TrustContext
         from .images import Workspace
 
-        with Workspace() as ws:
+        with Workspace(trust=TrustContext.from_settings(opts, settings, env)) as ws:
             plan = judge_all(opts, found, ws)
     else:
         plan = judge_all(opts, found)

@@ -111,8 +111,9 @@ def build_sample_root(root: Path, *, broken: bool = True, raw: bool = True) -> P
     if raw and shutil.which("mksquashfs"):
         src = root.parent / f".{root.name}-squash-src"
         make_sysext(src, "squashy", deb12, {"usr/bin/squashy": script("hello from squashfs")})
+        image = ext / "squashy.raw"
         subprocess.run(
-            ["mksquashfs", str(src), str(ext / "squashy.raw"), "-quiet", "-no-progress", "-noappend", "-all-root"],
+            ["mksquashfs", str(src), str(image), "-quiet", "-no-progress", "-noappend", "-all-root"],
             check=True,
             stdin=subprocess.DEVNULL,
         )

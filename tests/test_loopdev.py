@@ -8,6 +8,7 @@ import pytest
 
 from sysextpy import mountapi
 from sysextpy.loopdev import LoopDevice, count_attached_loops
+from tests.conftest import loops_backed_below
 
 
 def _squashfs(base: Path, name: str = "img.raw") -> Path:
@@ -34,10 +35,11 @@ def test_attach_mount_detach(mount_tmp_path: Path) -> None:
     image = _squashfs(mount_tmp_path)
     target = mount_tmp_path / "mnt"
     target.mkdir()
-    before = count_attached_loops()
+    before = loops_backed_below(mount_tmp_path)
     with LoopDevice.attach(image) as loop:
         assert loop.path.name.startswith("loop") and loop.fd >= 0
-        assert count_attached_loops() == before + 1
+        assert loops_backed_below(mount_tmp_path) == before + 1
+        assert count_attached_loops() >= 1
         assert _sysfs(loop, "loop/backing_file") == str(image)
         assert _sysfs(loop, "loop/autoclear") == "1"
         assert _sysfs(loop, "ro") == "1"
@@ -47,22 +49,22 @@ def test_attach_mount_detach(mount_tmp_path: Path) -> None:
         finally:
             mountapi.umount2(target)
     assert loop.fd == -1
-    assert count_attached_loops() == before
+    assert loops_backed_below(mount_tmp_path) == before
 
 
 def test_mount_keeps_detached_device_alive(mount_tmp_path: Path) -> None:
     image = _squashfs(mount_tmp_path)
     target = mount_tmp_path / "mnt"
     target.mkdir()
-    before = count_attached_loops()
+    before = loops_backed_below(mount_tmp_path)
     loop = LoopDevice.attach(image)
     mountapi.mount(loop.path, target, "squashfs", mountapi.MS_RDONLY)
     loop.detach()  # lazy: the mount still uses the device
     loop.detach()  # idempotent
     assert (target / "usr/lib/hello").exists()
-    assert count_attached_loops() == before + 1
+    assert loops_backed_below(mount_tmp_path) == before + 1
     mountapi.umount2(target)
-    assert count_attached_loops() == before
+    assert loops_backed_below(mount_tmp_path) == before
 
 
 def test_attach_with_offset(mount_tmp_path: Path) -> None:
@@ -91,11 +93,11 @@ def test_attach_read_write(mount_tmp_path: Path) -> None:
 def test_close_lets_autoclear_detach(mount_tmp_path: Path) -> None:
     backing = mount_tmp_path / "blank.raw"
     backing.write_bytes(b"\0" * 4096)
-    before = count_attached_loops()
+    before = loops_backed_below(mount_tmp_path)
     loop = LoopDevice.attach(backing)
-    assert count_attached_loops() == before + 1
+    assert loops_backed_below(mount_tmp_path) == before + 1
     loop.close()
-    assert count_attached_loops() == before
+    assert loops_backed_below(mount_tmp_path) == before
 
 
 def test_attach_missing_file_raises(tmp_path: Path) -> None:

@@ -23,6 +23,9 @@ HAVE_SQUASHFS = shutil.which("mksquashfs") is not None
 # The example carries an arm64-only extension and an arm64-only editor version.
 ON_ARM64 = native_architecture() == "arm64"
 
+# our keys beside upstream's (hierarchy, extensions, since) for a hierarchy nothing is merged into
+UNMERGED = {"mutable": None, "paths": {}, "rejected": []}
+
 
 @dataclass(frozen=True)
 class Expect:
@@ -402,9 +405,9 @@ def test_status_json_unmerged(sample: Sample) -> None:
     result = run(f"--root={sample.root}", "status", "--json=short")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [
-        {"hierarchy": "/etc", "extensions": [], "since": None, "class": "confext"},
-        {"hierarchy": "/opt", "extensions": [], "since": None, "class": "sysext"},
-        {"hierarchy": "/usr", "extensions": [], "since": None, "class": "sysext"},
+        {"hierarchy": "/etc", "extensions": [], "since": None, "class": "confext", **UNMERGED},
+        {"hierarchy": "/opt", "extensions": [], "since": None, "class": "sysext", **UNMERGED},
+        {"hierarchy": "/usr", "extensions": [], "since": None, "class": "sysext", **UNMERGED},
     ]
 
 
@@ -413,7 +416,7 @@ def test_status_omits_missing_hierarchies(tmp_path: Path, sysextpy_cmd: RunSysex
     result = sysextpy_cmd(f"--root={tmp_path / 'root'}", "--json=short")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [
-        {"hierarchy": "/usr", "extensions": [], "since": None, "class": "sysext"}
+        {"hierarchy": "/usr", "extensions": [], "since": None, "class": "sysext", **UNMERGED}
     ]
 
 
@@ -422,7 +425,7 @@ def test_status_text_unmerged(sample: Sample) -> None:
     assert result.returncode == 0
     rows = [line.split() for line in result.stdout.splitlines()]
     assert rows == [
-        ["HIERARCHY", "EXTENSIONS", "SINCE", "CLASS"],
+        ["HIERARCHY", "EXTENSIONS", "SINCE", "CLASS", "MUTABLE"],
         ["/etc", "none", "confext"],
         ["/opt", "none", "sysext"],
         ["/usr", "none", "sysext"],

@@ -20,6 +20,9 @@ from sysextpy.status import live_merge, parse_dev
 SYSEXT = ImageClass.SYSEXT
 CONFEXT = ImageClass.CONFEXT
 
+# our keys beside upstream's (hierarchy, extensions, since) for a hierarchy nothing is merged into
+UNMERGED = {"mutable": None, "paths": {}, "rejected": []}
+
 
 @pytest.mark.parametrize(
     "text, dev",
@@ -144,15 +147,49 @@ def test_status_verb_reports_the_merge(
         result = sysextpy_cmd(f"--root={fake_root}", "status", "--json=short")
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout) == [
-            {"hierarchy": "/etc", "extensions": [], "since": None, "class": "confext"},
-            {"hierarchy": "/opt", "extensions": [], "since": None, "class": "sysext"},
-            {"hierarchy": "/usr", "extensions": ["editor", "tools"], "since": since, "class": "sysext"},
+            {"hierarchy": "/etc", "extensions": [], "since": None, "class": "confext", **UNMERGED},
+            {"hierarchy": "/opt", "extensions": [], "since": None, "class": "sysext", **UNMERGED},
+            {
+                "hierarchy": "/usr",
+                "extensions": ["editor", "tools"],
+                "since": since,
+                "class": "sysext",
+                "mutable": None,
+                "paths": {},
+                "rejected": [],
+            },
         ]
         text = sysextpy_cmd(f"--root={fake_root}", "status", "--class=sysext")
         assert text.returncode == 0
         lines = text.stdout.splitlines()
-        assert lines[0].split() == ["HIERARCHY", "EXTENSIONS", "SINCE", "CLASS"]
+        assert lines[0].split() == ["HIERARCHY", "EXTENSIONS", "SINCE", "CLASS", "MUTABLE"]
         assert lines[1].split() == ["/opt", "none", "sysext"]
         assert lines[2].startswith("/usr")
         assert "editor, tools" in lines[2]
         assert lines[2].split()[-1] == "sysext"
+
+
+def test_status_names_paths_mode_and_rejected_images(
+    mountns: None, tmp_path: Path, sysextpy_cmd: RunSysextpy
+) -> None:
+    from tests.conftest import check_no_leftovers
+    from tests.sample_root import build_sample_root
+
+    root = build_sample_root(tmp_path / "root")
+    state = f"--state={tmp_path / 'state.json'}"
+    try:
+        merged = sysextpy_cmd(f"--root={root}", state, "merge")
+        assert merged.returncode == 3, merged.stderr  # the sample carries two broken images
+        result = sysextpy_cmd(f"--root={root}", state, "status", "--json=short")
+        rows = {r["hierarchy"]: r for r in json.loads(result.stdout)}
+        usr = rows["/usr"]
+        assert usr["mutable"] == "no"
+        assert usr["paths"]["linked"] == "/srv/store/linked"  # the absolute link, resolved inside the root
+        assert usr["paths"]["editor"] == "/var/lib/extensions/editor.v/editor_1.2"
+        assert {r["name"] for r in usr["rejected"]} == {"empty", "osimage"}
+        assert rows["/etc"]["rejected"] == []
+        text = sysextpy_cmd(f"--root={root}", state, "status").stdout
+        assert "rejected sysext image 'osimage': contains usr/lib/os-release" in text
+    finally:
+        sysextpy_cmd(f"--root={root}", state, "unmerge")
+    check_no_leftovers(tmp_path)

@@ -26,7 +26,16 @@ from collections.abc import Iterable
 from pathlib import Path
 
 # Start-up codecs that an interpreter may look up by name, whatever the build host's locale says.
-ALWAYS = ("encodings", "encodings.aliases", "encodings.utf_8", "encodings.ascii", "encodings.latin_1")
+# Codecs are looked up by name at run time (GPT partition names are UTF-16), which no import scan
+# can see; the interpreter's start-up needs the first ones.
+ALWAYS = (
+    "encodings",
+    "encodings.aliases",
+    "encodings.utf_8",
+    "encodings.ascii",
+    "encodings.latin_1",
+    "encodings.utf_16_le",
+)
 
 # Runs in the fresh interpreter: load the launcher without running main(), import the names, run
 # the cheap verbs, then report every loaded module's file.

@@ -1,0 +1,346 @@
+"""Root hashes, side-cars, verity-sig JSON, hash trees, certificates and signature checks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from sysextpy.dissect import check_hash_tree
+from sysextpy.errors import ImageError, ParseError
+from sysextpy.verity import (
+    VerityActivation,
+    find_certificates,
+    find_sidecars,
+    parse_root_hash,
+    parse_verity_sig,
+    parse_verity_superblock,
+    pem_certificates,
+    sidecar_root_hash,
+    verify_signature,
+    veritysetup_open_argv,
+)
+from tests.test_dissect import make_fs, make_root, make_signer, naked_image, sign, trust, verity_format
+
+HASH = "5ca1ab1e" * 8
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure parsers
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (HASH.encode(), bytes.fromhex(HASH)),
+        (f"  {HASH}\n".encode(), bytes.fromhex(HASH)),
+        (HASH.upper().encode(), bytes.fromhex(HASH)),
+        (b"00" * 16, bytes(16)),
+        (b"00" * 15, "at least 16 are needed"),
+        (b"xyz", "is not a hexadecimal root hash"),
+        (b"abc", "is not a hexadecimal root hash"),  # odd length
+        (b"", "at least 16"),
+    ],
+)
+def test_parse_root_hash(text: bytes, expected: object) -> None:
+    if isinstance(expected, bytes):
+        assert parse_root_hash(text, "x") == expected
+    else:
+        with pytest.raises(ParseError) as e:
+            parse_root_hash(text, "side-car 'x'")
+        assert str(expected) in str(e.value) and "side-car 'x'" in str(e.value)
+
+
+def _sig_json(**fields: object) -> bytes:
+    obj: dict[str, object] = {
+        "rootHash": HASH,
+        "certificateFingerprint": "ab" * 32,
+        "signature": base64.b64encode(b"sig").decode(),
+    }
+    obj.update(fields)
+    return json.dumps({k: v for k, v in obj.items() if v is not None}).encode()
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (_sig_json(), None),
+        (_sig_json() + b"\0" * 1000, None),
+        (_sig_json(certificateFingerprint=None), None),
+        (_sig_json(certificateFingerprint=":".join(["ab"] * 32)), None),
+        (b"\0" * 64, "is empty"),
+        (b"{broken", "does not hold valid JSON"),
+        (b"[1, 2]", "does not hold a JSON object"),
+        (_sig_json(rootHash=None), 'has no "rootHash" string'),
+        (_sig_json(rootHash="zz"), "is not a hexadecimal root hash"),
+        (_sig_json(signature=None), 'has no "signature" string'),
+        (_sig_json(signature="!!!"), "is not base64"),
+        (_sig_json(signature=""), "is empty"),
+        (_sig_json(certificateFingerprint="abcd"), "is not a SHA-256 fingerprint"),
+        (_sig_json(certificateFingerprint="xyz!"), "is not hexadecimal"),
+        (_sig_json(certificateFingerprint=5), "is not a string"),
+    ],
+)
+def test_parse_verity_sig(data: bytes, expected: Optional[str]) -> None:
+    if expected is None:
+        sig = parse_verity_sig(data)
+        assert sig.root_hash.hex() == HASH and sig.signature == b"sig"
+        assert sig.fingerprint in (None, bytes.fromhex("ab" * 32))
+        return
+    with pytest.raises(ParseError) as e:
+        parse_verity_sig(data, "verity-sig partition #3")
+    assert expected in str(e.value) and "verity-sig partition #3" in str(e.value)
+
+
+def test_pem_certificates_reads_every_block() -> None:
+    one = b"-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n"
+    two = b"junk\n-----BEGIN CERTIFICATE-----\nAwQF\nBg==\n-----END CERTIFICATE-----\n"
+    assert pem_certificates(one + two) == [b"\0\1\2", b"\3\4\5\6"]
+    assert pem_certificates(b"-----BEGIN PRIVATE KEY-----\nAAEC\n-----END PRIVATE KEY-----\n") == []
+
+
+def test_veritysetup_command() -> None:
+    act = VerityActivation("n", Path("/dev/loop1"), Path("/dev/loop2"), HASH)
+    assert veritysetup_open_argv(act) == ["veritysetup", "open", "/dev/loop1", "n", "/dev/loop2", HASH]
+    signed = VerityActivation("n", Path("/dev/loop1"), Path("/dev/loop1"), HASH, 4096, Path("/run/x.p7s"))
+    assert veritysetup_open_argv(signed)[-2:] == ["--hash-offset=4096", "--root-hash-signature=/run/x.p7s"]
+    assert act.device == Path("/dev/mapper/n")
+
+
+# --------------------------------------------------------------------------------------------------
+# Hash trees made by veritysetup
+
+
+@pytest.mark.parametrize("size", [4096, 3 * 1024 * 1024])  # one data block (no hash levels), several levels
+def test_hash_tree_check(tmp_path: Path, size: int) -> None:
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(size))
+    tree = tmp_path / "tree"
+    root_hash = bytes.fromhex(verity_format(data, tree))
+    hashes, content = tree.read_bytes(), data.read_bytes()
+    sb = parse_verity_superblock(hashes)
+    assert (sb.algorithm, sb.data_blocks, sb.hash_type) == ("sha256", size // 4096, 1)
+
+    def reader(blob: bytes):  # type: ignore[no-untyped-def]
+        return lambda offset, length: blob[offset : offset + length]
+
+    assert check_hash_tree(reader(hashes), reader(content), root_hash) is None
+    assert (
+        check_hash_tree(reader(hashes), reader(content), bytes(32))
+        == "the root hash does not match the hash tree"
+    )
+    damaged = bytearray(hashes if size > 4096 else content)
+    damaged[4096 if size > 4096 else 0] ^= 1
+    if size > 4096:
+        assert check_hash_tree(reader(bytes(damaged)), reader(content), root_hash) is not None
+    else:
+        assert check_hash_tree(reader(hashes), reader(bytes(damaged)), root_hash) is not None
+    assert check_hash_tree(reader(b"\0" * 4096), reader(content), root_hash) == "no dm-verity superblock"
+
+
+# --------------------------------------------------------------------------------------------------
+# Side-cars
+
+
+def test_side_cars_and_xattrs(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    img, root_hash = naked_image(
+        tmp_path / "w", root / "var/lib/extensions/foo.raw", "foo", hash_kind="roothash"
+    )
+    side = find_sidecars(root, img, {})
+    assert (
+        side.root_hash is not None
+        and side.root_hash.hex == root_hash
+        and side.root_hash.designator == "root"
+    )
+    assert side.hash_tree == root / "var/lib/extensions/foo.verity"
+    assert side.signature is None
+    # An xattr beats the side-car file; a root hash beats a usr hash.
+    os.setxattr(img, "user.verity.usrhash", HASH.encode())
+    assert find_sidecars(root, img, {}).root_hash.designator == "root"  # type: ignore[union-attr]
+    os.setxattr(img, "user.verity.roothash", HASH.encode())
+    found = find_sidecars(root, img, {}).root_hash
+    assert (
+        found is not None and found.hex == HASH and found.source == "extended attribute user.verity.roothash"
+    )
+    assert sidecar_root_hash(img, {}, root) == HASH
+    assert sidecar_root_hash(img, {"SYSTEMD_DISSECT_VERITY_SIDECAR": "0"}, root) is None
+
+
+def test_usrhash_side_car_and_its_signature(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    signer = make_signer(tmp_path / "keys")
+    img, root_hash = naked_image(
+        tmp_path / "w", root / "var/lib/extensions/foo.raw", "foo", hash_kind="usrhash", signer=signer
+    )
+    side = find_sidecars(root, img, {})
+    assert side.root_hash is not None and side.root_hash.designator == "usr"
+    assert (
+        side.signature is not None
+        and side.signature.source == "side-car '/var/lib/extensions/foo.usrhash.p7s'"
+    )
+
+
+def test_side_cars_follow_links_inside_the_root(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    signer = make_signer(tmp_path / "keys")
+    store = root / "srv/store"
+    store.mkdir(parents=True)
+    img, root_hash = naked_image(
+        tmp_path / "w", store / "foo-1.raw", "foo", hash_kind="roothash", signer=signer
+    )
+    assert root_hash is not None
+    # The image is the resolved path; its p7s side-car is a link with an absolute target, which
+    # must be read inside the root, not from the host's /srv.
+    real = root / "srv/sigs/foo.p7s"
+    real.parent.mkdir(parents=True)
+    (store / "foo-1.roothash.p7s").rename(real)
+    (store / "foo-1.roothash.p7s").symlink_to("/srv/sigs/foo.p7s")
+    side = find_sidecars(root, img, {})
+    assert side.signature is not None and side.signature.data == real.read_bytes()
+    # A dangling link (target missing inside the root) means no signature.
+    real.unlink()
+    assert find_sidecars(root, img, {}).signature is None
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("foo.roothash", b"nothex\n", "is not a hexadecimal root hash"),
+        ("foo.roothash", b"ab" * 16 + b"\n", None),
+        ("foo.roothash", b"ab" * 8 + b"\n", "at least 16 are needed"),
+        ("foo.roothash.p7s", b"", "is empty"),
+    ],
+)
+def test_unusable_side_cars(tmp_path: Path, name: str, content: bytes, message: Optional[str]) -> None:
+    root = make_root(tmp_path)
+    img, _ = naked_image(tmp_path / "w", root / "var/lib/extensions/foo.raw", "foo", hash_kind="roothash")
+    (root / "var/lib/extensions" / name).write_bytes(content)
+    if message is None:
+        assert find_sidecars(root, img, {}).root_hash is not None
+        return
+    with pytest.raises(ImageError, match=message):
+        find_sidecars(root, img, {})
+    assert sidecar_root_hash(img, {}, root) is None  # identity never fails
+
+
+def test_side_cars_only_for_raw_names(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    img = make_fs("squashfs", tmp_path, root / "var/lib/extensions/foo.img")
+    Path(str(img)[:-4] + ".roothash").write_text(HASH)
+    assert find_sidecars(root, img, {}).root_hash is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Certificates
+
+
+def test_certificate_directories(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    a, b, c = (make_signer(tmp_path / "keys", n) for n in ("a", "b", "c"))
+    trust(root, a, "one.crt", "etc/verity.d")
+    trust(root, b, "one.crt", "usr/lib/verity.d")  # overridden by /etc's one.crt
+    trust(root, b, "two.crt", "run/verity.d")
+    trust(root, c, "three.crt", "usr/lib/verity.d")
+    (root / "etc/verity.d/three.crt").symlink_to("/dev/null")  # masks /usr/lib's three.crt
+    trust(root, c, "four.pem", "usr/local/lib/verity.d")  # wrong suffix
+    (root / "etc/verity.d/dir.crt").mkdir()
+    (root / "etc/verity.d/empty.crt").write_text("")
+    (root / "etc/verity.d/junk.crt").write_text("no certificate here\n")
+    search = find_certificates(root)
+    assert [(x.name, x.fingerprint.hex()) for x in search.certificates] == [
+        ("/etc/verity.d/one.crt", a.fingerprint),
+        ("/run/verity.d/two.crt", b.fingerprint),
+    ]
+    ignored = dict(search.ignored)
+    assert ignored["/usr/lib/verity.d/one.crt"] == "overridden by /etc/verity.d/one.crt"
+    assert ignored["/etc/verity.d/three.crt"] == "masked (link to /dev/null)"
+    assert ignored["/usr/local/lib/verity.d/four.pem"] == "not a .crt file (only *.crt is read)"
+    assert ignored["/etc/verity.d/dir.crt"] == "not a regular file"
+    assert ignored["/etc/verity.d/empty.crt"] == "masked (empty file)"
+    assert ignored["/etc/verity.d/junk.crt"] == "holds no PEM certificate"
+    assert search.searched == (
+        "/etc/verity.d",
+        "/run/verity.d",
+        "/usr/local/lib/verity.d",
+        "/usr/lib/verity.d",
+    )
+
+
+def test_certificate_links_resolve_inside_the_root(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    a = make_signer(tmp_path / "keys", "a")
+    trust(root, a, "a.crt", "srv/certs")
+    (root / "etc/verity.d").symlink_to("/srv/certs")  # absolute: means <root>/srv/certs
+    (root / "run").mkdir()
+    (root / "run/verity.d").mkdir()
+    (root / "run/verity.d/b.crt").symlink_to("/srv/certs/a.crt")
+    search = find_certificates(root)
+    assert [x.name for x in search.certificates] == ["/etc/verity.d/a.crt", "/run/verity.d/b.crt"]
+    assert all(x.path.is_relative_to(root) for x in search.certificates)
+
+
+def test_no_certificate_directories(tmp_path: Path) -> None:
+    search = find_certificates(make_root(tmp_path))
+    assert search.certificates == () and search.ignored == ()
+
+
+# --------------------------------------------------------------------------------------------------
+# Signatures
+
+
+@pytest.fixture(scope="module")
+def signers(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, object]:
+    base = tmp_path_factory.mktemp("signers")
+    return make_signer(base, "good"), make_signer(base, "other")
+
+
+@pytest.mark.parametrize(
+    "trusted, signed_hash, garbage, expected",
+    [
+        (["good"], HASH, False, "signed by /etc/verity.d/good.crt"),
+        (["other", "good"], HASH, False, "signed by /etc/verity.d/good.crt"),
+        (["other"], HASH, False, "signed by an unknown certificate"),
+        ([], HASH, False, "no trusted certificate: no *.crt in /etc/verity.d, /run/verity.d"),
+        (["good"], "00" * 32, False, "the signature does not match the root hash (bad signature)"),
+        (["good"], HASH, True, "the signature cannot be verified"),
+    ],
+)
+def test_verify_signature(
+    tmp_path: Path,
+    signers: tuple[object, object],
+    trusted: list[str],
+    signed_hash: str,
+    garbage: bool,
+    expected: str,
+) -> None:
+    if not shutil.which("openssl"):
+        pytest.skip("needs openssl")
+    good, other = signers
+    by_name = {"good": good, "other": other}
+    root = make_root(tmp_path)
+    for n in trusted:
+        trust(root, by_name[n], f"{n}.crt")  # type: ignore[arg-type]
+    sig = tmp_path / "sig.p7s"
+    if garbage:
+        sig.write_bytes(os.urandom(200))
+    else:
+        sign(signed_hash, good, sig)  # type: ignore[arg-type]
+    check = verify_signature(HASH, sig.read_bytes(), find_certificates(root))
+    assert check.reason.startswith(expected)
+    assert check.trusted is expected.startswith("signed by /")
+    if check.trusted:
+        assert check.certificate is not None and check.certificate.name == "/etc/verity.d/good.crt"
+
+
+def test_missing_openssl_means_untrusted(tmp_path: Path, signers: tuple[object, object]) -> None:
+    good, _ = signers
+    root = make_root(tmp_path)
+    trust(root, good, "good.crt")  # type: ignore[arg-type]
+    check = verify_signature(HASH, b"x", find_certificates(root), openssl=str(tmp_path / "no-openssl"))
+    assert not check.trusted and "cannot check the signature" in check.reason
