@@ -16,8 +16,12 @@ $(VENV)/.stamp: pyproject.toml
 demo:
 	unshare -m --propagation private $(PYTHON) tests/demo.py
 
-# The whole test suite, linters included.
+# The whole test suite: unit and real-mount tests, linters, the dracut build and the QEMU boots
+# (SYSEXTPY_E2E=0 leaves the boots out; their first run fetches a kernel and builds a root).
+SYSEXTPY_E2E ?= 1
+export SYSEXTPY_E2E
 test: venv
+	@if [ "$(SYSEXTPY_E2E)" = 1 ]; then $(PYTHON) tests/e2e/harness.py tools; fi
 	$(VENV)/bin/python -m pytest -q
 
 lint: venv
