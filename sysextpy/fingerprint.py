@@ -44,14 +44,16 @@ TREE_ENTRY_LIMIT = 200_000
 
 def tree_digest(top: Path) -> str:
     """sha256 over (relative path, type, mode, size, mtime, link target) of every entry below `top`.
-    File contents are not read: an edit changes the size or the mtime."""
+    File contents are not read: an edit changes the size or the mtime. (Plain strings inside: this
+    runs for every directory extension on every refresh.)"""
     h = sha256()
     count = 0
-    stack = [(top, "")]
+    stack = [(os.fspath(top), "")]
     while stack:
         directory, rel = stack.pop()
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
             h.update(f"{rel}\0error:{e.errno}\n".encode())
             continue
@@ -73,7 +75,7 @@ def tree_digest(top: Path) -> str:
                 except OSError:
                     extra = "?"
             elif stat.S_ISDIR(st.st_mode):
-                stack.append((Path(entry.path), path))
+                stack.append((entry.path, path))
             line = f"{path}\0{st.st_mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{extra}\n"
             h.update(line.encode("utf-8", "surrogateescape"))
     return h.hexdigest()

@@ -6,8 +6,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 from . import __version__
@@ -29,37 +28,44 @@ SKIP_MESSAGE = (
 LIVE_RESULTS = ("merged", "replaced", "unchanged")
 
 
-@contextmanager
-def run_lock(state_path: Path, env: Mapping[str, str]) -> Iterator[None]:
+class run_lock:  # noqa: N801 - used like a function: `with run_lock(state, env):`
     """Serialise mutating runs. A second run waits (bounded), then works on what the first left."""
-    lock_dir = state_path.parent
-    lock_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-    path = lock_dir / "lock"
-    try:
-        timeout = float(env.get("SYSEXTPY_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
-    except ValueError:
-        timeout = DEFAULT_LOCK_TIMEOUT
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
+
+    def __init__(self, state_path: Path, env: Mapping[str, str]) -> None:
+        self.path = state_path.parent / "lock"
+        try:
+            self.timeout = float(env.get("SYSEXTPY_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
+        except ValueError:
+            self.timeout = DEFAULT_LOCK_TIMEOUT
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + self.timeout
         announced = False
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
             except BlockingIOError:
                 if not announced:
-                    log.info("Waiting for another sysextpy run to finish (lock %s)...", path)
+                    log.info("Waiting for another sysextpy run to finish (lock %s)...", self.path)
                     announced = True
                 if time.monotonic() >= deadline:
+                    os.close(self.fd)
+                    self.fd = -1
                     raise LockTimeout(
-                        f"Another sysextpy run held {os.fspath(path)!r} for more than {timeout:g} s.",
+                        f"Another sysextpy run held {os.fspath(self.path)!r} "
+                        f"for more than {self.timeout:g} s.",
                         hint="check for a hung sysextpy process",
                     ) from None
                 time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 @record
@@ -229,8 +235,14 @@ def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[st
                 log.info("%s: %s", cs.image_class.value, change)
     t_decided = time.monotonic()
 
-    record = _new_record(opts, "merging", started)
     prior_classes = prior.record.get("classes", {}) if prior.usable and prior.record else {}
+    if all(r.skip for r in runs):
+        # Nothing to do, and nothing to write: the record already says all of it.
+        log.info("%s", SKIP_MESSAGE)
+        rejected = any(prior_classes[r.image_class.value].get("rejected") for r in runs)
+        return EXIT_PARTIAL if rejected else 0
+
+    record = _new_record(opts, "merging", started)
     for run in runs:
         if run.skip:
             entry = json.loads(json.dumps(prior_classes[run.image_class.value]))
@@ -239,16 +251,6 @@ def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[st
                     res["result"] = "unchanged"
             entry["unreachable"] = run.unreachable
             record["classes"][run.image_class.value] = entry
-
-    if all(r.skip for r in runs):
-        log.info("%s", SKIP_MESSAGE)
-        record["phase"] = "merged"
-        record["finished"] = now_usec()
-        record["timings"] = {"totalMs": round((time.monotonic() - t0) * 1000, 3)}
-        record["reload"] = {"done": False, "reason": "nothing changed"}
-        write_record(opts.state, record)
-        rejected = any(c.get("rejected") for c in record["classes"].values())
-        return EXIT_PARTIAL if rejected else 0
 
     for run in runs:
         if not run.skip:
