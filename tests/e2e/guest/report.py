@@ -199,6 +199,22 @@ def parse_mountinfo() -> list[dict[str, Any]]:
     return mounts
 
 
+def device_mapper_devices() -> list[dict[str, str]]:
+    """The device-mapper devices with their names and uuids (veritysetup's start `CRYPT-VERITY-`).
+    The image mounts themselves live in sysextpy's private namespace and never show up in
+    mountinfo; the dm device they sit on does."""
+    devices = []
+    for dm in sorted(Path("/sys/block").glob("dm-*")):
+        entry = {"device": dm.name}
+        for key in ("name", "uuid"):
+            try:
+                entry[key] = (dm / "dm" / key).read_text().strip()
+            except OSError:
+                entry[key] = ""
+        devices.append(entry)
+    return devices
+
+
 def read_journal() -> tuple[list[dict[str, Any]], str]:
     """This boot's journal, the initrd's part included (the initrd is told the root's machine id on
     the kernel command line, so both write to the same journal directory)."""
@@ -332,6 +348,7 @@ def build_report(config: dict[str, Any]) -> dict[str, Any]:
         "commands": {name: run(argv) for name, argv in commands.items()},
         "paths": {p: describe_path(p) for p in [str(p) for p in config.get("paths", [])]},
         "mounts": parse_mountinfo(),
+        "dm": device_mapper_devices(),
         "probes": collect_probes(),
         "sysextpyJournal": relevant_journal(entries),
         "journal": journal_text,
