@@ -21,21 +21,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from sample_root import build_sample_root, make_confext  # noqa: E402
 
-READER = """
-import os, sys, time
-paths = sys.argv[1:-1]
-stop = sys.argv[-1]
-reads = misses = 0
-while not os.path.exists(stop):
-    for p in paths:
-        reads += 1
-        try:
-            with open(p, "rb") as f:
-                f.read(64)
-        except OSError:
-            misses += 1
-print(reads, misses)
-"""
+GAP_READER = str(Path(__file__).with_name("gap_reader.py"))
 
 
 def banner(text: str) -> None:
@@ -101,7 +87,7 @@ def main() -> int:
     )
     stop = work / "stop-reader"
     reader = subprocess.Popen(
-        [sys.executable, "-c", READER, str(root / "etc/motd"), str(root / "usr/bin/base-tool"), str(stop)],
+        [sys.executable, GAP_READER, str(root / "etc/motd"), str(root / "usr/bin/base-tool"), str(stop)],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -259,20 +259,7 @@ def test_force_refresh_environment(world: World) -> None:
     assert SKIPPED not in proc.stderr
 
 
-READER = r"""
-import os, sys
-paths, stop = sys.argv[1:-1], sys.argv[-1]
-reads = misses = 0
-while not os.path.exists(stop):
-    for p in paths:
-        reads += 1
-        try:
-            with open(p, "rb") as f:
-                f.read(16)
-        except OSError:
-            misses += 1
-print(reads, misses)
-"""
+GAP_READER = str(Path(__file__).with_name("gap_reader.py"))
 
 
 @pytest.mark.skipif(not mountapi.have_move_mount_beneath(), reason="kernel lacks MOVE_MOUNT_BENEATH (< 6.5)")
@@ -281,7 +268,7 @@ def test_forced_refresh_leaves_no_gap(world: World, tmp_path: Path) -> None:
     stop = tmp_path / "stop"
     files = [world.root / "etc/conf.d/setting", world.root / "etc/base.conf", world.root / "usr/bin/alpha"]
     reader = subprocess.Popen(
-        [sys.executable, "-c", READER, *map(str, files), str(stop)], stdout=subprocess.PIPE, text=True
+        [sys.executable, GAP_READER, *map(str, files), str(stop)], stdout=subprocess.PIPE, text=True
     )
     try:
         time.sleep(0.1)
