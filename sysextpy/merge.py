@@ -236,12 +236,6 @@ def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[st
     t_decided = time.monotonic()
 
     prior_classes = prior.record.get("classes", {}) if prior.usable and prior.record else {}
-    if all(r.skip for r in runs):
-        # Nothing to do, and nothing to write: the record already says all of it.
-        log.info("%s", SKIP_MESSAGE)
-        rejected = any(prior_classes[r.image_class.value].get("rejected") for r in runs)
-        return EXIT_PARTIAL if rejected else 0
-
     record = _new_record(opts, "merging", started)
     for run in runs:
         if run.skip:
@@ -251,6 +245,17 @@ def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[st
                     res["result"] = "unchanged"
             entry["unreachable"] = run.unreachable
             record["classes"][run.image_class.value] = entry
+
+    if all(r.skip for r in runs):
+        # Nothing mounted, nothing reloaded; the record says this run confirmed the merge.
+        log.info("%s", SKIP_MESSAGE)
+        record["phase"] = "merged"
+        record["finished"] = now_usec()
+        record["timings"] = {"totalMs": round((time.monotonic() - t0) * 1000, 3)}
+        record["reload"] = {"done": False, "reason": "nothing changed"}
+        write_record(opts.state, record)
+        rejected = any(c.get("rejected") for c in record["classes"].values())
+        return EXIT_PARTIAL if rejected else 0
 
     for run in runs:
         if not run.skip:
