@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -25,6 +24,7 @@ from .gpt import Partition, PartitionTable, partitions_of, read_partition_table,
 from .log import log
 from .model import Candidate, ClassSettings, ImageClass, ImageType, Options
 from .policy import PROTECTIONS, ImagePolicy, default_policy, initrd_extra_policy, parse_image_policy
+from .records import field, record
 from .verity import (
     CertificateSearch,
     RootHash,
@@ -160,7 +160,7 @@ def candidate_root(candidate: Candidate) -> Path:
 # The plan for one image
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VerityPlan:
     root_hash: RootHash
     hash_file: Path
@@ -171,7 +171,7 @@ class VerityPlan:
     kernel_check: bool = False  # hand the signature to the kernel keyring at activation
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MountStep:
     designator: str  # root or usr
     where: str  # "" for the image root, "usr" for a /usr partition
@@ -184,7 +184,7 @@ class MountStep:
     verity: Optional[VerityPlan] = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ImagePlan:
     path: Path
     kind: str  # "gpt" or the naked file system's type
@@ -217,7 +217,7 @@ def policy_words(policy: ImagePolicy, designator: str) -> str:
     return f"{designator}={'+'.join(words) if words else '-'}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Evidence:
     """What an image offers for one data partition."""
 
@@ -504,7 +504,7 @@ def _dissect_naked(
     )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _SigPartition:
     partition: Partition
     arch: str

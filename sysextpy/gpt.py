@@ -13,10 +13,10 @@ import struct
 import uuid
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .errors import ImageError
+from .records import record
 
 SIGNATURE = b"EFI PART"
 SECTOR_SIZES = (512, 4096)
@@ -244,7 +244,7 @@ def known_architectures() -> tuple[str, ...]:
     return tuple(_ARCH_TYPES)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GptHeader:
     sector_size: int
     disk_uuid: uuid.UUID
@@ -258,7 +258,7 @@ class GptHeader:
     entries_crc32: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Partition:
     number: int  # 1-based slot in the entry array, like /dev/loop0p<number>
     type_uuid: uuid.UUID
@@ -298,7 +298,7 @@ class Partition:
         return f"partition #{self.number}{label}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PartitionTable:
     header: GptHeader
     partitions: tuple[Partition, ...]
@@ -418,7 +418,7 @@ def parse_partition_table(image: bytes) -> PartitionTable:
 # Choosing partitions
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Selection:
     """What a disk image offers for one architecture: at most one partition per designator."""
 

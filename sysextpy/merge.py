@@ -287,9 +287,14 @@ def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[st
     }
     assembled: list[tuple[ClassRun, apply.Assembled]] = []
     requesting: set[str] = set()
-    from .dissect import TrustContext
+    trust = None
+    if any(
+        c.type.is_file_backed for r, d in zip(runs, found.discoveries) if not r.skip for c in d.candidates
+    ):
+        from .dissect import TrustContext  # only raw images are dissected: directories need none of it
 
-    ws = Workspace(trust=TrustContext.from_settings(opts, tuple(r.settings for r in todo), env))
+        trust = TrustContext.from_settings(opts, tuple(r.settings for r in todo), env)
+    ws = Workspace(trust=trust)
     ws.enter()
     try:
         from .plan import Survey

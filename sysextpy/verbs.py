@@ -201,10 +201,14 @@ def verb_plan(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[s
     decisions = refresh_decisions(opts, found, env) if found.host.release is not None else {}
     if os.geteuid() == 0:
         # Raw images are inspected in a private mount namespace: nothing shows on the host.
-        from .dissect import TrustContext
         from .images import Workspace
 
-        with Workspace(trust=TrustContext.from_settings(opts, settings, env)) as ws:
+        trust = None
+        if any(c.type.is_file_backed for c in found.candidates):
+            from .dissect import TrustContext
+
+            trust = TrustContext.from_settings(opts, settings, env)
+        with Workspace(trust=trust) as ws:
             plan = judge_all(opts, found, ws)
     else:
         plan = judge_all(opts, found)

@@ -25,13 +25,13 @@ import stat
 import struct
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 from .chase import resolve_in_root, root_relative
 from .errors import ImageError, ParseError, ResolveError, SysextError
 from .log import log
+from .records import record
 
 HASH_SOURCES = (
     ("root", "user.verity.roothash", ".roothash"),
@@ -62,7 +62,7 @@ def _truthy_env(env: Mapping[str, str], name: str, default: bool = True) -> bool
 # Root hashes and signatures
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RootHash:
     value: bytes
     designator: str  # "root" or "usr": which data partition it protects
@@ -73,7 +73,7 @@ class RootHash:
         return self.value.hex()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Signature:
     data: bytes  # DER PKCS#7, detached, over RootHash.hex
     source: str
@@ -91,7 +91,7 @@ def parse_root_hash(text: bytes, what: str) -> bytes:
     return value
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VeritySig:
     """The content of a verity-sig partition."""
 
@@ -142,7 +142,7 @@ def parse_verity_sig(data: bytes, what: str = "verity-sig partition") -> VerityS
 # Side-car files and extended attributes
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Sidecars:
     root_hash: Optional[RootHash] = None
     signature: Optional[Signature] = None
@@ -250,7 +250,7 @@ def sidecar_root_hash(image: Path, env: Mapping[str, str], root: Path = Path("/"
 # The hash tree
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VeritySuperblock:
     version: int
     hash_type: int  # 1: salt before the data (the normal format); 0: after (Chrome OS)
@@ -315,7 +315,7 @@ def top_block_location(sb: VeritySuperblock) -> tuple[str, int, int]:
 # Certificates
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Certificate:
     path: Path  # host path (root-prefixed)
     name: str  # path inside the root, for messages
@@ -323,7 +323,7 @@ class Certificate:
     pem: bytes
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CertificateSearch:
     certificates: tuple[Certificate, ...]
     searched: tuple[str, ...]  # directories inside the root, in precedence order
@@ -437,7 +437,7 @@ def find_certificates(root: Path) -> CertificateSearch:
 # Signature verification
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SignatureCheck:
     trusted: bool
     certificate: Optional[Certificate]
@@ -540,7 +540,7 @@ def kernel_signature_support() -> bool:
     return os.path.exists("/sys/module/dm_verity/parameters/require_signatures")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VerityActivation:
     name: str  # the /dev/mapper name
     data_device: Path
