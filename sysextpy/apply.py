@@ -258,15 +258,24 @@ def _carry_submounts(target: Path) -> list[tuple[str, int]]:
             continue
         tops = [t for t in tops if not t.startswith(rel + "/")]
         tops.append(rel)
-    carried = []
+    carried: list[tuple[str, int]] = []
     for rel in tops:
         try:
             fd = m.open_tree(
                 m.AT_FDCWD, os.path.join(base, rel), m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC | m.AT_RECURSIVE
             )
         except OSError as e:
-            log.warning("Cannot carry submount %s over: %s", os.path.join(base, rel), e.strerror)
-            continue
+            if e.errno == errno.EINVAL:
+                # An unbindable mount can never be cloned: no retry would do better.
+                log.warning("Cannot carry submount %s over: %s", os.path.join(base, rel), e.strerror)
+                continue
+            # Anything else may pass (no memory...): fail now rather than hide the submount.
+            for _, taken in carried:
+                os.close(taken)
+            raise MountError(
+                f"Cannot carry submount {os.path.join(base, rel)!r} over: {e.strerror}",
+                hint="the hierarchy is left as it is",
+            ) from e
         carried.append((rel, fd))
     return carried
 
@@ -316,7 +325,12 @@ def prepare_hierarchy(
     carried: list[tuple[str, int]] = _carry_submounts(target) if exists else []
     try:
         while live is not None:
-            m.umount2(target, m.MNT_DETACH)
+            try:
+                m.umount2(target, m.MNT_DETACH)
+            except OSError as e:
+                raise MountError(
+                    f"Failed to set the old merge on {os.fspath(target)!r} aside: {e.strerror}"
+                ) from e
             _, live = live_merge(root, cls, hierarchy)
         host_dir: Optional[Path] = target if exists else None
         layers: list[tuple[str, Path]] = []
@@ -446,6 +460,19 @@ def detach_merge(root: Path, cls: ImageClass, hierarchy: str, keep_id: Optional[
     return count
 
 
+def _merge_hidden_below(target: Path, cls: ImageClass) -> bool:
+    """Whether the visible mount on `target` sits right on another overlay merge of the class: one
+    that a run left hidden when it died or failed between mounting beneath and detaching."""
+    point = os.path.realpath(target)
+    stack = [i for i in m.read_mountinfo() if i.mount_point == point]
+    parents = {i.parent_id for i in stack}
+    tops = [i for i in stack if i.mount_id not in parents]
+    if len(tops) != 1:
+        return False
+    below = [i for i in stack if i.mount_id == tops[0].parent_id]
+    return bool(below) and below[0].fstype == "overlay" and below[0].source == cls.value
+
+
 def swap_in(root: Path, item: Assembled) -> str:
     """Put an assembled tree onto its hierarchy (host namespace). Returns what happened."""
     cls, hierarchy = item.image_class, item.hierarchy
@@ -458,6 +485,13 @@ def swap_in(root: Path, item: Assembled) -> str:
     _, live = live_merge(root, cls, hierarchy)
     try:
         if live is not None and m.have_move_mount_beneath():
+            for _ in range(64):
+                if not _merge_hidden_below(target, cls):
+                    break
+                # Detaching the visible merge shows the hidden one, itself a whole merge, so the
+                # hierarchy is never missing; the new tree then replaces that one.
+                log.info("Removing a merge left hidden below the one on '%s'.", os.fspath(target))
+                m.umount2(target, m.MNT_DETACH)
             m.move_mount(
                 item.tree_fd, "", m.AT_FDCWD, target, m.MOVE_MOUNT_F_EMPTY_PATH | m.MOVE_MOUNT_BENEATH
             )

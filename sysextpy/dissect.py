@@ -15,6 +15,7 @@ less protection.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Callable, Optional
@@ -366,7 +367,7 @@ def dissect(candidate: Candidate, ctx: TrustContext) -> ImagePlan:
     path = candidate.path
     policy, source = ctx.policy_for(candidate)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError as e:
         raise ImageError(f"cannot open image {os.fspath(path)!r}: {e.strerror}") from e
     try:
@@ -434,10 +435,13 @@ def _dissect_naked(
     verity: Optional[VerityPlan] = None
     if root_hash is not None and side.hash_tree is not None:
         try:
-            hfd = os.open(side.hash_tree, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO in its place must not hang the run (the type is checked next).
+            hfd = os.open(side.hash_tree, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         except OSError as e:
             raise ImageError(f"cannot open hash tree {os.fspath(side.hash_tree)!r}: {e.strerror}") from e
         try:
+            if not stat.S_ISREG(os.fstat(hfd).st_mode):
+                raise ImageError(f"hash tree {os.fspath(side.hash_tree)!r} is not a regular file")
             problem = check_hash_tree(_file_reader(hfd), _file_reader(fd), root_hash.value)
         finally:
             os.close(hfd)
@@ -722,7 +726,7 @@ def image_root_hash(root: Path, candidate: Candidate, env: Mapping[str, str]) ->
     if found is not None or candidate.type is not ImageType.RAW:
         return found
     try:
-        fd = os.open(candidate.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = os.open(candidate.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError:
         return None
     try:

@@ -196,18 +196,33 @@ def digest(inputs: Mapping[str, Any]) -> str:
     return sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    # The old inputs are read back from a merge's metadata, which another version of the tool
+    # may have written in another shape: what is not a mapping counts as empty.
+    return value if isinstance(value, dict) else {}
+
+
+def _pairs(value: Any) -> set[tuple[str, str]]:
+    items = value if isinstance(value, list) else []
+    return {
+        (x[0], x[1])
+        for x in items
+        if isinstance(x, (list, tuple)) and len(x) == 2 and isinstance(x[0], str) and isinstance(x[1], str)
+    }
+
+
 def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 8) -> list[str]:
     """Human-readable differences between two input sets: which extension, which field."""
     changes: list[str] = []
-    old_images: Mapping[str, Any] = old.get("images") or {}
-    new_images: Mapping[str, Any] = new.get("images") or {}
+    old_images = _mapping(old.get("images"))
+    new_images = _mapping(new.get("images"))
     for name in sorted(set(old_images) | set(new_images)):
         if name not in old_images:
             changes.append(f"extension {name!r} added")
         elif name not in new_images:
             changes.append(f"extension {name!r} removed")
         else:
-            a, b = old_images[name], new_images[name]
+            a, b = _mapping(old_images[name]), _mapping(new_images[name])
             fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             if fields:
                 detail = ", ".join(fields)
@@ -219,15 +234,11 @@ def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int 
             continue
         if old.get(key) != new.get(key):
             if key == "host":
-                fields = sorted(
-                    k
-                    for k in set(old.get(key) or {}) | set(new.get(key) or {})
-                    if (old.get(key) or {}).get(k) != (new.get(key) or {}).get(k)
-                )
+                was, now = _mapping(old.get(key)), _mapping(new.get(key))
+                fields = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
                 changes.append(f"host changed: {', '.join(fields)}")
             elif key == "notImages":
-                old_set = {tuple(x) for x in old.get(key) or []}
-                new_set = {tuple(x) for x in new.get(key) or []}
+                old_set, new_set = _pairs(old.get(key)), _pairs(new.get(key))
                 for entry, reason in sorted(new_set - old_set):
                     changes.append(f"{entry}: {reason}")
                 for entry, reason in sorted(old_set - new_set):

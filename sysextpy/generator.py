@@ -401,7 +401,7 @@ def log_level(value: Optional[str]) -> int:
     if not value:
         return LOG_INFO
     value = value.strip().lower()
-    if value.isdigit() and int(value) <= LOG_DEBUG:
+    if value.isascii() and value.isdigit() and int(value) <= LOG_DEBUG:
         return int(value)
     return _LEVEL_NAMES.index(value) if value in _LEVEL_NAMES else LOG_INFO
 

@@ -308,6 +308,8 @@ def parse_header(block: bytes, sector_size: int) -> GptHeader:
     """The GPT header found at LBA 1 (`block` holds at least its first 92 bytes); GptError if invalid."""
     if block[:8] != SIGNATURE:
         raise GptError(f"no GPT header at LBA 1 for {sector_size}-byte sectors")
+    if len(block) < HEADER_MIN_SIZE:
+        raise GptError(f"GPT header at LBA 1 is truncated ({len(block)} bytes)")
     (revision, header_size, header_crc) = struct.unpack_from("<III", block, 8)
     if header_size < HEADER_MIN_SIZE or header_size > sector_size or header_size > len(block):
         raise GptError(f"GPT header size {header_size} is out of range")

@@ -92,6 +92,11 @@ def origin_record(
 
 
 def format_origin(record: Mapping[str, Any]) -> str:
-    """Upstream's on-disk layout: tab indentation, `"key" : value`, one trailing newline."""
+    """Upstream's on-disk layout: tab indentation, `"key" : value`, one trailing newline.
+
+    A path that is not valid UTF-8 reaches us with its odd bytes as lone surrogates; they are
+    written as JSON escapes, so the text stays valid UTF-8 and reads back the same."""
     text = json.dumps(record, indent="\t", separators=(",", " : "), ensure_ascii=False)
+    if not text.isascii():
+        text = "".join(f"\\u{ord(c):04x}" if "\ud800" <= c <= "\udfff" else c for c in text)
     return text + "\n"

@@ -24,6 +24,15 @@ if TYPE_CHECKING:
 
 WORKSPACE = Path("/run/sysextpy/workspace")
 _SNIFF_BYTES = 65536 + 4096
+# mount(2) errors that describe the image itself: a damaged or unsupported file system. Any other
+# failure to attach or mount an image (memory, busy or exhausted devices, a read error, the file
+# replaced meanwhile...) says more about the moment than about the image.
+IMAGE_MOUNT_ERRNOS = frozenset({errno.EINVAL, errno.EUCLEAN, errno.ENODEV, errno.ENOTBLK})
+
+
+class PassingImageError(ImageError):
+    """An image could not be attached or mounted for a reason that may pass: the next refresh
+    retries it rather than confirming the rejection with a skip."""
 
 
 def sniff_filesystem(header: bytes) -> Optional[str]:
@@ -65,6 +74,8 @@ class Workspace:
         self._cwd: Optional[int] = None
         self._root: Optional[int] = None
         self._mounted: dict[tuple[str, str], Path] = {}
+        # (class, name) of images that failed for a passing reason (PassingImageError)
+        self.retry: set[tuple[str, str]] = set()
         self._counter = 0
         self.inside = False
 
@@ -113,11 +124,15 @@ class Workspace:
         if not self.inside:
             return
         assert self._host_ns is not None and self._cwd is not None and self._root is not None
-        m.setns(self._host_ns, m.CLONE_NEWNS)
-        # setns() puts the process at the namespace's root: go back into a chroot we ran in
-        os.fchdir(self._root)
-        os.chroot(".")
-        os.fchdir(self._cwd)
+        try:
+            m.setns(self._host_ns, m.CLONE_NEWNS)
+            # setns() puts the process at the namespace's root: go back into a chroot we ran in
+            os.fchdir(self._root)
+            os.chroot(".")
+            os.fchdir(self._cwd)
+        except OSError as e:
+            # Still in the private namespace: nothing built here can reach the host any more.
+            raise MountError(f"Failed to return from the private workspace: {e.strerror}") from e
         self.inside = False
         self._close_fds()
 
@@ -176,8 +191,10 @@ class Workspace:
                     where.mkdir(mode=0o755)
                 self._mount_step(step, where)
                 mounted.append(where)
-        except BaseException:
+        except BaseException as e:
             self._unmount_all(mounted)
+            if isinstance(e, PassingImageError):
+                self.retry.add(key)
             raise
         log.debug("Mounted image %s at %s", candidate.path, target)
         self.dissections[key] = plan
@@ -207,7 +224,7 @@ class Workspace:
             try:
                 loop = LoopDevice.attach(source, read_only=True, offset=offset, sizelimit=size)
             except OSError as e:
-                raise ImageError(
+                raise PassingImageError(
                     f"cannot attach {os.fspath(source)!r} to a loop device: {e.strerror}"
                 ) from e
             loops.append(loop)
@@ -221,7 +238,8 @@ class Workspace:
             try:
                 m.mount(device, where, step.fstype, m.MS_RDONLY | m.MS_NODEV | m.MS_NOSUID)
             except OSError as e:
-                raise ImageError(
+                kind = ImageError if e.errno in IMAGE_MOUNT_ERRNOS else PassingImageError
+                raise kind(
                     f"cannot mount the {step.fstype} file system of {step.what} of {path!r}: {e.strerror}"
                 ) from e
         except BaseException:

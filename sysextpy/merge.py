@@ -28,44 +28,61 @@ SKIP_MESSAGE = (
 LIVE_RESULTS = ("merged", "replaced", "unchanged")
 
 
-class run_lock:  # noqa: N801 - used like a function: `with run_lock(state, env):`
-    """Serialise mutating runs. A second run waits (bounded), then works on what the first left."""
+class run_lock:  # noqa: N801 - used like a function: `with run_lock(state, root, env):`
+    """Serialise mutating runs. A second run waits (bounded), then works on what the first left.
 
-    def __init__(self, state_path: Path, env: Mapping[str, str]) -> None:
+    Two locks, taken in this order: the lock file next to the handoff record, and the root
+    directory itself, so that runs keeping their records in different places (--state=) still
+    never work on the same hierarchies at once."""
+
+    def __init__(self, state_path: Path, root: Path, env: Mapping[str, str]) -> None:
         self.path = state_path.parent / "lock"
+        self.root = root
         try:
             self.timeout = float(env.get("SYSEXTPY_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
         except ValueError:
             self.timeout = DEFAULT_LOCK_TIMEOUT
-        self.fd = -1
+        self.fds: list[int] = []
 
     def __enter__(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            self.fds.append(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        except OSError as e:
+            raise SysextError(
+                f"Cannot take the lock {os.fspath(self.path)!r}: {e.strerror}",
+                hint="the handoff record's directory must be writable (see --state=)",
+            ) from e
+        try:
+            self.fds.append(os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        except OSError as e:
+            self.__exit__()
+            raise SysextError(f"Cannot open the root {os.fspath(self.root)!r}: {e.strerror}") from e
         deadline = time.monotonic() + self.timeout
+        for fd, what in zip(self.fds, (self.path, self.root)):
+            self._wait(fd, what, deadline)
+
+    def _wait(self, fd: int, what: Path, deadline: float) -> None:
         announced = False
         while True:
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
                 if not announced:
-                    log.info("Waiting for another sysextpy run to finish (lock %s)...", self.path)
+                    log.info("Waiting for another sysextpy run to finish (lock %s)...", what)
                     announced = True
                 if time.monotonic() >= deadline:
-                    os.close(self.fd)
-                    self.fd = -1
+                    self.__exit__()
                     raise LockTimeout(
-                        f"Another sysextpy run held {os.fspath(self.path)!r} "
-                        f"for more than {self.timeout:g} s.",
+                        f"Another sysextpy run held {os.fspath(what)!r} for more than {self.timeout:g} s.",
                         hint="check for a hung sysextpy process",
                     ) from None
                 time.sleep(0.05)
 
     def __exit__(self, *exc: object) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        while self.fds:
+            os.close(self.fds.pop())
 
 
 @record
@@ -127,6 +144,8 @@ def decide(
     entry = prior.record["classes"].get(cs.image_class.value)
     if not isinstance(entry, dict) or not isinstance(entry.get("hierarchies"), dict):
         return False, "the record has nothing for this class", ()
+    if entry.get("fingerprint") is None:
+        return False, "the last run left no fingerprint (unmerged, or something failed)", ()
     if entry.get("fingerprint") != fingerprint:
         old = _old_inputs(opts.root, cs)
         changes = tuple(describe_changes(old, inputs)) if old else ()
@@ -390,7 +409,12 @@ def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[st
     apply.discard([a for _, a in assembled])
     for run in todo:
         entry = record["classes"][run.image_class.value]
-        if not any(h.get("result") == "failed" for h in entry["hierarchies"].values()):
+        # An image that failed for a passing reason (no memory, a busy device) is retried by the
+        # next refresh rather than confirmed as rejected: no fingerprint, no skip.
+        retry = sorted(n for c, n in ws.retry if c == run.image_class.value)
+        if retry:
+            log.info("%s: the next refresh retries %s.", run.image_class.value, ", ".join(retry))
+        elif not any(h.get("result") == "failed" for h in entry["hierarchies"].values()):
             entry["fingerprint"] = run.fingerprint
 
     do_reload, why = decide_reload(opts, changed, requesting)
@@ -496,7 +520,7 @@ def do_unmerge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[
 
 
 def run_mutating_verb(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[str, str]) -> int:
-    with run_lock(opts.state, env):
+    with run_lock(opts.state, opts.root, env):
         if opts.verb is Verb.UNMERGE:
             return do_unmerge(opts, settings, env)
         return do_merge(opts, settings, env)

@@ -341,8 +341,8 @@ def image_name_is_valid(name: str) -> bool:
     """systemd's image_name_is_valid(): a plain file name, no control characters, no '.#' temp files."""
     if name in ("", ".", "..") or "/" in name or len(name.encode("utf-8", "surrogatepass")) > 255:
         return False
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        return False
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or "\ud800" <= c <= "\udfff" for c in name):
+        return False  # control characters, or bytes that are not UTF-8 (lone surrogates)
     return not name.startswith(".#")
 
 

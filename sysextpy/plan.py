@@ -194,11 +194,39 @@ def survey(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[str,
     return Survey(root=root, host=host, initrd=initrd, settings=settings, discoveries=found)
 
 
+def stored_inside(root: Path, verdict: ExtensionVerdict, settings: ClassSettings) -> ExtensionVerdict:
+    """Reject a directory image kept below a hierarchy it has content for (a link from
+    /var/lib/extensions into /usr, say): overlayfs refuses a layer inside another layer of the
+    same overlay (ELOOP), which would fail the merge of every image, not just this one."""
+    from .chase import resolve_in_root
+    from .errors import ResolveError
+
+    c = verdict.candidate
+    if verdict.verdict is not Verdict.MERGE or c.type not in (ImageType.DIRECTORY, ImageType.SUBVOLUME):
+        return verdict
+    path = os.fspath(c.path)
+    for h in settings.hierarchies:
+        try:
+            target = os.fspath(resolve_in_root(root, h))
+            resolve_in_root(c.path, h)  # the image's own copy of the hierarchy
+        except ResolveError:
+            continue
+        if path.startswith(target.rstrip("/") + "/"):
+            return ExtensionVerdict(
+                c,
+                Verdict.REJECTED,
+                f"stored inside {h}, a hierarchy it extends: overlayfs cannot use a directory below "
+                f"one of its own layers; keep it outside (e.g. in /var/lib/extensions)",
+            )
+    return verdict
+
+
 def judge_all(opts: Options, found: Survey, workspace: Optional[Workspace] = None) -> Plan:
     class_plans = []
     for cs, disc in zip(found.settings, found.discoveries):
         verdicts = tuple(
-            judge(c, found.host, force=opts.force, workspace=workspace) for c in disc.candidates
+            stored_inside(found.root, judge(c, found.host, force=opts.force, workspace=workspace), cs)
+            for c in disc.candidates
         )
         for v in verdicts:
             level = {Verdict.MERGE: log.debug, Verdict.IGNORED: log.info}.get(v.verdict, log.warning)

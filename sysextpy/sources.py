@@ -16,7 +16,11 @@ from .errors import ResolveError, SysextError
 def unescape_fstab(field: str) -> str:
     out, i = [], 0
     while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
+        if (
+            field[i] == "\\"
+            and len(field[i + 1 : i + 4]) == 3
+            and all(c in "01234567" for c in field[i + 1 : i + 4])
+        ):
             out.append(chr(int(field[i + 1 : i + 4], 8)))
             i += 4
         else:

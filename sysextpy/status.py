@@ -8,6 +8,7 @@ a live merge.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from .chase import resolve_in_root
@@ -32,20 +33,32 @@ class LiveMerge:
 
 
 def _read_small(path: Path, limit: int = 1 << 20) -> Optional[str]:
+    """A small regular file's text; None when missing, unreadable or not a regular file (a FIFO
+    in a copied tree's metadata directory must not hang the run)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     return data.decode("utf-8", "replace")
 
 
 def parse_dev(text: str) -> Optional[int]:
     """`MAJOR:MINOR\\n` -> a dev_t, None when malformed."""
     major, sep, minor = text.strip().partition(":")
-    if not sep or not major.isdigit() or not minor.isdigit():
+    if not sep or not (major.isascii() and major.isdigit() and minor.isascii() and minor.isdigit()):
         return None
-    return os.makedev(int(major), int(minor))
+    try:
+        return os.makedev(int(major), int(minor))
+    except OverflowError:  # numbers no device has: not a merge's record
+        return None
 
 
 def is_mount_point(path: Path, st: os.stat_result) -> bool:

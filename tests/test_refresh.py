@@ -18,6 +18,7 @@ from typing import Callable
 import pytest
 
 from sysextpy import mountapi
+from tests.faults import report, run_injected, syscall_counts
 from tests.merge_support import HOST_RELEASE, add_confext, add_sysext, sysext_tree, write
 
 RunSysextpy = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -292,24 +293,6 @@ def test_forced_refresh_leaves_no_gap(world: World, tmp_path: Path) -> None:
 CRASH_SYSCALLS = ("unshare", "setns", "mount", "umount2", "move_mount", "fsmount", "open_tree", "rename")
 
 
-def _strace_counts(cmd: list[str], env: dict[str, str]) -> dict[str, int]:
-    trace = subprocess.run(
-        ["strace", "-f", "-qq", "-e", "trace=" + ",".join(CRASH_SYSCALLS), "-o", "/dev/stderr", *cmd],
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    counts = dict.fromkeys(CRASH_SYSCALLS, 0)
-    for line in trace.stderr.splitlines():
-        for name in CRASH_SYSCALLS:
-            if f" {name}(" in line or line.startswith(f"{name}("):
-                counts[name] += 1
-    return counts
-
-
 def _hierarchy_state(root: Path) -> tuple[str, str]:
     """('old'|'new'|'broken', detail) from what a reader sees."""
     try:
@@ -354,7 +337,7 @@ def test_sigkill_at_every_step_loses_nothing(world: World) -> None:
     env = {k: v for k, v in os.environ.items() if k != "SYSTEMD_LOG_LEVEL"}
     base_cmd = [sys.executable, "-m", "sysextpy", f"--root={world.root}", f"--state={world.state}"]
     _point_at(world, 2)
-    counts = _strace_counts([*base_cmd, "refresh"], env)
+    counts = syscall_counts([*base_cmd, "refresh"], CRASH_SYSCALLS, env)
     assert _hierarchy_state(world.root)[0] == "new"
     points = [(name, n) for name, c in counts.items() for n in range(1, c + 1)]
     assert len(points) >= 10, counts
@@ -363,25 +346,7 @@ def test_sigkill_at_every_step_loses_nothing(world: World) -> None:
         _point_at(world, 1)
         world.refresh()
         _point_at(world, 2)
-        killed = subprocess.run(
-            [
-                "strace",
-                "-f",
-                "-qq",
-                "-o",
-                "/dev/null",
-                "-e",
-                f"inject={name}:signal=KILL:when={n}",
-                *base_cmd,
-                "refresh",
-            ],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        killed = run_injected([*base_cmd, "refresh"], name, n, "signal=KILL", env)
         assert killed.returncode != 0, f"not killed at {name}#{n}"
         state, detail = _hierarchy_state(world.root)
         assert state in ("old", "new", "mixed"), f"killed at {name}#{n}: {detail}\n{killed.stderr[-2000:]}"
@@ -392,6 +357,16 @@ def test_sigkill_at_every_step_loses_nothing(world: World) -> None:
         assert after == "new", f"after a crash at {name}#{n} and a refresh: {detail}"
         outcomes[state] = outcomes.get(state, 0) + 1
     print(f"crash points: {len(points)} ({counts}); state right after the crash: {outcomes}")
+    report(
+        "faults",
+        "refresh: SIGKILL (tests/test_refresh.py)",
+        reached=len(points),
+        points=len(points),
+        runs=len(points),
+        by_syscall={k: v for k, v in counts.items() if v},
+        outcomes={f"killed->{k}": v for k, v in outcomes.items()},
+        lost_hierarchies=0,
+    )
 
 
 # --- the one reload ----------------------------------------------------------------------------
