@@ -67,11 +67,10 @@ def parse_boolean(option: str, value: str) -> bool:
 
 def parse_mutable(value: str) -> MutableMode:
     """A mode name (case-sensitive, as upstream's table lookup) or any boolean spelling."""
-    for mode in MutableMode:
-        if value == mode.value:
-            return mode
+    from .config import parse_mutable_mode  # the one parser, shared with Mutable= in sysext.conf
+
     try:
-        return MutableMode.YES if parse_bool(value) else MutableMode.NO
+        return parse_mutable_mode(value)
     except ParseError:
         raise UsageError(
             f"--mutable= takes one of {', '.join(MUTABLE_NAMES)} or a boolean, got {value!r}"

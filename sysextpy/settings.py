@@ -30,9 +30,9 @@ def parse_hierarchies(value: str, variable: str) -> tuple[str, ...]:
 
 
 def _mutable_from_text(value: str) -> MutableMode:
-    from .cli import parse_mutable
+    from .config import parse_mutable_mode
 
-    return parse_mutable(value)
+    return parse_mutable_mode(value)
 
 
 def resolve_settings(opts: Options, image_class: ImageClass, env: Mapping[str, str]) -> ClassSettings:
