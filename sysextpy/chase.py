@@ -12,12 +12,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from pathlib import Path
 
 from .errors import ResolveError
+from .observe import ACTIVE, note_resolve, resolve_outcome
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Union
 
     StrPath = Union[str, "os.PathLike[str]"]
@@ -30,6 +31,8 @@ MAX_STEPS = 128
 def canonical_root(root: Path) -> Path:
     """The root with all its own symlinks resolved. Call it once at start: `resolve_in_root` does not
     resolve the root itself, and `root_relative` can only strip the root in the spelling it was given."""
+    from pathlib import Path
+
     return Path(os.path.realpath(os.fspath(root)))
 
 
@@ -77,8 +80,28 @@ def resolve_in_root(root: Path, path: StrPath, *, missing_ok: bool = False) -> P
     of it if results are later stripped with `root_relative`. Raises ResolveError with errno ENOENT,
     ENOTDIR, ELOOP, EACCES... when the path cannot be resolved.
     """
+    from pathlib import Path
+
     root_s = _root_str(root)
     spelled = os.fspath(path)
+    if not ACTIVE or ACTIVE[-1].paused:
+        return Path(_resolve(root_s, spelled, missing_ok))
+    # Recording what a fingerprint is computed from: the outcome is observed, not the steps.
+    rec = ACTIVE[-1]
+    rec.paused += 1
+    try:
+        result = _resolve(root_s, spelled, missing_ok)
+    except ResolveError as e:
+        rec.paused -= 1
+        note_resolve(root_s, spelled, missing_ok, resolve_outcome(root_s, None, e))
+        raise
+    rec.paused -= 1
+    note_resolve(root_s, spelled, missing_ok, resolve_outcome(root_s, result, None))
+    return Path(result)
+
+
+def _resolve(root_s: str, spelled: str, missing_ok: bool) -> str:
+    """resolve_in_root() on a tidied root and a string path, returning a string."""
 
     def fail(err: int, what: str) -> ResolveError:
         return ResolveError(f"Cannot resolve {spelled!r} inside {root_s!r}: {what}", errno=err)
@@ -116,7 +139,7 @@ def resolve_in_root(root: Path, path: StrPath, *, missing_ok: bool = False) -> P
             if missing_ok:
                 todo.append(name)
                 todo.reverse()
-                return Path(_join(root_s, _clamp(done, todo)))
+                return _join(root_s, _clamp(done, todo))
             raise fail(errno.ENOENT, f"{_join('/', [*done, name])!r} does not exist") from e
         except OSError as e:
             raise fail(
@@ -146,7 +169,7 @@ def resolve_in_root(root: Path, path: StrPath, *, missing_ok: bool = False) -> P
             raise fail(errno.ENOTDIR, f"{_join('/', [*done, name])!r} is not a directory")
         done.append(name)
 
-    return Path(_join(root_s, done))
+    return _join(root_s, done)
 
 
 def exists_in_root(root: Path, path: StrPath) -> bool:
@@ -170,7 +193,7 @@ def is_within_root(root: Path, path: Path) -> bool:
     return p == r or p.startswith(r + "/")
 
 
-def root_relative(root: Path, path: Path) -> str:
+def root_relative(root: StrPath, path: StrPath) -> str:
     """`path` as seen from inside `root`: "/x/y" for root + "/x/y", "/" for the root itself.
 
     A path not below the root is returned unchanged, as upstream keeps the full path in that case.

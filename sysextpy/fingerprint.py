@@ -11,82 +11,37 @@ that does happen can say which extension and which field changed.
 
 from __future__ import annotations
 
-import json
 import os
-import stat
 from collections.abc import Mapping
-from pathlib import Path
 
 from . import __version__
 from .chase import resolve_in_root, root_relative
 from .errors import ResolveError
+from .jsonlite import dump_json
+from .live import EXTRA_FILE, read_live_extra
 from .model import Candidate, ClassSettings, HostInfo, ImageType, Options
+from .observe import TREE_ENTRY_LIMIT, decline, sha256, tree_digest
 from .records import record
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any, Optional
 
-if TYPE_CHECKING:
-    from hashlib import sha256
-else:
-    try:  # the built-in module: importing hashlib loads OpenSSL, which costs more than it hashes here
-        from _sha256 import sha256
-    except ImportError:  # Python >= 3.12
-        try:
-            from _sha2 import sha256
-        except ImportError:
-            from hashlib import sha256
-
-EXTRA_FILE = "sysextpy.json"
-TREE_ENTRY_LIMIT = 200_000
-
-
-def tree_digest(top: Path) -> str:
-    """sha256 over (relative path, type, mode, size, mtime, link target) of every entry below `top`.
-    File contents are not read: an edit changes the size or the mtime. (Plain strings inside: this
-    runs for every directory extension on every refresh.)"""
-    h = sha256()
-    count = 0
-    stack = [(os.fspath(top), "")]
-    while stack:
-        directory, rel = stack.pop()
-        try:
-            with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            h.update(f"{rel}\0error:{e.errno}\n".encode())
-            continue
-        for entry in entries:
-            count += 1
-            if count > TREE_ENTRY_LIMIT:
-                h.update(b"\0truncated\n")
-                return h.hexdigest()
-            path = f"{rel}/{entry.name}"
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError as e:
-                h.update(f"{path}\0error:{e.errno}\n".encode("utf-8", "surrogateescape"))
-                continue
-            extra = ""
-            if stat.S_ISLNK(st.st_mode):
-                try:
-                    extra = os.readlink(entry.path)
-                except OSError:
-                    extra = "?"
-            elif stat.S_ISDIR(st.st_mode):
-                stack.append((entry.path, path))
-            line = f"{path}\0{st.st_mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{extra}\n"
-            h.update(line.encode("utf-8", "surrogateescape"))
-    return h.hexdigest()
+__all__ = ["EXTRA_FILE", "TREE_ENTRY_LIMIT", "read_live_extra", "tree_digest"]
 
 
 def _file_sha256(path: Path) -> str:
     try:
-        with open(path, "rb") as f:
-            return sha256(f.read(1 << 20)).hexdigest()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError:
         return ""
+    try:
+        return sha256(os.read(fd, 1 << 20)).hexdigest()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def host_inputs(root: Path, host: HostInfo, env: Mapping[str, str]) -> dict[str, Any]:
@@ -146,6 +101,8 @@ def image_inputs(root: Path, candidate: Candidate, env: Mapping[str, str]) -> di
     entry.update(size=st.st_size, mtime=st.st_mtime_ns)
     if candidate.type is ImageType.BLOCK:
         entry["rdev"] = st.st_rdev
+    if candidate.type is ImageType.BLOCK:
+        decline(f"{candidate.name!r} is a block device: its content is not observed")
     if candidate.type is ImageType.RAW:
         from .dissect import image_root_hash
 
@@ -192,7 +149,7 @@ def class_inputs(
 
 
 def digest(inputs: Mapping[str, Any]) -> str:
-    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = dump_json(inputs, ascii_only=False)
     return sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -255,12 +212,3 @@ class Decision:
     skip: bool
     reason: str
     changes: tuple[str, ...] = ()
-
-
-def read_live_extra(metadata_dir: Path) -> Optional[dict[str, Any]]:
-    try:
-        with open(metadata_dir / EXTRA_FILE, "rb") as f:
-            data = json.loads(f.read(8 << 20))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

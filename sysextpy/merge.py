@@ -2,87 +2,27 @@
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from . import __version__
-from .errors import LockTimeout, SysextError
+from .errors import SysextError
+from .live import LIVE_RESULTS, exact_mount_check
 from .log import log
 from .model import ClassSettings, ImageClass, Options, Verb, Verdict
+from .quick import SKIP_MESSAGE
 from .records import field, record
+from .state import DEFAULT_LOCK_TIMEOUT, run_lock
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from typing import Any, Optional
 
+__all__ = ["DEFAULT_LOCK_TIMEOUT", "LIVE_RESULTS", "SKIP_MESSAGE", "run_lock"]
+
 EXIT_PARTIAL = 3
-DEFAULT_LOCK_TIMEOUT = 60.0
-SKIP_MESSAGE = (
-    "Skipping extension refresh because no change was found, "
-    "use --always-refresh=yes to always do a refresh."
-)
-LIVE_RESULTS = ("merged", "replaced", "unchanged")
-
-
-class run_lock:  # noqa: N801 - used like a function: `with run_lock(state, root, env):`
-    """Serialise mutating runs. A second run waits (bounded), then works on what the first left.
-
-    Two locks, taken in this order: the lock file next to the handoff record, and the root
-    directory itself, so that runs keeping their records in different places (--state=) still
-    never work on the same hierarchies at once."""
-
-    def __init__(self, state_path: Path, root: Path, env: Mapping[str, str]) -> None:
-        self.path = state_path.parent / "lock"
-        self.root = root
-        try:
-            self.timeout = float(env.get("SYSEXTPY_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
-        except ValueError:
-            self.timeout = DEFAULT_LOCK_TIMEOUT
-        self.fds: list[int] = []
-
-    def __enter__(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            self.fds.append(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        except OSError as e:
-            raise SysextError(
-                f"Cannot take the lock {os.fspath(self.path)!r}: {e.strerror}",
-                hint="the handoff record's directory must be writable (see --state=)",
-            ) from e
-        try:
-            self.fds.append(os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-        except OSError as e:
-            self.__exit__()
-            raise SysextError(f"Cannot open the root {os.fspath(self.root)!r}: {e.strerror}") from e
-        deadline = time.monotonic() + self.timeout
-        for fd, what in zip(self.fds, (self.path, self.root)):
-            self._wait(fd, what, deadline)
-
-    def _wait(self, fd: int, what: Path, deadline: float) -> None:
-        announced = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if not announced:
-                    log.info("Waiting for another sysextpy run to finish (lock %s)...", what)
-                    announced = True
-                if time.monotonic() >= deadline:
-                    self.__exit__()
-                    raise LockTimeout(
-                        f"Another sysextpy run held {os.fspath(what)!r} for more than {self.timeout:g} s.",
-                        hint="check for a hung sysextpy process",
-                    ) from None
-                time.sleep(0.05)
-
-    def __exit__(self, *exc: object) -> None:
-        while self.fds:
-            os.close(self.fds.pop())
 
 
 @record
@@ -130,8 +70,8 @@ def decide(
 ) -> tuple[bool, str, tuple[str, ...]]:
     """Skip or refresh one class. Skipping needs a usable record of this boot with the same
     fingerprint AND live merges that match it on the mount table."""
-    from .fingerprint import describe_changes, read_live_extra
-    from .status import live_merge
+    from .fingerprint import describe_changes
+    from .live import check_hierarchies
 
     if opts.verb not in (Verb.REFRESH, Verb.PLAN):
         return False, f"verb {opts.verb.value}", ()
@@ -153,43 +93,68 @@ def decide(
     recorded: dict[str, Any] = entry["hierarchies"]
     if set(recorded) != set(cs.hierarchies):
         return False, "the set of hierarchies changed", ()
-    for h, res in recorded.items():
-        result = res.get("result") if isinstance(res, dict) else None
-        path, live = live_merge(opts.root, cs.image_class, h)
-        if result in LIVE_RESULTS:
-            if live is None or path is None:
-                return False, f"{h} is no longer merged", ()
-            extra = read_live_extra(live.metadata_dir)
-            if not extra or extra.get("fingerprint") != fingerprint:
-                return False, f"{h} holds a different merge than recorded", ()
-            if res.get("dev") != f"{os.major(live.dev)}:{os.minor(live.dev)}":
-                return False, f"{h} is mounted anew since the record was written", ()
-        elif result in ("untouched", "unmerged"):
-            if live is not None:
-                return False, f"{h} is merged but the record says it should not be", ()
-        else:
-            return False, f"{h}: the last run's result was {result!r}", ()
+    why = check_hierarchies(opts.root, cs.image_class.metadata_dir, fingerprint, recorded, exact_mount_check)
+    if why:
+        return False, why, ()
     return True, "fingerprint and live merges match the record", ()
 
 
-def class_runs(opts: Options, found: Any, prior: Any, env: Mapping[str, str]) -> list[ClassRun]:
-    """Fingerprint every class of a survey and decide, for each, whether a refresh may skip it."""
+def class_inputs_of(opts: Options, found: Any, env: Mapping[str, str]) -> list[tuple[dict[str, Any], str]]:
+    """(inputs, fingerprint) of every class of a survey."""
     from .chase import root_relative
     from .fingerprint import class_inputs, digest, host_inputs
-    from .sources import unreachable_dirs
 
     root = opts.root
     host_part = host_inputs(root, found.host, env)
-    runs = []
+    result = []
     for cs, disc in zip(found.settings, found.discoveries):
         skipped = [(root_relative(root, s.entry), s.reason) for s in disc.skipped]
         inputs = class_inputs(opts, cs, disc.candidates, skipped, host_part, env)
-        fp = digest(inputs)
+        result.append((inputs, digest(inputs)))
+    return result
+
+
+def class_runs(
+    opts: Options,
+    found: Any,
+    prior: Any,
+    env: Mapping[str, str],
+    computed: Optional[list[tuple[dict[str, Any], str]]] = None,
+) -> list[ClassRun]:
+    """Fingerprint every class of a survey (unless `computed` already) and decide, for each,
+    whether a refresh may skip it."""
+    from .sources import unreachable_dirs
+
+    if computed is None:
+        computed = class_inputs_of(opts, found, env)
+    runs = []
+    for cs, disc, (inputs, fp) in zip(found.settings, found.discoveries, computed):
         skip, reason, changes = decide(opts, cs, fp, inputs, prior, env)
         runs.append(
-            ClassRun(cs, fp, inputs, skip, reason, changes, unreachable_dirs(root, disc.search_dirs))
+            ClassRun(cs, fp, inputs, skip, reason, changes, unreachable_dirs(opts.root, disc.search_dirs))
         )
     return runs
+
+
+def confirm_data(opts: Options, found: Any, trace: Optional[list[Any]]) -> Optional[dict[str, Any]]:
+    """What the next refresh needs to confirm this run's merge without recomputing (quick.py);
+    None when the trace cannot vouch for the fingerprints."""
+    from .quick import options_key
+
+    if trace is None:
+        return None
+    return {
+        "key": options_key(
+            force=opts.force,
+            mutable=opts.mutable.value if opts.mutable is not None else None,
+            image_policy=opts.image_policy,
+            noexec=opts.noexec,
+        ),
+        "classes": [cs.image_class.value for cs in found.settings],
+        "hierarchies": {cs.image_class.value: list(cs.hierarchies) for cs in found.settings},
+        "searchDirs": {d.image_class.value: list(d.search_dirs) for d in found.discoveries},
+        "trace": trace,
+    }
 
 
 def _log_choice(chosen: list[str], ignored: int) -> None:
@@ -202,34 +167,31 @@ def _log_choice(chosen: list[str], ignored: int) -> None:
 
 
 def _new_record(opts: Options, phase: str, started: int) -> dict[str, Any]:
-    from .reload import in_initrd
-    from .state import SCHEMA, boot_id
+    from .state import new_record
 
-    return {
-        "schema": SCHEMA,
-        "bootId": boot_id(),
-        "phase": phase,
-        "tool": f"sysextpy {__version__}",
-        "verb": opts.verb.value,
-        "root": os.fspath(opts.root),
-        "inInitrd": in_initrd(),
-        "started": started,
-        "finished": None,
-        "classes": {},
-        "errors": [],
-        "timings": {},
-        "reload": {"done": False, "reason": ""},
-    }
+    return new_record(opts.verb.value, opts.root, phase, started)
 
 
-def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[str, str]) -> int:
+def do_merge(opts: Options, env: Mapping[str, str]) -> int:
+    from .observe import Recorder
     from .plan import survey
-    from .state import now_usec, read_record, write_record
+    from .state import confirmed_entry, finish_confirmed, now_usec, read_record, write_record
     from .status import live_merge
+    from .verbs import class_settings
 
     t0 = time.monotonic()
     started = now_usec()
     root = opts.root
+    # Everything the fingerprints are computed from is observed, so that the next refresh can
+    # confirm them by taking the same observations again (quick.py).
+    with Recorder(os.fspath(root), env) as recorder:
+        settings = class_settings(opts, recorder.env)
+        found = survey(opts, settings, recorder.env)
+        computed = class_inputs_of(opts, found, recorder.env) if found.host.release else []
+    confirm = confirm_data(opts, found, recorder.trace())
+    if recorder.why_incomplete:
+        log.debug("The next refresh will recompute the fingerprints: %s.", recorder.why_incomplete)
+
     if opts.verb is Verb.MERGE:
         for cs in settings:
             for h in cs.hierarchies:
@@ -237,13 +199,11 @@ def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[st
                     raise SysextError(
                         f"Hierarchy '{h}' is already merged.", hint="use refresh, or unmerge first"
                     )
-
-    found = survey(opts, settings, env)
     if found.host.release is None:
         raise SysextError(found.host.release_error or "Failed to acquire 'os-release' data of the root.")
     prior = read_record(opts.state)
 
-    runs = class_runs(opts, found, prior, env)
+    runs = class_runs(opts, found, prior, env, computed)
     for run in runs:
         cs, skip, reason, changes = run.settings, run.skip, run.reason, run.changes
         if skip:
@@ -258,20 +218,16 @@ def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[st
     record = _new_record(opts, "merging", started)
     for run in runs:
         if run.skip:
-            entry = json.loads(json.dumps(prior_classes[run.image_class.value]))
-            for res in entry.get("hierarchies", {}).values():
-                if res.get("result") in LIVE_RESULTS:
-                    res["result"] = "unchanged"
-            entry["unreachable"] = run.unreachable
-            record["classes"][run.image_class.value] = entry
+            record["classes"][run.image_class.value] = confirmed_entry(
+                prior_classes[run.image_class.value], run.unreachable
+            )
 
     if all(r.skip for r in runs):
         # Nothing mounted, nothing reloaded; the record says this run confirmed the merge.
         log.info("%s", SKIP_MESSAGE)
-        record["phase"] = "merged"
-        record["finished"] = now_usec()
-        record["timings"] = {"totalMs": round((time.monotonic() - t0) * 1000, 3)}
-        record["reload"] = {"done": False, "reason": "nothing changed"}
+        finish_confirmed(record, t0, "fingerprints")
+        if confirm is not None:
+            record["confirm"] = confirm
         write_record(opts.state, record)
         rejected = any(c.get("rejected") for c in record["classes"].values())
         return EXIT_PARTIAL if rejected else 0
@@ -364,6 +320,8 @@ def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[st
                 env,
                 identities,
             )
+            import json
+
             extra = json.dumps(
                 {
                     "tool": f"sysextpy {__version__}",
@@ -430,6 +388,8 @@ def do_merge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[st
 
     record["errors"] = errors
     record["phase"] = "failed" if errors else "merged"
+    if not errors and confirm is not None:
+        record["confirm"] = confirm
     record["finished"] = now_usec()
     record["timings"] = {
         "totalMs": round((time.monotonic() - t0) * 1000, 3),
@@ -519,8 +479,10 @@ def do_unmerge(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[
     return 1 if failed else 0
 
 
-def run_mutating_verb(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[str, str]) -> int:
+def run_mutating_verb(opts: Options, env: Mapping[str, str]) -> int:
+    from .verbs import class_settings
+
     with run_lock(opts.state, opts.root, env):
         if opts.verb is Verb.UNMERGE:
-            return do_unmerge(opts, settings, env)
-        return do_merge(opts, settings, env)
+            return do_unmerge(opts, class_settings(opts, env), env)
+        return do_merge(opts, env)

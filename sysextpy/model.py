@@ -6,6 +6,7 @@ import enum
 from pathlib import Path
 
 from .records import field, record
+from .state import STATE_PATH
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ class Verb(enum.Enum):
         return self in (Verb.MERGE, Verb.UNMERGE, Verb.REFRESH)
 
 
-DEFAULT_STATE_PATH = Path("/run/sysextpy/state.json")
+DEFAULT_STATE_PATH = Path(STATE_PATH)
 
 
 @record(frozen=True)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import errno
 import os
 import re
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 from .chase import exists_in_root, resolve_in_root, root_relative
 from .errors import ImageError, ParseError, ResolveError, SysextError
+from .files import read_text_bounded
 from .model import HostRelease, ImageClass
 from .records import record
 from .util import parse_bool
@@ -40,7 +40,6 @@ __all__ = [
 
 STRICT_XATTR = "user.extension-release.strict"
 RELEASE_PREFIX = "extension-release."
-DEFAULT_READ_LIMIT = 64 * 1024
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _BLANK = " \t\r"  # a lone CR (not part of CRLF) counts as blank, like in systemd
@@ -194,74 +193,6 @@ def _read_double_quoted(src: str, pos: int, line: int) -> tuple[str, int, int, b
         out.append(char)
         pos += 1
     return "".join(out), end, line, False
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading files safely
-
-_FILE_TYPES = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISLNK, "a symlink"),
-)
-
-
-def _describe_type(mode: int) -> str:
-    for check, name in _FILE_TYPES:
-        if check(mode):
-            return name
-    return f"of unknown type (mode {stat.S_IFMT(mode):#o})"
-
-
-def _refuse_unless_regular(path: Path, mode: int) -> None:
-    if not stat.S_ISREG(mode):
-        raise SysextError(
-            f"Refusing to read {str(path)!r}: it is {_describe_type(mode)}, not a regular file",
-            hint="release and configuration files must be regular files",
-        )
-
-
-def read_text_bounded(path: Path, limit: int = DEFAULT_READ_LIMIT) -> str:
-    """Read a small regular file as UTF-8 (invalid bytes replaced); refuse anything else.
-
-    FIFOs, devices, sockets and directories are refused without blocking and without reading, and
-    so are files larger than `limit` bytes.
-    """
-    # stat() first so that devices are never opened at all; fstat() after open closes the race.
-    try:
-        _refuse_unless_regular(path, os.stat(path).st_mode)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as e:
-        raise SysextError(f"Failed to open {str(path)!r}: {e.strerror}") from e
-    try:
-        st = os.fstat(fd)
-        _refuse_unless_regular(path, st.st_mode)
-        if st.st_size > limit:
-            raise SysextError(
-                f"Refusing to read {str(path)!r}: it has {st.st_size} bytes, more than the limit of {limit}",
-                hint="release and configuration files are expected to be small text files",
-            )
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            # The file may grow after fstat(); read at most one byte past the limit to notice.
-            chunk = os.read(fd, limit + 1 - total)
-            if not chunk:
-                break
-            parts.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                raise SysextError(
-                    f"Refusing to read {str(path)!r}: it grew past {limit} bytes while being read"
-                )
-    except OSError as e:
-        raise SysextError(f"Failed to read {str(path)!r}: {e.strerror}") from e
-    finally:
-        os.close(fd)
-    return b"".join(parts).decode("utf-8", errors="replace")
 
 
 # --------------------------------------------------------------------------------------------------

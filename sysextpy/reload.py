@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 
 from .log import log
-from .model import Options
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from .model import Options
 
 
 def in_initrd() -> bool:

@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Iterable
-from pathlib import Path
 
-from .chase import resolve_in_root
+from .chase import _resolve, _root_str
 from .errors import ResolveError, SysextError
+from .files import read_text_bounded
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Optional
+
+    from .chase import StrPath
+    from .live import MountCheck
 
 
 def unescape_fstab(field: str) -> str:
@@ -46,13 +53,18 @@ def parse_fstab_mount_points(text: str) -> list[str]:
     return points
 
 
-def unreachable_dirs(root: Path, search_dirs: Iterable[str]) -> list[str]:
-    """Search directories whose deepest fstab mount point (other than /) is not mounted in the root."""
-    from .osrelease import read_text_bounded
-    from .status import is_mount_point
+def unreachable_dirs(
+    root: StrPath, search_dirs: Iterable[str], mount_check: Optional[MountCheck] = None
+) -> list[str]:
+    """Search directories whose deepest fstab mount point (other than /) is not mounted in the root.
+    `mount_check` (default: live.exact_mount_check) tells whether a directory is a mount point."""
+    if mount_check is None:
+        from .live import exact_mount_check
 
+        mount_check = exact_mount_check
+    root_s = _root_str(root)
     try:
-        fstab = read_text_bounded(resolve_in_root(root, "/etc/fstab"))
+        fstab = read_text_bounded(_resolve(root_s, "/etc/fstab", False))
     except (ResolveError, SysextError):
         return []
     points = [p for p in parse_fstab_mount_points(fstab) if p != "/"]
@@ -62,9 +74,9 @@ def unreachable_dirs(root: Path, search_dirs: Iterable[str]) -> list[str]:
         if not owners:
             continue
         owner = max(owners, key=len)
-        path = Path(os.path.join(root, owner.lstrip("/")))
+        path = os.path.join(root_s, owner.lstrip("/"))
         try:
-            mounted = is_mount_point(path, os.stat(path))
+            mounted = mount_check(path, os.stat(path))
         except OSError:
             mounted = False
         if not mounted:

@@ -27,31 +27,42 @@ Schema (version 1), all keys camelCase:
       },
       "errors": ["..."],
       "timings": {"totalMs": <float>, ...},
-      "reload": {"done": false, "reason": "..."}
+      "reload": {"done": false, "reason": "..."},
+      "confirmedBy": "fingerprints" | "observations"   # only when the run changed nothing
     }
 
-Written atomically (temporary file in the same directory, fsync, rename). Readers never trust a
-record that is missing, unparsable, of another schema or boot, or still "merging".
+A record may also carry "confirm": {"key": {...}, "classes": [...], "hierarchies": {...},
+"searchDirs": {...}, "trace": [...]}: what the fingerprints were computed from (observe.py), which
+lets the next refresh confirm the merge without recomputing them (quick.py).
+
+Written atomically (temporary file in the same directory, fsync, rename) as one line of JSON.
+Readers never trust a record that is missing, unparsable, of another schema or boot, or still
+"merging". A lock file beside the record serialises the runs that change anything.
+
+This module imports no more than `os`, `stat`, `time` and `fcntl`: the confirming refresh uses it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import time
-from collections.abc import Mapping
-from pathlib import Path
 
-from .errors import SysextError
+from .errors import LockTimeout, SysextError
+from .jsonlite import dump_json, load_json
 from .records import record
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any, Optional
 
+    from .chase import StrPath
+
 SCHEMA = 1
-MAX_RECORD_BYTES = 1 << 20
+STATE_PATH = "/run/sysextpy/state.json"
+MAX_RECORD_BYTES = 4 << 20
+DEFAULT_LOCK_TIMEOUT = 60.0
 
 
 _boot_id: list[str] = []
@@ -72,15 +83,17 @@ def now_usec() -> int:
     return time.time_ns() // 1000
 
 
-def write_record(path: Path, record: Mapping[str, Any]) -> None:
+def write_record(path: StrPath, record: Mapping[str, Any]) -> None:
     """Atomically replace the record at `path` (directory created 0755)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    path = os.fspath(path)
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
     try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        data = (dump_json(record) + "\n").encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, data.encode())
+            os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -90,7 +103,116 @@ def write_record(path: Path, record: Mapping[str, Any]) -> None:
             os.unlink(tmp)
         except OSError:
             pass  # nothing was created
-        raise SysextError(f"Cannot write the handoff record {os.fspath(path)!r}: {e.strerror}") from e
+        raise SysextError(f"Cannot write the handoff record {path!r}: {e.strerror}") from e
+
+
+def new_record(verb: str, root: StrPath, phase: str, started: int) -> dict[str, Any]:
+    """A record as a run starts it; the run fills in classes, errors, timings and the reload."""
+    from . import __version__
+    from .reload import in_initrd
+
+    return {
+        "schema": SCHEMA,
+        "bootId": boot_id(),
+        "phase": phase,
+        "tool": f"sysextpy {__version__}",
+        "verb": verb,
+        "root": os.fspath(root),
+        "inInitrd": in_initrd(),
+        "started": started,
+        "finished": None,
+        "classes": {},
+        "errors": [],
+        "timings": {},
+        "reload": {"done": False, "reason": ""},
+    }
+
+
+def confirmed_entry(prior_entry: Mapping[str, Any], unreachable: list[str]) -> dict[str, Any]:
+    """A class's entry for a run that confirmed the prior run's merge: the same, now "unchanged"."""
+    entry = load_json(dump_json(prior_entry))  # a deep copy
+    for res in entry.get("hierarchies", {}).values():
+        if isinstance(res, dict) and res.get("result") in ("merged", "replaced", "unchanged"):
+            res["result"] = "unchanged"
+    entry["unreachable"] = unreachable
+    return entry  # type: ignore[no-any-return]
+
+
+def finish_confirmed(record: dict[str, Any], started_monotonic: float, how: str) -> None:
+    """Complete the record of a run that changed nothing. `how` says what proved the merge
+    current: "fingerprints" (recomputed) or "observations" (taken again: quick.py)."""
+    record["confirmedBy"] = how
+    record["phase"] = "merged"
+    record["finished"] = now_usec()
+    record["timings"] = {"totalMs": round((time.monotonic() - started_monotonic) * 1000, 3)}
+    record["reload"] = {"done": False, "reason": "nothing changed"}
+
+
+class run_lock:  # noqa: N801 - used like a function: `with run_lock(state, root, env):`
+    """Serialise mutating runs. A second run waits (bounded), then works on what the first left.
+
+    Two locks, taken in this order: the lock file next to the handoff record, and the root
+    directory itself, so that runs keeping their records in different places (--state=) still
+    never work on the same hierarchies at once."""
+
+    def __init__(
+        self, state_path: StrPath, root: StrPath, env: Mapping[str, str], *, wait: bool = True
+    ) -> None:
+        self.wait = wait  # False: a held lock raises LockTimeout at once, without a word
+        self.path = os.path.join(os.path.dirname(os.fspath(state_path)), "lock")
+        self.root = os.fspath(root)
+        try:
+            self.timeout = float(env.get("SYSEXTPY_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
+        except ValueError:
+            self.timeout = DEFAULT_LOCK_TIMEOUT
+        self.fds: list[int] = []
+
+    def __enter__(self) -> None:
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
+            self.fds.append(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        except OSError as e:
+            raise SysextError(
+                f"Cannot take the lock {self.path!r}: {e.strerror}",
+                hint="the handoff record's directory must be writable (see --state=)",
+            ) from e
+        try:
+            self.fds.append(os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        except OSError as e:
+            self.__exit__()
+            raise SysextError(f"Cannot open the root {self.root!r}: {e.strerror}") from e
+        deadline = time.monotonic() + self.timeout
+        for fd, what in zip(self.fds, (self.path, self.root)):
+            self._wait(fd, what, deadline)
+
+    def _wait(self, fd: int, what: str, deadline: float) -> None:
+        import fcntl
+
+        from .log import log
+
+        announced = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if not self.wait:
+                    self.__exit__()
+                    raise LockTimeout(f"{what!r} is locked by another run") from None
+                if not announced:
+                    log.info("Waiting for another sysextpy run to finish (lock %s)...", what)
+                    announced = True
+                if time.monotonic() >= deadline:
+                    self.__exit__()
+                    raise LockTimeout(
+                        f"Another sysextpy run held {what!r} for more than {self.timeout:g} s.",
+                        hint="check for a hung sysextpy process",
+                    ) from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        while self.fds:
+            os.close(self.fds.pop())
 
 
 @record(frozen=True)
@@ -103,11 +225,14 @@ class RecordCheck:
 def parse_record(text: str, current_boot: str) -> RecordCheck:
     """Pure: judge a record's text. Never raises."""
     try:
-        record = json.loads(text)
-    except json.JSONDecodeError as e:
-        return RecordCheck(None, False, f"corrupt record ({e.msg} at line {e.lineno})")
+        record = load_json(text)
     except ValueError as e:
-        return RecordCheck(None, False, f"corrupt record ({e})")
+        msg, lineno = getattr(e, "msg", None), getattr(e, "lineno", None)
+        return RecordCheck(
+            None, False, f"corrupt record ({msg} at line {lineno})" if msg else f"corrupt record ({e})"
+        )
+    except RecursionError:
+        return RecordCheck(None, False, "corrupt record (nested too deeply)")
     if not isinstance(record, dict):
         return RecordCheck(None, False, "corrupt record (not a JSON object)")
     if record.get("schema") != SCHEMA:
@@ -122,7 +247,7 @@ def parse_record(text: str, current_boot: str) -> RecordCheck:
     return RecordCheck(record, True, "record of this boot, phase 'merged'")
 
 
-def read_record(path: Path) -> RecordCheck:
+def read_record(path: StrPath) -> RecordCheck:
     """Read and judge the record at `path`. Never raises."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)

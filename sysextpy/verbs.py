@@ -266,6 +266,9 @@ def run_verb(opts: Options) -> int:
         raise SysextError(f"--root={os.fspath(opts.root)!r} is not a directory.")
     if opts.verb.mutates:
         require_privileges()
+        from .merge import run_mutating_verb
+
+        return run_mutating_verb(opts, env)  # settings are read under the lock
     settings = class_settings(opts, env)
     if opts.verb is Verb.STATUS:
         return verb_status(opts, settings)
@@ -273,6 +276,4 @@ def run_verb(opts: Options) -> int:
         return verb_list(opts, settings)
     if opts.verb is Verb.PLAN:
         return verb_plan(opts, settings, env)
-    from .merge import run_mutating_verb
-
-    return run_mutating_verb(opts, settings, env)
+    raise AssertionError(f"unhandled verb {opts.verb.value}")

@@ -1,0 +1,82 @@
+"""JSON in and out through the C parts of the standard `json` package, without importing it.
+
+`import json` pulls in `re` and `enum`, which cost more than a whole confirming refresh should.
+The scanner and the encoder in `_json` are what `json.loads` and `json.dumps` use themselves
+when no indentation is asked for, so the text is the same.
+
+This file imports nothing from the sysextpy package: the generator loads it as a top-level module.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+_CONSTANTS = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}
+_WHITESPACE = " \t\n\r"
+
+
+class _Context:
+    # What the C scanner reads from its context object (json.decoder.JSONDecoder's attributes).
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = _CONSTANTS.__getitem__
+    memo: dict[str, str] = {}
+
+
+_scan: list[Callable[[str, int], tuple[Any, int]]] = []
+
+
+def load_json(text: str) -> Any:
+    """json.loads(text). Raises ValueError like json.loads."""
+    if not _scan:
+        try:
+            from _json import make_scanner
+        except ImportError:  # an interpreter without the C accelerator
+            import json
+
+            return json.loads(text)
+        # typeshed wants a JSONDecoder as the context; the C code only reads the attributes above.
+        _scan.append(make_scanner(_Context()))  # type: ignore[arg-type]
+    start = len(text) - len(text.lstrip(_WHITESPACE))
+    try:
+        value, end = _scan[0](text, start)
+    except RecursionError:
+        raise
+    except Exception:
+        # The scanner builds its error from json.decoder, which it expects to be imported already
+        # (without it, it fails with a SystemError). Errors are rare: let json.loads say it properly.
+        import json
+
+        return json.loads(text)
+    if text[end:].strip(_WHITESPACE):
+        raise ValueError(f"Extra data (char {end})")
+    return value
+
+
+def _unsupported(value: object) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_encoders: dict[bool, Callable[[Any, int], Any]] = {}
+
+
+def dump_json(value: Any, *, ascii_only: bool = True) -> str:
+    """json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=ascii_only)."""
+    encoder = _encoders.get(ascii_only)
+    if encoder is None:
+        try:
+            from _json import encode_basestring, encode_basestring_ascii, make_encoder
+        except ImportError:  # an interpreter without the C accelerator
+            import json
+
+            return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=ascii_only)
+        quote = encode_basestring_ascii if ascii_only else encode_basestring
+        # markers=None: no cycle check (our values are trees); allow_nan like json.dumps.
+        encoder = make_encoder(None, _unsupported, quote, None, ":", ",", True, False, True)
+        _encoders[ascii_only] = encoder
+    return "".join(encoder(value, 0))
