@@ -4,13 +4,11 @@ ImagePolicy=. Nothing here raises for bad configuration: every problem becomes a
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Collection
 from pathlib import Path
 
-from .chase import resolve_in_root
-from .errors import ParseError, ResolveError, SysextError
+from .conffiles import CONFIG_DIRS, config_files
+from .errors import ParseError, SysextError
 from .model import ImageClass, MutableMode
 from .osrelease import read_text_bounded
 from .records import record
@@ -30,7 +28,6 @@ __all__ = [
 ]
 
 # Highest precedence first.
-CONFIG_DIRS = ("/etc/systemd", "/run/systemd", "/usr/local/lib/systemd", "/usr/lib/systemd")
 CONFIG_KEYS = ("Mutable", "ImagePolicy")
 
 _MUTABLE_NAMES = ", ".join(m.value for m in MutableMode)
@@ -141,79 +138,6 @@ class ClassConfig:
     warnings: tuple[str, ...] = ()
 
 
-def _is_dev_null(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == 1 and os.minor(st.st_rdev) == 3
-
-
-@record(frozen=True)
-class _Located:
-    shown: str  # the path inside the root
-    path: Optional[Path]  # resolved; None when masked
-    regular: bool = False
-
-
-def _locate(root: Path, path_in_root: str, warnings: list[str]) -> Optional[_Located]:
-    """A config file inside root, masked when it is a symlink to /dev/null; None when absent."""
-    parent, _, name = path_in_root.rpartition("/")
-    try:
-        directory = resolve_in_root(root, parent or "/")
-        # Check the link text before resolving: inside --root, /dev/null may not exist at all.
-        if os.path.islink(directory / name) and os.readlink(directory / name) == "/dev/null":
-            return _Located(path_in_root, None)
-        resolved = resolve_in_root(root, path_in_root)
-        st = os.stat(resolved)
-    except ResolveError as e:
-        if not e.is_missing:
-            warnings.append(f"ignoring {path_in_root!r}: {e}")
-        return None
-    except OSError as e:
-        warnings.append(f"ignoring {path_in_root!r}: {e.strerror}")
-        return None
-    if _is_dev_null(st):
-        return _Located(path_in_root, None)
-    return _Located(path_in_root, resolved, regular=stat.S_ISREG(st.st_mode))
-
-
-def _drop_in_names(root: Path, directory: str, warnings: list[str]) -> list[str]:
-    try:
-        resolved = resolve_in_root(root, directory)
-    except ResolveError as e:
-        if not e.is_missing:
-            warnings.append(f"ignoring drop-in directory {directory!r}: {e}")
-        return []
-    try:
-        with os.scandir(resolved) as entries:
-            return [e.name for e in entries if e.name.endswith(".conf") and not e.name.startswith(".")]
-    except NotADirectoryError:
-        return []
-    except OSError as e:
-        warnings.append(f"ignoring drop-in directory {directory!r}: {e.strerror}")
-        return []
-
-
-def config_files(root: Path, image_class: ImageClass, warnings: list[str]) -> list[tuple[str, Path]]:
-    """(path inside root, resolved path) of the main file and the drop-ins, in the order they apply."""
-    name = image_class.config_name
-    found: list[tuple[str, Path]] = []
-    for directory in CONFIG_DIRS:
-        main = _locate(root, f"{directory}/{name}", warnings)
-        if main is not None:
-            if main.path is not None:
-                found.append((main.shown, main.path))
-            break  # the first one found wins, even when it masks the others
-
-    drop_ins: dict[str, str] = {}
-    for directory in CONFIG_DIRS:
-        for file_name in _drop_in_names(root, f"{directory}/{name}.d", warnings):
-            drop_ins.setdefault(file_name, f"{directory}/{name}.d/{file_name}")
-    for file_name in sorted(drop_ins):
-        located = _locate(root, drop_ins[file_name], warnings)
-        # Like systemd, drop-ins that are not regular files (directories, FIFOs...) are skipped.
-        if located is not None and located.path is not None and located.regular:
-            found.append((located.shown, located.path))
-    return found
-
-
 def _parse_policy_setting(value: str) -> tuple[Optional[str], Optional[str]]:
     """(canonical policy or None, warning or None) for an ImagePolicy= value.
 
@@ -238,7 +162,7 @@ def load_config(root: Path, image_class: ImageClass) -> ClassConfig:
     files: list[str] = []
     mutable: Optional[MutableMode] = None
     image_policy: Optional[str] = None
-    for shown, path in config_files(root, image_class, warnings):
+    for shown, path in config_files(root, image_class.config_name, warnings):
         try:
             text = read_text_bounded(path)
         except SysextError as e:

@@ -173,8 +173,8 @@ def _new_record(opts: Options, phase: str, started: int) -> dict[str, Any]:
 
 
 def do_merge(opts: Options, env: Mapping[str, str]) -> int:
-    from .observe import Recorder
     from .plan import survey
+    from .recorder import Recorder
     from .state import confirmed_entry, finish_confirmed, now_usec, read_record, write_record
     from .status import live_merge
     from .verbs import class_settings
@@ -222,6 +222,13 @@ def do_merge(opts: Options, env: Mapping[str, str]) -> int:
                 prior_classes[run.image_class.value], run.unreachable
             )
 
+    from .quick import DECLINED
+
+    if DECLINED and opts.verb is Verb.REFRESH:
+        # Why the observations did not confirm: for the record, and for whoever wonders why a
+        # boot took the long way.
+        record["quickDeclined"] = DECLINED[-1]
+        log.debug("The recorded observations did not confirm the merge: %s.", DECLINED[-1])
     if all(r.skip for r in runs):
         # Nothing mounted, nothing reloaded; the record says this run confirmed the merge.
         log.info("%s", SKIP_MESSAGE)

@@ -33,6 +33,14 @@ SKIP_MESSAGE = (
 )
 CLASSES = {"sysext": ("sysext",), "confext": ("confext",), "all": ("sysext", "confext")}
 _FLAGS = ("--no-reload", "--no-pager", "--no-legend")
+DECLINED: list[str] = []  # why this process's refresh was left to the full run (for its record)
+
+
+def _decline(why: str) -> None:
+    """Leave the refresh to the full run, noting why (the caller returns None)."""
+    DECLINED.append(why)
+
+
 _VALUED = ("--class", "--root", "--state", "--always-refresh")
 
 
@@ -60,9 +68,7 @@ class Request:
 def parse(argv: Sequence[str], argv0: str) -> Optional[Request]:
     """A `refresh` with options this path knows, read the way cli.parse_args() reads them;
     None for anything else (which the full command line then handles, errors included)."""
-    from .errors import ParseError
     from .state import STATE_PATH
-    from .util import parse_bool
 
     base = os.path.basename(argv0)
     if "systemd-sysext" in base or "systemd-confext" in base:
@@ -100,6 +106,9 @@ def parse(argv: Sequence[str], argv0: str) -> Optional[Request]:
                 return None
             req.state = os.path.abspath(value)
         else:
+            from .errors import ParseError
+            from .util import parse_bool
+
             try:
                 if parse_bool(value):
                     return None
@@ -112,15 +121,19 @@ def main(argv: Sequence[str], argv0: str, env: Mapping[str, str]) -> Optional[in
     """The exit status of a confirmed refresh, or None: the full run must do the work."""
     req = parse(argv, argv0)
     if req is None:
+        _decline("not a plain refresh")
         return None
     from .log import DEBUG, level_from_env, log, setup_logging
 
     if (env.get("SYSEXTPY_FORCE_REFRESH") or "").strip().lower() in ("1", "yes", "y", "true", "t", "on"):
+        _decline("SYSEXTPY_FORCE_REFRESH is set")
         return None
     if (level_from_env(env.get("SYSTEMD_LOG_LEVEL")) or 0) >= DEBUG:
-        return None  # the full run says what it looked at
+        _decline("debug logging")  # the full run says what it looked at
+        return None
     if os.geteuid() != 0 or (req.root_given and not os.path.isdir(req.root)):
-        return None  # the full run says what is wrong
+        _decline("not root, or no such root")  # the full run says what is wrong
+        return None
 
     from .errors import SysextError
     from .live import Uncertain
@@ -131,11 +144,12 @@ def main(argv: Sequence[str], argv0: str, env: Mapping[str, str]) -> Optional[in
         with run_lock(req.state, req.root, env, wait=False):
             record = _confirmed_record(req, env, t0)
             if record is None:
-                return None
+                return None  # _confirmed_record() said why
             from .state import write_record
 
             write_record(req.state, record)
-    except (SysextError, Uncertain, OSError):
+    except (SysextError, Uncertain, OSError) as e:
+        _decline(str(e))
         return None
     setup_logging()
     log.info("%s", SKIP_MESSAGE)
@@ -153,30 +167,41 @@ def _confirmed_record(req: Request, env: Mapping[str, str], t0: float) -> Option
     check = read_record(req.state)
     prior = check.record
     if not check.usable or prior is None:
+        _decline(check.reason)
         return None
     confirm = prior.get("confirm")
-    if not isinstance(confirm, dict) or confirm.get("key") != options_key():
+    if not isinstance(confirm, dict):
+        _decline("the record has no observations")
         return None
-    if confirm.get("classes") != list(req.classes):
+    if confirm.get("key") != options_key() or confirm.get("classes") != list(req.classes):
+        _decline("the record's observations were made with other options or classes")
         return None
     hierarchies, search_dirs = confirm.get("hierarchies"), confirm.get("searchDirs")
     if not isinstance(hierarchies, dict) or not isinstance(search_dirs, dict):
+        _decline("malformed observations")
         return None
-    if replay(req.root, confirm.get("trace"), env):
+    why = replay(req.root, confirm.get("trace"), env)
+    if why:
+        _decline(f"observation {why}")
         return None
     record = new_record("refresh", req.root, "merged", started)
     for cls in req.classes:
         entry = prior["classes"].get(cls)
         if not isinstance(entry, dict) or not isinstance(entry.get("hierarchies"), dict):
+            _decline(f"the record has nothing for {cls}")
             return None
         fingerprint = entry.get("fingerprint")
         recorded = entry["hierarchies"]
         if not isinstance(fingerprint, str) or sorted(recorded) != sorted(hierarchies.get(cls) or ()):
+            _decline(f"{cls}: no fingerprint, or other hierarchies than observed")
             return None
-        if check_hierarchies(req.root, f".systemd-{cls}", fingerprint, recorded, quick_mount_check):
+        why = check_hierarchies(req.root, f".systemd-{cls}", fingerprint, recorded, quick_mount_check)
+        if why:
+            _decline(why)
             return None
         dirs = search_dirs.get(cls)
         if not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs):
+            _decline("malformed observations")
             return None
         record["classes"][cls] = confirmed_entry(entry, unreachable_dirs(req.root, dirs, quick_mount_check))
     finish_confirmed(record, t0, "observations")

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import os
-
 from .log import log
+from .state import in_initrd
+
+__all__ = ["decide_reload", "in_initrd", "reload_manager"]
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from .model import Options
-
-
-def in_initrd() -> bool:
-    """Whether this process runs in an initrd (not whether --root is one)."""
-    return os.path.exists("/etc/initrd-release")
 
 
 def decide_reload(opts: Options, changed: bool, requesting: Iterable[str]) -> tuple[bool, str]:

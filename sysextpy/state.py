@@ -28,7 +28,8 @@ Schema (version 1), all keys camelCase:
       "errors": ["..."],
       "timings": {"totalMs": <float>, ...},
       "reload": {"done": false, "reason": "..."},
-      "confirmedBy": "fingerprints" | "observations"   # only when the run changed nothing
+      "confirmedBy": "fingerprints" | "observations",  # only when the run changed nothing
+      "quickDeclined": "..."           # why the observations did not confirm (a refresh's full run)
     }
 
 A record may also carry "confirm": {"key": {...}, "classes": [...], "hierarchies": {...},
@@ -50,7 +51,6 @@ import time
 
 from .errors import LockTimeout, SysextError
 from .jsonlite import dump_json, load_json
-from .records import record
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -106,10 +106,14 @@ def write_record(path: StrPath, record: Mapping[str, Any]) -> None:
         raise SysextError(f"Cannot write the handoff record {path!r}: {e.strerror}") from e
 
 
+def in_initrd() -> bool:
+    """Whether this process runs in an initrd (not whether --root is one)."""
+    return os.path.exists("/etc/initrd-release")
+
+
 def new_record(verb: str, root: StrPath, phase: str, started: int) -> dict[str, Any]:
     """A record as a run starts it; the run fills in classes, errors, timings and the reload."""
     from . import __version__
-    from .reload import in_initrd
 
     return {
         "schema": SCHEMA,
@@ -215,11 +219,19 @@ class run_lock:  # noqa: N801 - used like a function: `with run_lock(state, root
             os.close(self.fds.pop())
 
 
-@record(frozen=True)
 class RecordCheck:
-    record: Optional[dict[str, Any]]
-    usable: bool
-    reason: str  # why it is (not) usable, for logs and `plan`
+    """A record as read, and whether a refresh may rely on it. (A plain class: this module is on
+    the confirming refresh's path, where every import counts.)"""
+
+    __slots__ = ("reason", "record", "usable")
+
+    def __init__(self, record: Optional[dict[str, Any]], usable: bool, reason: str) -> None:
+        self.record = record
+        self.usable = usable
+        self.reason = reason  # why it is (not) usable, for logs and `plan`
+
+    def __repr__(self) -> str:
+        return f"RecordCheck(usable={self.usable!r}, reason={self.reason!r})"
 
 
 def parse_record(text: str, current_boot: str) -> RecordCheck:

@@ -8,6 +8,7 @@ and /usr, and `status` shows the result. Nothing outside the namespace is touche
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -78,6 +79,9 @@ def main() -> int:
     print(
         f"  mount table below the root unchanged: {same}; took {took:.0f} ms (including interpreter start)"
     )
+    with open("/run/sysextpy/state.json", encoding="utf-8") as f:
+        how = json.load(f).get("confirmedBy")
+    print(f"  the record says it was confirmed by: {how} (the initrd run's, taken again)")
 
     banner("An extension changes: the refresh swaps the overlays atomically")
     tool = root / "var/lib/extensions/tools/usr/bin/hello-tools"

@@ -31,6 +31,7 @@ from sysextpy.jsonlite import dump_json, load_json
 from sysextpy.merge import class_inputs_of, confirm_data
 from sysextpy.model import ALL_CLASSES, ImageClass, Options, Verb
 from sysextpy.plan import survey
+from sysextpy.recorder import Recorder
 from sysextpy.verbs import class_settings
 from tests.merge_support import add_confext, add_sysext, have_tool, make_raw, sysext_tree, write
 
@@ -207,12 +208,9 @@ CHANGES: dict[str, Callable[[Path], Any]] = {
         write(r / "etc/os-release", "ID=debian\nVERSION_ID=12\n"),
     ),
     "config-mutable": lambda r: write(r / "etc/systemd/sysext.conf", "[SysExt]\nMutable=yes\n"),
+    "config-in-run": lambda r: write(r / "run/systemd/sysext.conf", "[SysExt]\nMutable=import\n"),
     "config-drop-in": lambda r: write(
         r / "usr/lib/systemd/confext.conf.d/10-x.conf", "[ConfExt]\nMutable=ephemeral\n"
-    ),
-    "config-masked": lambda r: (
-        os.makedirs(r / "etc/systemd", exist_ok=True),
-        (r / "etc/systemd/sysext.conf").symlink_to("/dev/null"),
     ),
     "mutable-dir": lambda r: os.makedirs(r / "var/lib/extensions.mutable/usr"),
     "initrd-release": lambda r: write(r / "etc/initrd-release", "ID=debian\n"),
@@ -231,7 +229,7 @@ ENV_CHANGES: dict[str, dict[str, str]] = {
 def _compute(root: Path, env: dict[str, str]) -> tuple[list[str], Optional[dict[str, Any]], str]:
     """The fingerprints of both classes, and what a full merge run would store to confirm them."""
     opts = Options(verb=Verb.REFRESH, classes=ALL_CLASSES, root=root, root_given=True)
-    with observe.Recorder(os.fspath(root), env) as rec:
+    with Recorder(os.fspath(root), env) as rec:
         settings_ = class_settings(opts, rec.env)
         found = survey(opts, settings_, rec.env)
         computed = class_inputs_of(opts, found, rec.env)
@@ -258,7 +256,7 @@ def test_recording_changes_nothing_and_is_complete(obs_root: Path) -> None:
     assert why == "" and confirm is not None
     assert fps == _fingerprints(obs_root, {})  # recording does not change the result
     ops = {item[0] for item in confirm["trace"]}
-    assert {"env", "uname", "res", "st", "ls", "rd", "tree"} <= ops
+    assert {"env", "uname", "res", "cfg", "st", "ls", "rd", "tree"} <= ops
     assert observe.replay(os.fspath(obs_root), confirm["trace"], {}) == ""
 
 
@@ -278,6 +276,18 @@ def test_a_moved_root_checks_the_same(obs_root: Path, tmp_path: Path) -> None:
     assert observe.replay(os.fspath(moved), confirm["trace"], {}) == ""
 
 
+def test_run_filled_after_switch_root_still_confirms(obs_root: Path) -> None:
+    """In the initrd, /sysroot/run is an empty directory; after switch-root /run holds
+    /run/systemd (without sysext configuration). The configuration found is the same."""
+    (obs_root / "run").mkdir()
+    _, confirm, _ = _compute(obs_root, {})
+    assert confirm is not None
+    (obs_root / "run/systemd/system").mkdir(parents=True)
+    assert observe.replay(os.fspath(obs_root), confirm["trace"], {}) == ""
+    write(obs_root / "run/systemd/sysext.conf.d/10-x.conf", "[SysExt]\nMutable=yes\n")
+    assert "cfg 'sysext.conf' changed" in observe.replay(os.fspath(obs_root), confirm["trace"], {})
+
+
 @pytest.mark.parametrize("change", sorted(CHANGES) + sorted(ENV_CHANGES))
 def test_every_change_is_seen_by_the_observations(obs_root: Path, change: str) -> None:
     before, confirm, _ = _compute(obs_root, {})
@@ -294,11 +304,25 @@ def test_every_change_is_seen_by_the_observations(obs_root: Path, change: str) -
 
 
 HARMLESS: dict[str, Callable[[Path], Any]] = {
+    "mask-a-config-that-is-not-there": lambda r: (
+        os.makedirs(r / "etc/systemd", exist_ok=True),
+        (r / "etc/systemd/sysext.conf").symlink_to("/dev/null"),
+    ),
     "file-elsewhere": lambda r: write(r / "srv/unrelated", "x\n"),
     "var-lib-entry": lambda r: os.makedirs(r / "var/lib/something"),
     "etc-file": lambda r: write(r / "etc/hostname", "box\n"),
     "atime": lambda r: (r / "var/lib/extensions/alpha/usr/bin/alpha").read_text(),
 }
+
+
+def test_masking_a_config_is_seen(obs_root: Path) -> None:
+    write(obs_root / "usr/lib/systemd/sysext.conf", "[SysExt]\nMutable=yes\n")
+    before, confirm, _ = _compute(obs_root, {})
+    assert confirm is not None
+    (obs_root / "etc/systemd").mkdir()
+    (obs_root / "etc/systemd/sysext.conf").symlink_to("/dev/null")
+    assert observe.replay(os.fspath(obs_root), confirm["trace"], {}) != ""
+    assert _fingerprints(obs_root, {}) != before
 
 
 @pytest.mark.parametrize("change", sorted(HARMLESS))
@@ -360,7 +384,7 @@ def test_reads_the_recorder_cannot_vouch_for(tmp_path: Path) -> None:
         (lambda: os.open(target, os.O_WRONLY), "writing"),
         (lambda: os.stat("relative"), "relative"),
     ]:
-        with observe.Recorder("/", {}) as rec:
+        with Recorder("/", {}) as rec:
             try:
                 action()
             except OSError:
@@ -371,7 +395,7 @@ def test_reads_the_recorder_cannot_vouch_for(tmp_path: Path) -> None:
 def test_the_recorder_answers_with_the_recorded_fields_only(tmp_path: Path) -> None:
     target = write(tmp_path / "f", "x\n")
     real = os.stat(target)
-    with observe.Recorder("/", {}) as rec:
+    with Recorder("/", {}) as rec:
         seen = os.stat(target)
         names = os.listdir(tmp_path)
     assert rec.trace() is not None
@@ -467,7 +491,7 @@ def test_the_confirming_record_equals_the_full_runs(merged: World) -> None:
     _, quick_record = merged.refresh()
     _, full_record = merged.refresh(env={"SYSTEMD_LOG_LEVEL": "debug"})  # debug: the full run
     assert full_record["confirmedBy"] == "fingerprints"
-    drop = ("started", "finished", "timings", "confirmedBy")
+    drop = ("started", "finished", "timings", "confirmedBy", "quickDeclined")
     a = {k: v for k, v in quick_record.items() if k not in drop}
     b = {k: v for k, v in full_record.items() if k not in drop}
     assert a == b
@@ -489,6 +513,9 @@ def test_a_lost_trace_falls_back_to_the_fingerprints(merged: World) -> None:
     merged.state.write_text(json.dumps(record))
     said, record = merged.refresh()
     assert SKIPPED in said and record["confirmedBy"] == "fingerprints"
+    assert record["quickDeclined"] == "observation lst '/nonexistent' changed" or record[
+        "quickDeclined"
+    ].startswith("observation st")
     _, record = merged.refresh()
     assert record["confirmedBy"] == "observations"  # the full run recorded fresh observations
 

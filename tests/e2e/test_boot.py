@@ -138,6 +138,8 @@ def test_happy_path_merged_in_initrd_and_confirmed(make_guest: MakeGuest) -> Non
                 if hierarchy in ("/usr", "/opt", "/etc"):
                     assert res["result"] == "unchanged", (image_class, hierarchy, res)
         assert final["reload"]["done"] is False
+        # ... and it did so on the initrd's observations, without recomputing the fingerprints.
+        assert final.get("confirmedBy") == "observations", final.get("quickDeclined")
         assert any(
             "sysextpy.service" in line and "Skipping extension refresh" in line
             for line in report["sysextpyJournal"]
