@@ -1,7 +1,10 @@
 """The refresh after switch-root: the no-op confirmation, and what a forced refresh does to readers.
 
 1. No-op refresh of both classes with N sysexts + N confexts (N = 10, 100), after a merge:
-   `sysextpy --root=A refresh` (one process, both classes) against the newer upstream's
+   `sysextpy --root=A refresh` (one process, both classes; its record says whether the recorded
+   observations or recomputed fingerprints confirmed the merge), the same through the full command
+   line only (`sysextpy, recomputed`: what a refresh costs when the observations do not confirm),
+   against the newer upstream's
    `systemd-sysext --root=B refresh` + `systemd-confext --root=B refresh` (two processes, after their
    own merge, on an identical separate root B). Beside the time, whether the run changed the mount
    table at all: /proc/self/mountinfo is compared as text before and after every run (a remount
@@ -95,24 +98,38 @@ class Side:
     gap_runs: list[dict[str, Any]] = field(default_factory=list)
     forced_series: c.Series = field(default_factory=c.Series)
     said: str = ""  # what the last no-op refresh logged, for the report
+    state: Optional[Path] = None  # our handoff record
+    confirmed_by: dict[str, int] = field(default_factory=dict)  # its "confirmedBy" after each no-op
+
+
+def _full_path(argv: list[str]) -> list[str]:
+    """Our argv with the launcher swapped for one that goes straight to the full command line,
+    past the confirming refresh: what a refresh costs when the observations do not confirm."""
+    return [c.OURS_FULL_LAUNCHER if a == c.OURS_LAUNCHER else a for a in argv]
 
 
 def sides(tools: c.Tools, scratch: Path, n: int) -> list[Side]:
     out = []
-    a = scratch / f"a{n}"
-    ra = f"--root={a}"
     ours = tools.ours
-    out.append(
-        Side(
-            "sysextpy (one process)",
-            "ours",
-            True,
-            a,
-            [ours.argv("all", ra, "merge")],
-            [ours.argv("all", ra, "refresh")],
-            [ours.argv("all", ra, "--always-refresh=yes", "refresh")],
+    for key, label, root, launch in (
+        ("ours", "sysextpy (one process)", scratch / f"a{n}", list),
+        ("ours-full", "sysextpy, recomputed", scratch / f"c{n}", _full_path),
+    ):
+        args = (f"--root={root}", f"--state={scratch}/{key}-{n}.json")
+        out.append(
+            Side(
+                label,
+                key,
+                True,
+                root,
+                [launch(ours.argv("all", *args, "merge"))],
+                [launch(ours.argv("all", *args, "refresh"))],
+                [launch(ours.argv("all", *args, "--always-refresh=yes", "refresh"))]
+                if key == "ours"
+                else [],
+                state=Path(f"{scratch}/{key}-{n}.json"),
+            )
         )
-    )
     if tools.new is not None:
         t = tools.new
         b = scratch / f"b{n}"
@@ -176,6 +193,12 @@ def noop_refresh(runner: c.Runner, everyone: list[Side], runs: int) -> None:
                 name = "sysextpy" if side.ours else os.path.basename(argv[argv.index("--argv0") + 1])
                 side.per_process_ms.setdefault(name, []).append(s.wall_ns / 1e6)
             side.said = " | ".join(s.said() for s in samples)
+            if side.state is not None:
+                try:
+                    how = json.loads(side.state.read_text()).get("confirmedBy") or "not confirmed"
+                except (OSError, ValueError):
+                    how = "no record"
+                side.confirmed_by[how] = side.confirmed_by.get(how, 0) + 1
 
 
 def start_reader(paths: list[Path]) -> subprocess.Popen[str]:
@@ -204,7 +227,7 @@ def forced_with_reader(runner: c.Runner, everyone: list[Side], reps: int) -> Non
         if side.noop.failed:
             side.forced_series.error = "not measured: merge or refresh failed"
     for i in range(reps):
-        for side in c.rotated([s for s in everyone if not s.forced_series.failed], i):
+        for side in c.rotated([s for s in everyone if s.forced and not s.forced_series.failed], i):
             paths = [
                 side.root / "etc" / f"{c.confext_name(1)}.conf",
                 side.root / "usr/share" / c.sysext_name(1) / "README",
@@ -310,10 +333,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                 k: round(statistics.median(v), 3) for k, v in side.per_process_ms.items() if v
             }
             entry["last_message"] = side.said
+            if side.state is not None:
+                entry["confirmed_by"] = side.confirmed_by
             results.append(entry)
 
         gap_case = f"forced refresh, {n}+{n} ext"
         for side in everyone:
+            if not side.forced:
+                continue
             g = gap_summary(side)
             fs = side.forced_series
             results.append(
@@ -355,6 +382,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     for label, messages in said.items():
         for message in sorted(messages):
             print(f"   {label} said: {message}")
+    for n, everyone in by_size:
+        for side in everyone:
+            if side.confirmed_by:
+                how = ", ".join(f"{k} {v}" for k, v in sorted(side.confirmed_by.items()))
+                print(f"   {n}+{n}, {side.label}: confirmed by {how}")
     for note in c.failure_notes(cases):
         print(f"   failed: {note}")
     print(

@@ -36,6 +36,10 @@ OURS_LAUNCHER = (
     f"import sys; sys.path.insert(0, {os.fspath(REPO)!r}); "
     "from sysextpy.__main__ import main; sys.exit(main())"
 )
+# The same, straight to the full command line (past the confirming refresh of quick.py).
+OURS_FULL_LAUNCHER = (
+    f"import sys; sys.path.insert(0, {os.fspath(REPO)!r}); from sysextpy.cli import main; sys.exit(main())"
+)
 HOST_SYSEXT = "/usr/bin/systemd-sysext"
 ORACLE_BASE = Path(os.environ.get("SYSEXT_ORACLE_BASE", "/opt/sysext-oracle"))
 
