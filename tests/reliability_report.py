@@ -2,7 +2,7 @@
 
     SYSEXTPY_RELIABILITY_REPORT=/tmp/figures.jsonl .venv/bin/python -m pytest -q \\
         tests/test_properties.py tests/test_adversarial_chase.py tests/test_faults.py \\
-        tests/test_concurrency.py tests/test_special_files.py tests/test_refresh.py
+        tests/test_concurrency.py tests/test_special_files.py tests/test_refresh.py tests/test_quick.py
     .venv/bin/python tests/reliability_report.py /tmp/figures.jsonl > tests/RELIABILITY.md
 
 Each line of the figures file is {"section", "name", "figures"} (tests/faults.py: report()).
@@ -288,6 +288,7 @@ def render(sections: Mapping[str, Mapping[str, Mapping[str, Any]]], how: str) ->
     faults = sections.get("faults", {})
     conc = sections.get("concurrency", {})
     special = sections.get("special files", {})
+    observed = sections.get("observations", {})
 
     paths = trees.get("paths", {})
     escapes = paths.get("escapes", 0)
@@ -311,6 +312,9 @@ def render(sections: Mapping[str, Mapping[str, Mapping[str, Any]]], how: str) ->
         "exited cleanly; one overlay per hierarchy at the end.",
         f"- Special files: {_num(special_runs)} runs against a FIFO, a /dev/zero-like device, a "
         "socket or a terabyte-sized sparse file; none blocked.",
+        f"- Confirming on observations: {_num(sum(int(f.get('roots', 0)) for f in observed.values()))} "
+        "changed roots; confirmed although the fingerprint changed: "
+        f"{sum(int(f.get('confirmed_though_changed', 0)) for f in observed.values())}.",
         "",
     ]
 
@@ -395,6 +399,28 @@ def render(sections: Mapping[str, Mapping[str, Mapping[str, Any]]], how: str) ->
             "",
             "Odd content and odd places, one run each and none failed: " + ", ".join(sorted(odd)) + ".",
         ]
+    out += [""]
+
+    out += ["## Confirming on observations (tests/test_quick.py)", ""]
+    out += [
+        "A root is recorded (observe.py), changed, then judged twice: by taking the recorded",
+        "observations again, and by recomputing the fingerprints. A refresh may only skip on the",
+        "observations when the fingerprints are unchanged.",
+        "",
+    ]
+    out += _table(
+        ["changes", "roots", "fingerprint changed", "observations differ", "confirmed though changed"],
+        [
+            [
+                n,
+                _num(f.get("roots", 0)),
+                _num(f.get("fingerprint_changed", 0)),
+                _num(f.get("observations_differ", 0)),
+                _num(f.get("confirmed_though_changed", 0)),
+            ]
+            for n, f in sorted(observed.items())
+        ],
+    )
     out += [""]
 
     out += [

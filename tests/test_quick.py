@@ -33,6 +33,7 @@ from sysextpy.model import ALL_CLASSES, ImageClass, Options, Verb
 from sysextpy.plan import survey
 from sysextpy.recorder import Recorder
 from sysextpy.verbs import class_settings
+from tests.faults import report
 from tests.merge_support import add_confext, add_sysext, have_tool, make_raw, sysext_tree, write
 
 RunSysextpy = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -242,6 +243,18 @@ def _fingerprints(root: Path, env: dict[str, str]) -> list[str]:
     return [fp for _, fp in class_inputs_of(opts, found, env)]
 
 
+def _tally(name: str, verdict: str, fingerprint_changed: bool) -> None:
+    """For tests/RELIABILITY.md: how the observations judged a changed root, against the truth."""
+    report(
+        "observations",
+        name,
+        roots=1,
+        fingerprint_changed=int(fingerprint_changed),
+        observations_differ=int(verdict != ""),
+        confirmed_though_changed=int(verdict == "" and fingerprint_changed),
+    )
+
+
 @pytest.fixture
 def obs_root(tmp_path: Path) -> Path:
     root = tmp_path / "root"
@@ -297,6 +310,7 @@ def test_every_change_is_seen_by_the_observations(obs_root: Path, change: str) -
         CHANGES[change](obs_root)
     after = _fingerprints(obs_root, env)
     verdict = observe.replay(os.fspath(obs_root), confirm["trace"], env)
+    _tally("each change of the catalogue", verdict, after != before)
     if verdict == "":
         assert after == before, f"{change}: observations agree but the fingerprints differ"
     # Every change in the catalogue matters to the merge, and each is noticed.
@@ -327,10 +341,12 @@ def test_masking_a_config_is_seen(obs_root: Path) -> None:
 
 @pytest.mark.parametrize("change", sorted(HARMLESS))
 def test_unrelated_changes_still_confirm(obs_root: Path, change: str) -> None:
-    _, confirm, _ = _compute(obs_root, {})
+    before, confirm, _ = _compute(obs_root, {})
     assert confirm is not None
     HARMLESS[change](obs_root)
-    assert observe.replay(os.fspath(obs_root), confirm["trace"], {}) == ""
+    verdict = observe.replay(os.fspath(obs_root), confirm["trace"], {})
+    _tally("changes that do not matter", verdict, _fingerprints(obs_root, {}) != before)
+    assert verdict == ""
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -348,8 +364,10 @@ def test_random_combinations_never_confirm_a_different_fingerprint(
         except (FileNotFoundError, FileExistsError):
             pass  # an earlier change took away what this one works on
     verdict = observe.replay(os.fspath(root), confirm["trace"], {})
+    changed = _fingerprints(root, {}) != before
+    _tally("random combinations of 1-4 changes", verdict, changed)
     if verdict == "":
-        assert _fingerprints(root, {}) == before
+        assert not changed
 
 
 def test_disk_images_are_known_by_their_stat(obs_root: Path) -> None:
