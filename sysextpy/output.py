@@ -12,13 +12,33 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+def _write(text: str) -> None:
+    """Write to stdout; a path that is not UTF-8 (decoded with surrogateescape) goes out as the
+    bytes it was, like ls and systemd's tables print it, instead of failing the run."""
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is None:  # a text-only stream: say it as escapes rather than not at all
+            sys.stdout.write(text.encode("utf-8", "backslashreplace").decode("ascii", "replace"))
+            return
+        sys.stdout.flush()
+        buffer.write(text.encode("utf-8", "surrogateescape"))
+        buffer.flush()
+
+
 def emit_json(value: Any, mode: JsonMode) -> None:
     import json  # only JSON output pays for it: tables are the default on the boot path
 
-    if mode is JsonMode.PRETTY:
-        sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-    else:
-        sys.stdout.write(json.dumps(value, separators=(",", ":"), ensure_ascii=False) + "\n")
+    indent, separators = (2, None) if mode is JsonMode.PRETTY else (None, (",", ":"))
+    text = json.dumps(value, indent=indent, separators=separators, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A string that is not valid Unicode (a path that is not UTF-8): JSON must stay UTF-8, so
+        # escape everything; "\udcXX" decodes back to the path's bytes with os.fsencode().
+        text = json.dumps(value, indent=indent, separators=separators, ensure_ascii=True)
+    _write(text + "\n")
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, legend: bool = True) -> str:
@@ -35,7 +55,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, legen
 
 
 def emit_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, legend: bool = True) -> None:
-    sys.stdout.write(format_table(headers, rows, legend=legend))
+    _write(format_table(headers, rows, legend=legend))
 
 
 def format_usec(usec: int) -> str:

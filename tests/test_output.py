@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from sysextpy.model import JsonMode
 from sysextpy.output import emit_json, emit_table, format_table, format_usec
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
@@ -101,3 +107,42 @@ def test_format_usec() -> None:
     now = time.time()
     expected = time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(int(now)))
     assert format_usec(int(now) * 1_000_000) == expected
+
+
+BAD_PATH = os.fsdecode(b"/var/lib/extensions/caf\xe9")  # not UTF-8: a lone surrogate inside
+
+
+def test_json_with_a_path_that_is_not_utf8_stays_valid_json(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code = (
+        "import sys, os; from sysextpy.output import emit_json; from sysextpy.model import JsonMode; "
+        f"emit_json({{'path': os.fsdecode({os.fsencode(BAD_PATH)!r})}}, JsonMode.SHORT)"
+    )
+    with open(out, "wb") as f:
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            stdout=f,
+            stderr=subprocess.PIPE,
+            env={"LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8:strict"},
+            cwd=REPO,
+            check=False,
+        )
+    assert proc.returncode == 0, proc.stderr
+    value = json.loads(out.read_bytes().decode("utf-8"))
+    assert os.fsencode(value["path"]) == os.fsencode(BAD_PATH)
+
+
+def test_table_with_a_path_that_is_not_utf8_prints_its_bytes(tmp_path: Path) -> None:
+    code = (
+        "import os; from sysextpy.output import emit_table; "
+        f"emit_table(['path'], [[os.fsdecode({os.fsencode(BAD_PATH)!r})]], legend=False)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        env={"LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8:strict"},
+        cwd=REPO,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == os.fsencode(BAD_PATH) + b"\n"
