@@ -104,6 +104,30 @@ def write_record(path: StrPath, record: Mapping[str, Any]) -> None:
         except OSError:
             pass  # nothing was created
         raise SysextError(f"Cannot write the handoff record {path!r}: {e.strerror}") from e
+    _remove_stale_temporaries(directory, name)
+
+
+def _remove_stale_temporaries(directory: str, name: str) -> None:
+    """Temporary records of writers that died before their rename (a crash, SIGKILL). A process
+    that still lives, or whose pid now belongs to another process, keeps its file."""
+    prefix = f".{name}."
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry[len(prefix) : -len(".tmp")]
+        if not (entry.startswith(prefix) and entry.endswith(".tmp") and pid.isdigit()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(directory, entry))
+            except OSError:
+                pass  # another run removed it, or the directory is read-only
+        except (OSError, OverflowError):
+            pass  # alive (EPERM), or not a pid at all
 
 
 def in_initrd() -> bool:
