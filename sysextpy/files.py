@@ -6,6 +6,7 @@ Used for release, configuration and metadata files, including by the confirming 
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -101,3 +102,23 @@ def read_small(path: StrPath, limit: int = 1 << 20) -> Optional[str]:
     finally:
         os.close(fd)
     return data.decode("utf-8", "replace")
+
+
+def read_regular_bytes(path: StrPath, limit: int) -> bytes:
+    """Up to `limit` bytes of a regular file, opened without blocking (a FIFO put in its place
+    after a stat() never hangs the run). OSError when it cannot be read or is not a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        parts: list[bytes] = []
+        total = 0
+        while total < limit:
+            chunk = os.read(fd, limit - total)
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)

@@ -38,9 +38,10 @@ def _merge_details(metadata_dir: Any) -> tuple[Optional[str], dict[str, str]]:
 
     mode: Optional[str] = None
     paths: dict[str, str] = {}
+    from .files import read_regular_bytes
+
     try:
-        with open(metadata_dir / "origin", "rb") as f:
-            origin = json.loads(f.read(8 << 20))
+        origin = json.loads(read_regular_bytes(metadata_dir / "origin", 8 << 20))
         mode = origin.get("mutable", {}).get("mode")
         for name, ident in (origin.get("extensions") or {}).items():
             if isinstance(ident, dict) and isinstance(ident.get("path"), str):

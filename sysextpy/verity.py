@@ -30,6 +30,7 @@ from typing import Optional, Union
 
 from .chase import resolve_in_root, root_relative
 from .errors import ImageError, ParseError, ResolveError, SysextError
+from .files import read_regular_bytes
 from .log import log
 from .records import record
 
@@ -181,8 +182,7 @@ def _read_sidecar(path: Path, root: Path) -> bytes:
             raise ImageError(f"side-car {what!r} is not a regular file")
         if st.st_size > MAX_SIDECAR_BYTES:
             raise ImageError(f"side-car {what!r} is implausibly large ({st.st_size} bytes)")
-        with open(path, "rb") as f:
-            return f.read(MAX_SIDECAR_BYTES)
+        return read_regular_bytes(path, MAX_SIDECAR_BYTES)
     except OSError as e:
         raise ImageError(f"cannot read side-car {what!r}: {e.strerror}") from e
 
@@ -413,8 +413,7 @@ def find_certificates(root: Path) -> CertificateSearch:
             ignored.append((inner, "masked (empty file)"))
             continue
         try:
-            with open(path, "rb") as f:
-                pem = f.read(MAX_SIDECAR_BYTES)
+            pem = read_regular_bytes(path, MAX_SIDECAR_BYTES)
         except OSError as e:
             ignored.append((inner, e.strerror or "cannot be read"))
             continue

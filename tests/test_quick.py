@@ -387,6 +387,26 @@ def test_disk_images_are_known_by_their_stat(obs_root: Path) -> None:
     assert _fingerprints(obs_root, {}) != before
 
 
+def test_side_cars_and_xattrs_of_disk_images_are_observed(obs_root: Path) -> None:
+    image = write(obs_root / "var/lib/extensions/disk.raw", "not really an image\n")
+    sidecar = write(obs_root / "var/lib/extensions/disk.roothash", "ab" * 32 + "\n")
+    before, confirm, why = _compute(obs_root, {})
+    assert confirm is not None, why
+    observed = {(item[0], item[1]) for item in confirm["trace"]}
+    assert ("rd", "/var/lib/extensions/disk.roothash") in observed
+    assert ("xa", "/var/lib/extensions/disk.raw") in observed  # the user.verity.* attributes
+    assert observe.replay(os.fspath(obs_root), confirm["trace"], {}) == ""
+    sidecar.write_text("cd" * 32 + "\n")
+    assert observe.replay(os.fspath(obs_root), confirm["trace"], {}) != ""
+    assert _fingerprints(obs_root, {}) != before
+    sidecar.unlink()
+    try:
+        os.setxattr(image, "user.verity.roothash", b"ef" * 32)
+    except OSError:
+        pytest.skip("no user xattrs on this file system")
+    assert observe.replay(os.fspath(obs_root), confirm["trace"], {}) != ""
+
+
 def test_a_warning_makes_the_trace_incomplete(obs_root: Path) -> None:
     write(obs_root / "etc/systemd/sysext.conf", "[SysExt]\nMutable=sideways\n")
     _, confirm, why = _compute(obs_root, {})
