@@ -14,7 +14,7 @@ import os
 import stat
 
 from .errors import ResolveError
-from .observe import ACTIVE, note_resolve, resolve_outcome
+from .observe import recording, resolve_outcome
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -84,19 +84,17 @@ def resolve_in_root(root: Path, path: StrPath, *, missing_ok: bool = False) -> P
 
     root_s = _root_str(root)
     spelled = os.fspath(path)
-    if not ACTIVE or ACTIVE[-1].paused:
+    rec = recording()
+    if rec is None:
         return Path(_resolve(root_s, spelled, missing_ok))
     # Recording what a fingerprint is computed from: the outcome is observed, not the steps.
-    rec = ACTIVE[-1]
-    rec.paused += 1
     try:
-        result = _resolve(root_s, spelled, missing_ok)
+        with rec.pause():
+            result = _resolve(root_s, spelled, missing_ok)
     except ResolveError as e:
-        rec.paused -= 1
-        note_resolve(root_s, spelled, missing_ok, resolve_outcome(root_s, None, e))
+        rec.note("res", rec.rel(root_s), spelled, missing_ok, resolve_outcome(root_s, None, e))
         raise
-    rec.paused -= 1
-    note_resolve(root_s, spelled, missing_ok, resolve_outcome(root_s, result, None))
+    rec.note("res", rec.rel(root_s), spelled, missing_ok, resolve_outcome(root_s, result, None))
     return Path(result)
 
 

@@ -13,7 +13,7 @@ import stat
 
 from .chase import _resolve, _root_str
 from .errors import ResolveError
-from .observe import ACTIVE
+from .observe import recording
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -108,15 +108,12 @@ def config_files(root: StrPath, name: str, warnings: list[str]) -> list[tuple[st
     """(path inside root, resolved path) of the main file `name` ("sysext.conf") and its drop-ins,
     in the order they apply. Problems are appended to `warnings`."""
     root_s = _root_str(root)
-    rec = ACTIVE[-1] if ACTIVE and not ACTIVE[-1].paused else None
+    rec = recording()
     if rec is None:
         return _find(root_s, name, warnings)
     mine: list[str] = []
-    rec.paused += 1
-    try:
+    with rec.pause():
         found = _find(root_s, name, mine)
-    finally:
-        rec.paused -= 1
     rec.note("cfg", rec.rel(root_s), name, observed(root_s, found, mine))
     warnings.extend(mine)
     return found

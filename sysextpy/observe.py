@@ -44,7 +44,7 @@ import stat
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import Any, Optional
+    from typing import Any, Callable, Optional
 
     from .errors import ResolveError
     from .recorder import Recorder
@@ -65,6 +65,11 @@ TREE_ENTRY_LIMIT = 200_000
 HOST = "host:"
 
 ACTIVE: list[Recorder] = []  # the recorder of this run, while one is recording
+
+
+def recording() -> Optional[Recorder]:
+    """The recorder, while one records and is not paused inside an observation of its own."""
+    return ACTIVE[-1] if ACTIVE and not ACTIVE[-1].paused else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,16 +126,14 @@ def content_value(fd: int) -> Any:
 def tree_digest(top: Any) -> str:
     """sha256 over (relative path, type, mode, size, mtime, link target) of every entry below `top`.
     File contents are not read: an edit changes the size or the mtime."""
-    rec = ACTIVE[-1] if ACTIVE else None
-    if rec is not None and not rec.paused:
-        rec.paused += 1
-        try:
-            value = _tree_digest(os.fspath(top))
-        finally:
-            rec.paused -= 1
-        rec.note("tree", rec.rel(os.fspath(top)), value)
-        return value
-    return _tree_digest(os.fspath(top))
+    path = os.fspath(top)
+    rec = recording()
+    if rec is None:
+        return _tree_digest(path)
+    with rec.pause():
+        value = _tree_digest(path)
+    rec.note("tree", rec.rel(path), value)
+    return value
 
 
 def _tree_digest(top: str) -> str:
@@ -224,6 +227,17 @@ _real: dict[str, Any] = {
     if hasattr(os, name)
 }
 
+# How each plain observation of a path is taken, with the os functions as they were: the recorder
+# writes the value down and answers the code with it, replay() takes it again and compares.
+VALUE_OF: dict[str, Callable[..., Any]] = {
+    "st": lambda path: stat_value(_real["stat"](path)),
+    "lst": lambda path: stat_value(_real["stat"](path, follow_symlinks=False)),
+    "ls": lambda path: sorted(_real["listdir"](path)),
+    "sd": scandir_value,
+    "rl": lambda path: _real["readlink"](path),
+    "xa": lambda path, name: _real["getxattr"](path, name).hex(),
+}
+
 
 # --------------------------------------------------------------------------------------------------
 # Recording
@@ -233,17 +247,10 @@ class Incomplete(Exception):
     pass
 
 
-def note_resolve(root: str, path: str, missing_ok: bool, result: Any) -> None:
-    rec = ACTIVE[-1] if ACTIVE else None
-    if rec is not None and not rec.paused:
-        rec.note("res", rec.rel(root), path, missing_ok, result)
-
-
 def decline(why: str) -> None:
     """Called by code whose inputs the trace cannot cover (a raw image's verity data...)."""
-    rec = ACTIVE[-1] if ACTIVE else None
-    if rec is not None:
-        rec.incomplete(why)
+    if ACTIVE:
+        ACTIVE[-1].incomplete(why)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,16 +272,8 @@ def _check_one(root: str, item: list[Any], env: Mapping[str, str]) -> Any:
         return search_now(_absolute(root, item[1]), item[2])
     path = _absolute(root, item[1])
     try:
-        if op == "st":
-            return stat_value(os.stat(path))
-        if op == "lst":
-            return stat_value(os.lstat(path))
-        if op == "ls":
-            return sorted(os.listdir(path))
-        if op == "sd":
-            return scandir_value(path)
-        if op == "rl":
-            return os.readlink(path)
+        if op in VALUE_OF:
+            return VALUE_OF[op](path, *item[2:-1])
         if op == "rd":
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
             try:
@@ -283,8 +282,6 @@ def _check_one(root: str, item: list[Any], env: Mapping[str, str]) -> Any:
                 os.close(fd)
         if op == "tree":
             return _tree_digest(path)
-        if op == "xa":
-            return os.getxattr(path, item[2]).hex()
     except OSError as e:
         return error_value(e)
     raise Incomplete(f"unknown observation {op!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat
 
-from .observe import ACTIVE, _real, _relative, content_value, error_value, scandir_value, stat_value
+from .observe import ACTIVE, VALUE_OF, _real, _relative, content_value, decline, error_value, stat_value
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -56,21 +56,21 @@ class ObservedEnv(_Mapping[str, str]):
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self._look(key) is not None
 
-    def __iter__(self) -> Iterator[str]:
+    def _whole(self) -> Mapping[str, str]:
         self._rec.incomplete("the whole environment was read")
-        return iter(self._env)
+        return self._env
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._whole())
 
     def __len__(self) -> int:
-        self._rec.incomplete("the whole environment was read")
-        return len(self._env)
+        return len(self._whole())
 
     def keys(self) -> Any:
-        self._rec.incomplete("the whole environment was read")
-        return self._env.keys()
+        return self._whole().keys()
 
     def items(self) -> Any:
-        self._rec.incomplete("the whole environment was read")
-        return self._env.items()
+        return self._whole().items()
 
 
 class _Entry:
@@ -106,9 +106,7 @@ class _Entry:
         return os.stat(self.path) if follow_symlinks else os.lstat(self.path)
 
     def inode(self) -> int:
-        rec = ACTIVE[-1] if ACTIVE else None
-        if rec is not None:
-            rec.incomplete("an inode number was read")
+        decline("an inode number was read")
         return 0
 
     def __fspath__(self) -> str:
@@ -165,6 +163,20 @@ class Recorder:
         self._seen[key] = args[-1]
         self._trace.append([op, *args])
 
+    def pause(self) -> _Pause:
+        """`with rec.pause():` around code observed as a whole (its own steps are not listed)."""
+        return _Pause(self)
+
+    def _take(self, op: str, path: str, *key: str) -> Any:
+        """Take one plain observation (observe.VALUE_OF), write it down, and return it."""
+        try:
+            value = VALUE_OF[op](path, *key)
+        except OSError as e:
+            self.note(op, self.rel(path), *key, error_value(e))
+            raise
+        self.note(op, self.rel(path), *key, value)
+        return value
+
     def incomplete(self, why: str) -> None:
         if not self.why_incomplete:
             self.why_incomplete = why
@@ -198,14 +210,7 @@ class Recorder:
                 if dir_fd is not None:
                     self.incomplete(f"{kind} relative to a directory descriptor")
                 return real(path, dir_fd=dir_fd, follow_symlinks=follow)  # type: ignore[no-any-return]
-            try:
-                st = real(p, follow_symlinks=follow)
-            except OSError as e:
-                self.note(kind, self.rel(p), error_value(e))
-                raise
-            value = stat_value(st)
-            self.note(kind, self.rel(p), value)
-            return _restricted_stat(value)
+            return _restricted_stat(self._take(kind, p))
 
         return wrapper
 
@@ -216,13 +221,7 @@ class Recorder:
         p = self._path(path, "listdir")
         if p is None:
             return real(path)  # type: ignore[no-any-return]
-        try:
-            names = sorted(real(p))
-        except OSError as e:
-            self.note("ls", self.rel(p), error_value(e))
-            raise
-        self.note("ls", self.rel(p), names)
-        return names
+        return self._take("ls", p)  # type: ignore[no-any-return]
 
     def _scandir(self, path: Any = ".") -> Any:
         if self.paused:
@@ -230,12 +229,7 @@ class Recorder:
         p = self._path(path, "scandir")
         if p is None:
             return _real["scandir"](path)
-        try:
-            value = scandir_value(p)
-        except OSError as e:
-            self.note("sd", self.rel(p), error_value(e))
-            raise
-        self.note("sd", self.rel(p), value)
+        value = self._take("sd", p)
         base = p.rstrip("/")
         return _Listing([_Entry(name, f"{base}/{name}", kind) for name, kind in value])
 
@@ -247,13 +241,7 @@ class Recorder:
         if p is None:
             self.incomplete("readlink relative to a directory descriptor")
             return real(path, dir_fd=dir_fd)
-        try:
-            target = real(p)
-        except OSError as e:
-            self.note("rl", self.rel(p), error_value(e))
-            raise
-        self.note("rl", self.rel(p), target)
-        return target
+        return self._take("rl", p)
 
     def _open(self, path: Any, flags: int, mode: int = 0o777, *, dir_fd: Any = None) -> int:
         real = _real["open"]
@@ -297,13 +285,7 @@ class Recorder:
         if p is None or not follow_symlinks:
             self.incomplete("getxattr on a descriptor or a link")
             return real(path, attribute, follow_symlinks=follow_symlinks)  # type: ignore[no-any-return]
-        try:
-            value: bytes = real(p, attribute)
-        except OSError as e:
-            self.note("xa", self.rel(p), attribute, error_value(e))
-            raise
-        self.note("xa", self.rel(p), attribute, value.hex())
-        return value
+        return bytes.fromhex(self._take("xa", p, attribute))
 
     def _uname(self) -> os.uname_result:
         machine = _real["uname"]().machine
@@ -394,3 +376,16 @@ class Recorder:
             self.incomplete("messages were logged")
         if exc and exc[0] is not None:
             self.incomplete("the run failed")
+
+
+class _Pause:
+    __slots__ = ("_rec",)
+
+    def __init__(self, rec: Recorder) -> None:
+        self._rec = rec
+
+    def __enter__(self) -> None:
+        self._rec.paused += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._rec.paused -= 1
