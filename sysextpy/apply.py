@@ -24,6 +24,7 @@ from .chase import resolve_in_root, root_relative
 from .errors import MountError, ResolveError, SysextError
 from .identity import format_origin
 from .images import Workspace, image_tree
+from .live import format_dev
 from .log import log
 from .model import MUTABLE_BASE, ClassSettings, ExtensionVerdict, ImageClass, MutableMode, component_name
 from .records import field, record
@@ -378,7 +379,7 @@ def build_hierarchy(
             lowers.append(host_dir)
             host_dev = os.stat(host_dir).st_dev
             if os.major(host_dev) != 0:
-                _write(meta / "backing", f"{os.major(host_dev)}:{os.minor(host_dev)}\n")
+                _write(meta / "backing", format_dev(host_dev) + "\n")
         if layout.work is not None and not settings.mutable.is_ephemeral:
             _write(meta / "work_dir", c_escape(root_relative(root, layout.work).lstrip("/")) + "\n")
         os.chmod(layout.upper if layout.upper is not None else meta_top, mode_bits)
@@ -406,7 +407,7 @@ def build_hierarchy(
             attrs=_mount_attrs(settings, read_only=read_only),
         )
         dev = os.stat(staging).st_dev
-        _write(meta / "dev", f"{os.major(dev)}:{os.minor(dev)}\n")
+        _write(meta / "dev", format_dev(dev) + "\n")
         now = time.time()
         os.utime(meta_top, (now, now))
         for rel, sub_fd in prep.carried:

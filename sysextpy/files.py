@@ -86,24 +86,6 @@ def read_text_bounded(path: StrPath, limit: int = DEFAULT_READ_LIMIT) -> str:
     return b"".join(parts).decode("utf-8", errors="replace")
 
 
-def read_small(path: StrPath, limit: int = 1 << 20) -> Optional[str]:
-    """A small regular file's text; None when missing, unreadable or not a regular file (a FIFO
-    in a copied tree's metadata directory must not hang the run)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        data = os.read(fd, limit)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return data.decode("utf-8", "replace")
-
-
 def read_regular_bytes(path: StrPath, limit: int) -> bytes:
     """Up to `limit` bytes of a regular file, opened without blocking (a FIFO put in its place
     after a stat() never hangs the run). OSError when it cannot be read or is not a regular file."""
@@ -122,3 +104,12 @@ def read_regular_bytes(path: StrPath, limit: int) -> bytes:
         return b"".join(parts)
     finally:
         os.close(fd)
+
+
+def read_small(path: StrPath, limit: int = 1 << 20) -> Optional[str]:
+    """A small regular file's text; None when missing, unreadable or not a regular file (a FIFO
+    in a copied tree's metadata directory must not hang the run)."""
+    try:
+        return read_regular_bytes(path, limit).decode("utf-8", "replace")
+    except OSError:
+        return None

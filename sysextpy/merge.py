@@ -9,12 +9,13 @@ from pathlib import Path
 
 from . import __version__
 from .errors import SysextError
-from .live import LIVE_RESULTS, exact_mount_check
+from .live import LIVE_RESULTS, exact_mount_check, format_dev
 from .log import log
 from .model import ClassSettings, ImageClass, Options, Verb, Verdict
 from .quick import SKIP_MESSAGE
 from .records import field, record
 from .state import DEFAULT_LOCK_TIMEOUT, run_lock
+from .util import is_truthy
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -40,10 +41,6 @@ class ClassRun:
     @property
     def image_class(self) -> ImageClass:
         return self.settings.image_class
-
-
-def _truthy(value: Optional[str]) -> bool:
-    return (value or "").strip().lower() in ("1", "yes", "y", "true", "t", "on")
 
 
 def _old_inputs(root: Path, cs: ClassSettings) -> Optional[dict[str, Any]]:
@@ -77,7 +74,7 @@ def decide(
         return False, f"verb {opts.verb.value}", ()
     if opts.always_refresh:
         return False, "--always-refresh=yes given", ()
-    if _truthy(env.get("SYSEXTPY_FORCE_REFRESH")):
+    if is_truthy(env.get("SYSEXTPY_FORCE_REFRESH")):
         return False, "SYSEXTPY_FORCE_REFRESH=1 (the earlier merge was incomplete or failed)", ()
     if not prior.usable:
         return False, f"{prior.reason}: doing a full refresh", ()
@@ -307,7 +304,9 @@ def do_merge(opts: Options, env: Mapping[str, str]) -> int:
             _log_choice(
                 [v.name for v in merged], sum(1 for v in cp.verdicts if v.verdict is Verdict.IGNORED)
             )
-            reload_flags = {v.name: _truthy(dict(v.release).get("EXTENSION_RELOAD_MANAGER")) for v in merged}
+            reload_flags = {
+                v.name: is_truthy(dict(v.release).get("EXTENSION_RELOAD_MANAGER")) for v in merged
+            }
             requesting.update(n for n, flag in reload_flags.items() if flag)
             old = _old_inputs(root, cp.settings)
             if old:
@@ -365,7 +364,7 @@ def do_merge(opts: Options, env: Mapping[str, str]) -> int:
             result: dict[str, Any] = {"result": action, "mountId": item.mount_id, "dev": None, "error": None}
             if item.mount_id is not None:
                 dev = os.stat(item.target).st_dev
-                result["dev"] = f"{os.major(dev)}:{os.minor(dev)}"
+                result["dev"] = format_dev(dev)
             entry["hierarchies"][item.hierarchy] = result
         except SysextError as e:
             errors.append(str(e))

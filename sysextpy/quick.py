@@ -125,9 +125,13 @@ def main(argv: Sequence[str], argv0: str, env: Mapping[str, str]) -> Optional[in
         return None
     from .log import DEBUG, level_from_env, log, setup_logging
 
-    if (env.get("SYSEXTPY_FORCE_REFRESH") or "").strip().lower() in ("1", "yes", "y", "true", "t", "on"):
-        _decline("SYSEXTPY_FORCE_REFRESH is set")
-        return None
+    force = env.get("SYSEXTPY_FORCE_REFRESH")
+    if force:
+        from .util import is_truthy  # only when set: the module costs an import on every boot
+
+        if is_truthy(force):
+            _decline("SYSEXTPY_FORCE_REFRESH is set")
+            return None
     if (level_from_env(env.get("SYSTEMD_LOG_LEVEL")) or 0) >= DEBUG:
         _decline("debug logging")  # the full run says what it looked at
         return None

@@ -158,9 +158,11 @@ def new_record(verb: str, root: StrPath, phase: str, started: int) -> dict[str, 
 
 def confirmed_entry(prior_entry: Mapping[str, Any], unreachable: list[str]) -> dict[str, Any]:
     """A class's entry for a run that confirmed the prior run's merge: the same, now "unchanged"."""
+    from .live import LIVE_RESULTS
+
     entry = load_json(dump_json(prior_entry))  # a deep copy
     for res in entry.get("hierarchies", {}).values():
-        if isinstance(res, dict) and res.get("result") in ("merged", "replaced", "unchanged"):
+        if isinstance(res, dict) and res.get("result") in LIVE_RESULTS:
             res["result"] = "unchanged"
     entry["unreachable"] = unreachable
     return entry  # type: ignore[no-any-return]

@@ -25,6 +25,12 @@ def parse_bool(value: str) -> bool:
     )
 
 
+def is_truthy(value: Optional[str]) -> bool:
+    """An environment flag that is set to a true boolean spelling; unset, empty or anything else
+    is false (never an error: a flag must not stop the run)."""
+    return value is not None and value.strip().lower() in _TRUE
+
+
 def parse_bool_or_none(value: Optional[str]) -> Optional[bool]:
     """Like parse_bool(), but an absent or empty value means "not set" and gives None."""
     if value is None or value == "":
