@@ -34,7 +34,7 @@ from sysextpy.plan import survey
 from sysextpy.recorder import Recorder
 from sysextpy.verbs import class_settings
 from tests.faults import report
-from tests.merge_support import add_confext, add_sysext, have_tool, make_raw, sysext_tree, write
+from tests.merge_support import Runner, add_confext, add_sysext, have_tool, make_raw, sysext_tree, write
 
 RunSysextpy = Callable[..., "subprocess.CompletedProcess[str]"]
 SKIPPED = "Skipping extension refresh because no change was found"
@@ -487,27 +487,22 @@ def test_malformed_traces_are_differences() -> None:
 
 @pytest.fixture
 def merged(mountns: None, fake_root: Path, tmp_path: Path, sysextpy_cmd: RunSysextpy) -> Iterator[World]:
-    w = World(fake_root, tmp_path / "state.json", sysextpy_cmd)
+    w = World(sysextpy_cmd, fake_root, tmp_path / "state.json")
     add_sysext(fake_root, "alpha", {"usr/bin/alpha": "alpha 1\n"})
     add_confext(fake_root, "conf", {"etc/conf.d/setting": "value 1\n"})
-    proc = w.run("merge")
+    proc = w("merge")
     assert proc.returncode == 0, proc.stderr
     yield w
-    w.run("unmerge")
+    w("unmerge")
 
 
-class World:
-    def __init__(self, root: Path, state: Path, cmd: RunSysextpy) -> None:
-        self.root, self.state, self.cmd = root, state, cmd
-
-    def run(self, *args: str, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess[str]:
-        return self.cmd(f"--root={self.root}", f"--state={self.state}", *args, env=env)
+class World(Runner):
+    """merge_support's Runner, with a refresh that must succeed and returns its record too."""
 
     def refresh(self, *args: str, env: Optional[dict[str, str]] = None) -> tuple[str, dict[str, Any]]:
-        proc = self.run(*args, "refresh", env=env)
-        assert proc.returncode == 0, proc.stderr
-        assert "Traceback" not in proc.stderr
-        return proc.stderr, json.loads(self.state.read_text())
+        said = self.ok("refresh", *args, env=env)
+        assert "Traceback" not in said
+        return said, json.loads(self.state.read_text())
 
 
 def _mountinfo() -> str:
@@ -591,7 +586,7 @@ def test_a_held_lock_is_not_waited_for_twice(merged: World) -> None:
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         t0 = time.monotonic()
-        proc = merged.run("refresh", env={"SYSEXTPY_LOCK_TIMEOUT": "0.3"})
+        proc = merged("refresh", env={"SYSEXTPY_LOCK_TIMEOUT": "0.3"})
         elapsed = time.monotonic() - t0
     finally:
         os.close(fd)
@@ -632,11 +627,11 @@ def test_confirming_refresh_loads_no_heavy_module(merged: World) -> None:
 def test_raw_images_are_confirmed_too(
     mountns: None, fake_root: Path, tmp_path: Path, sysextpy_cmd: RunSysextpy
 ) -> None:
-    w = World(fake_root, tmp_path / "state.json", sysextpy_cmd)
+    w = World(sysextpy_cmd, fake_root, tmp_path / "state.json")
     src = sysext_tree(tmp_path / "src", "packed", {"usr/lib/packed/file": "packed 1\n"})
     image = make_raw("squashfs", src, fake_root / "var/lib/extensions/packed.raw")
     try:
-        assert w.run("merge").returncode == 0
+        assert w("merge").returncode == 0
         said, record = w.refresh()
         assert SKIPPED in said and record["confirmedBy"] == "observations"
         src2 = sysext_tree(tmp_path / "src2", "packed", {"usr/lib/packed/file": "packed 2\n"})
@@ -646,4 +641,4 @@ def test_raw_images_are_confirmed_too(
         assert SKIPPED not in said and "confirmedBy" not in record
         assert (fake_root / "usr/lib/packed/file").read_text() == "packed 2\n"
     finally:
-        w.run("unmerge")
+        w("unmerge")
