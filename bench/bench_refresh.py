@@ -115,7 +115,8 @@ def sides(tools: c.Tools, scratch: Path, n: int) -> list[Side]:
         ("ours", "sysextpy (one process)", scratch / f"a{n}", list),
         ("ours-full", "sysextpy, recomputed", scratch / f"c{n}", _full_path),
     ):
-        args = (f"--root={root}", f"--state={scratch}/{key}-{n}.json")
+        state = scratch / f"{key}-{n}.json"
+        args = (f"--root={root}", f"--state={state}")
         out.append(
             Side(
                 label,
@@ -127,7 +128,7 @@ def sides(tools: c.Tools, scratch: Path, n: int) -> list[Side]:
                 [launch(ours.argv("all", *args, "--always-refresh=yes", "refresh"))]
                 if key == "ours"
                 else [],
-                state=Path(f"{scratch}/{key}-{n}.json"),
+                state=state,
             )
         )
     if tools.new is not None:

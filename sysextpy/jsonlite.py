@@ -25,7 +25,6 @@ class _Context:
     parse_float = float
     parse_int = int
     parse_constant = _CONSTANTS.__getitem__
-    memo: dict[str, str] = {}
 
 
 _scan: list[Callable[[str, int], tuple[Any, int]]] = []

@@ -60,7 +60,7 @@ else:
         except ImportError:
             from hashlib import sha256
 
-READ_LIMIT = 4 << 20  # a file opened for reading is hashed whole; larger ones end the trace
+READ_LIMIT = 4 << 20  # a file opened for reading is hashed whole; a larger one is known by its stat
 TREE_ENTRY_LIMIT = 200_000
 HOST = "host:"
 

@@ -160,12 +160,15 @@ def confirmed_entry(prior_entry: Mapping[str, Any], unreachable: list[str]) -> d
     """A class's entry for a run that confirmed the prior run's merge: the same, now "unchanged"."""
     from .live import LIVE_RESULTS
 
-    entry = load_json(dump_json(prior_entry))  # a deep copy
-    for res in entry.get("hierarchies", {}).values():
-        if isinstance(res, dict) and res.get("result") in LIVE_RESULTS:
-            res["result"] = "unchanged"
-    entry["unreachable"] = unreachable
-    return entry  # type: ignore[no-any-return]
+    hierarchies = prior_entry.get("hierarchies")
+    if isinstance(hierarchies, dict):
+        hierarchies = {
+            h: {**res, "result": "unchanged"}
+            if isinstance(res, dict) and res.get("result") in LIVE_RESULTS
+            else res
+            for h, res in hierarchies.items()
+        }
+    return {**prior_entry, "hierarchies": hierarchies, "unreachable": unreachable}
 
 
 def finish_confirmed(record: dict[str, Any], started_monotonic: float, how: str) -> None:
