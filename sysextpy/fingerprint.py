@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from . import __version__
 from .chase import resolve_in_root, root_relative
 from .errors import ResolveError
+from .files import read_regular_bytes
 from .jsonlite import dump_json
 from .live import EXTRA_FILE, read_live_extra
 from .model import Candidate, ClassSettings, HostInfo, ImageType, Options
@@ -33,15 +34,9 @@ __all__ = ["EXTRA_FILE", "TREE_ENTRY_LIMIT", "read_live_extra", "tree_digest"]
 
 def _file_sha256(path: Path) -> str:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        return sha256(read_regular_bytes(path, 1 << 20)).hexdigest()
     except OSError:
         return ""
-    try:
-        return sha256(os.read(fd, 1 << 20)).hexdigest()
-    except OSError:
-        return ""
-    finally:
-        os.close(fd)
 
 
 def host_inputs(root: Path, host: HostInfo, env: Mapping[str, str]) -> dict[str, Any]:
@@ -101,7 +96,6 @@ def image_inputs(root: Path, candidate: Candidate, env: Mapping[str, str]) -> di
     entry.update(size=st.st_size, mtime=st.st_mtime_ns)
     if candidate.type is ImageType.BLOCK:
         entry["rdev"] = st.st_rdev
-    if candidate.type is ImageType.BLOCK:
         decline(f"{candidate.name!r} is a block device: its content is not observed")
     if candidate.type is ImageType.RAW:
         from .dissect import image_root_hash

@@ -3,8 +3,6 @@ tells a live merge from a copied tree)."""
 
 from __future__ import annotations
 
-import os
-
 from .files import read_small
 from .live import exact_mount_check, parse_dev, probe
 from .records import record
@@ -14,10 +12,9 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Optional
 
-    from .chase import StrPath
     from .model import ImageClass
 
-__all__ = ["LiveMerge", "is_mount_point", "live_merge", "parse_dev"]
+__all__ = ["LiveMerge", "live_merge", "parse_dev"]
 
 
 @record(frozen=True)
@@ -29,12 +26,6 @@ class LiveMerge:
     since_usec: int
     metadata_dir: Path
     dev: int  # st_dev of the merged hierarchy: the overlay's own device
-
-
-def is_mount_point(path: StrPath, st: os.stat_result) -> bool:
-    """A different device than the parent directory means a mount boundary, without loading the
-    syscall wrappers; the same device needs the mount table to tell (a bind mount)."""
-    return exact_mount_check(os.fspath(path), st)
 
 
 def live_merge(
