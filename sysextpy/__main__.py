@@ -6,14 +6,6 @@ import sys
 
 
 def main() -> int:
-    import os
-
-    from .quick import main as quick_main
-
-    # A refresh that only has to confirm the initrd's merge is done without the rest of the package.
-    status = quick_main(sys.argv[1:], sys.argv[0] if sys.argv else "sysextpy", os.environ)
-    if status is not None:
-        return status
     from .cli import main as cli_main
 
     return cli_main()

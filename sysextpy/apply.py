@@ -24,7 +24,7 @@ from .chase import resolve_in_root, root_relative
 from .errors import MountError, ResolveError, SysextError
 from .identity import format_origin
 from .images import Workspace, image_tree
-from .live import format_dev
+from .live import format_dev, read_metadata
 from .log import log
 from .model import MUTABLE_BASE, ClassSettings, ExtensionVerdict, ImageClass, MutableMode, component_name
 from .records import field, record
@@ -538,12 +538,10 @@ def unmerge_hierarchy(root: Path, cls: ImageClass, hierarchy: str) -> bool:
     carried = _carry_submounts(path)
     try:
         while live is not None:
-            try:
-                text = (live.metadata_dir / "work_dir").read_text().strip()
-                if text:
-                    work_dirs.append(text)
-            except OSError:
-                pass  # read-only merges have no work directory
+            # Read-only merges have no work directory.
+            text = (read_metadata(os.fspath(path), cls.metadata_dir, "work_dir") or "").strip()
+            if text:
+                work_dirs.append(text)
             try:
                 m.umount2(path, m.MNT_DETACH)
             except OSError as e:

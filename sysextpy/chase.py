@@ -1,10 +1,14 @@
 """Root-confined path resolution, like systemd's chase() with a root ("resolve in root").
 
 Everything sysext looks at inside `--root` (search directories, their entries, `.v/` entries,
-hierarchies, os-release...) and inside a mounted image is resolved this way: symlinks are followed
+hierarchies, os-release...) and inside an image is resolved this way: symlinks are followed
 component by component, an absolute target restarts at the root instead of the host's "/", and
 ".." never climbs above the root. So a symlink in an image or a foreign root can never make us
 read, mount or overlay something of the host.
+
+A pure resolver: it reads the file system through the `lstat` and `readlink` it is given (the
+`os` functions by default) and nothing else, and it observes nothing. What a run reads, and how
+that is recorded, is the business of view.py.
 """
 
 from __future__ import annotations
@@ -14,12 +18,11 @@ import os
 import stat
 
 from .errors import ResolveError
-from .observe import recording, resolve_outcome
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from pathlib import Path
-    from typing import Union
+    from typing import Callable, Optional, Union
 
     StrPath = Union[str, "os.PathLike[str]"]
 
@@ -27,24 +30,35 @@ if TYPE_CHECKING:
 MAX_STEPS = 128
 """Components walked plus symlinks expanded before giving up with ELOOP (the spec's limit)."""
 
-
-def canonical_root(root: Path) -> Path:
-    """The root with all its own symlinks resolved. Call it once at start: `resolve_in_root` does not
-    resolve the root itself, and `root_relative` can only strip the root in the spelling it was given."""
-    from pathlib import Path
-
-    return Path(os.path.realpath(os.fspath(root)))
+MISSING = (errno.ENOENT, errno.ENOTDIR)
+"""The errnos that mean "not there" rather than "cannot tell"."""
 
 
-def _root_str(root: StrPath) -> str:
-    # The root is trusted as given (it may be reached through a symlink); only its spelling is tidied.
-    # An empty string or "/" means the host itself.
+def normalize_root(root: StrPath) -> str:
+    """The root as a tidy absolute string; "" and "/" both mean the host itself. The root is
+    trusted as given (it may be reached through a symlink): only its spelling is tidied."""
     r = os.fspath(root)
     if r in ("", "/"):
         return "/"
     r = os.path.normpath(os.path.abspath(r))
     # POSIX keeps a leading "//"; it means nothing special on Linux.
     return "/" + r.lstrip("/") if r != "/" else "/"
+
+
+def canonical_root(root: StrPath) -> Path:
+    """The root with all its own symlinks resolved. Call it once at start: resolution does not
+    resolve the root itself, and `root_relative` can only strip the root in the spelling it was given."""
+    from pathlib import Path
+
+    return Path(os.path.realpath(os.fspath(root)))
+
+
+def join_root(root: str, inner: str) -> str:
+    """`inner` (a path inside the root) as a host path, lexically: no resolution."""
+    inner = inner.lstrip("/")
+    if not inner:
+        return root
+    return "/" + inner if root == "/" else f"{root}/{inner}"
 
 
 def _join(root: str, parts: list[str]) -> str:
@@ -68,53 +82,37 @@ def _clamp(parts: list[str], more: list[str]) -> list[str]:
     return out
 
 
-def resolve_in_root(root: Path, path: StrPath, *, missing_ok: bool = False) -> Path:
-    """Resolve `path` inside `root` and return the host path `root` + resolved path.
+def resolve(
+    root: str,
+    path: str,
+    *,
+    missing_ok: bool = False,
+    lstat: Optional[Callable[[str], os.stat_result]] = None,
+    readlink: Optional[Callable[[str], str]] = None,
+) -> str:
+    """Resolve `path` inside `root` (a `normalize_root()` spelling) and return the host path.
 
     `path` is taken relative to the root whether or not it starts with "/". Symlinks are followed
     with absolute targets re-rooted, ".." is clamped at the root, a trailing "/" or final "."/".."
     demands a directory. With `missing_ok`, a missing component is not an error: the unresolved rest
-    is appended lexically (".." still clamped) and returned.
+    is appended lexically (".." still clamped) and returned. The root itself is not checked: a root
+    that is not a directory fails at its first component.
 
-    `root` is used as spelled (absolute, normalised, not symlink-resolved); pass `canonical_root()`
-    of it if results are later stripped with `root_relative`. Raises ResolveError with errno ENOENT,
-    ENOTDIR, ELOOP, EACCES... when the path cannot be resolved.
+    Raises ResolveError with errno ENOENT, ENOTDIR, ELOOP, EACCES... when the path cannot be resolved.
+    `lstat` and `readlink` default to the `os` functions of the moment.
     """
-    from pathlib import Path
-
-    root_s = _root_str(root)
-    spelled = os.fspath(path)
-    rec = recording()
-    if rec is None:
-        return Path(_resolve(root_s, spelled, missing_ok))
-    # Recording what a fingerprint is computed from: the outcome is observed, not the steps.
-    try:
-        with rec.pause():
-            result = _resolve(root_s, spelled, missing_ok)
-    except ResolveError as e:
-        rec.note("res", rec.rel(root_s), spelled, missing_ok, resolve_outcome(root_s, None, e))
-        raise
-    rec.note("res", rec.rel(root_s), spelled, missing_ok, resolve_outcome(root_s, result, None))
-    return Path(result)
-
-
-def _resolve(root_s: str, spelled: str, missing_ok: bool) -> str:
-    """resolve_in_root() on a tidied root and a string path, returning a string."""
+    if lstat is None:
+        lstat = os.lstat
+    if readlink is None:
+        readlink = os.readlink
 
     def fail(err: int, what: str) -> ResolveError:
-        return ResolveError(f"Cannot resolve {spelled!r} inside {root_s!r}: {what}", errno=err)
-
-    try:
-        st = os.stat(root_s)
-    except OSError as e:
-        raise fail(e.errno or errno.EIO, f"the root is not accessible ({e.strerror})") from e
-    if not stat.S_ISDIR(st.st_mode):
-        raise fail(errno.ENOTDIR, "the root is not a directory")
+        return ResolveError(f"Cannot resolve {path!r} inside {root!r}: {what}", errno=err)
 
     # Resolved components below the root: each one an existing directory that is not a symlink, so
     # ".." may pop them lexically. `todo` is a stack; its top (end) is the next component.
     done: list[str] = []
-    todo = spelled.split("/")
+    todo = path.split("/")
     todo.reverse()
     steps = 0
 
@@ -130,14 +128,14 @@ def _resolve(root_s: str, spelled: str, missing_ok: bool) -> str:
                 done.pop()
             continue
 
-        candidate = _join(root_s, [*done, name])
+        candidate = _join(root, [*done, name])
         try:
-            st = os.lstat(candidate)
+            st = lstat(candidate)
         except FileNotFoundError as e:
             if missing_ok:
                 todo.append(name)
                 todo.reverse()
-                return _join(root_s, _clamp(done, todo))
+                return _join(root, _clamp(done, todo))
             raise fail(errno.ENOENT, f"{_join('/', [*done, name])!r} does not exist") from e
         except OSError as e:
             raise fail(
@@ -149,7 +147,7 @@ def _resolve(root_s: str, spelled: str, missing_ok: bool) -> str:
             if steps > MAX_STEPS:
                 raise fail(errno.ELOOP, f"more than {MAX_STEPS} steps (symlink loop?)")
             try:
-                target = os.readlink(candidate)
+                target = readlink(candidate)
             except OSError as e:
                 raise fail(
                     e.errno or errno.EIO, f"cannot read link {_join('/', [*done, name])!r} ({e.strerror})"
@@ -167,24 +165,47 @@ def _resolve(root_s: str, spelled: str, missing_ok: bool) -> str:
             raise fail(errno.ENOTDIR, f"{_join('/', [*done, name])!r} is not a directory")
         done.append(name)
 
-    return _join(root_s, done)
+    return _join(root, done)
 
 
-def exists_in_root(root: Path, path: StrPath) -> bool:
+def resolve_in_root(root: StrPath, path: StrPath, *, missing_ok: bool = False) -> Path:
+    """resolve() for callers with paths: the root is tidied and must be an accessible directory.
+
+    `root` is used as spelled (absolute, normalised, not symlink-resolved); pass `canonical_root()`
+    of it if results are later stripped with `root_relative`."""
+    from pathlib import Path
+
+    root_s = normalize_root(root)
+    spelled = os.fspath(path)
+    try:
+        st = os.stat(root_s)
+    except OSError as e:
+        raise ResolveError(
+            f"Cannot resolve {spelled!r} inside {root_s!r}: the root is not accessible ({e.strerror})",
+            errno=e.errno or errno.EIO,
+        ) from e
+    if not stat.S_ISDIR(st.st_mode):
+        raise ResolveError(
+            f"Cannot resolve {spelled!r} inside {root_s!r}: the root is not a directory", errno=errno.ENOTDIR
+        )
+    return Path(resolve(root_s, spelled, missing_ok=missing_ok))
+
+
+def exists_in_root(root: StrPath, path: StrPath) -> bool:
     """Whether `path` resolves inside `root`. Missing (ENOENT) or through a non-directory (ENOTDIR) is
     False like os.path.exists; loops and permission problems are real errors and raise."""
     try:
         resolve_in_root(root, path)
     except ResolveError as e:
-        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+        if e.errno in MISSING:
             return False
         raise
     return True
 
 
-def is_within_root(root: Path, path: Path) -> bool:
+def is_within_root(root: StrPath, path: StrPath) -> bool:
     """Whether `path` is `root` or lies below it, comparing spellings only (no resolution)."""
-    r = _root_str(root)
+    r = normalize_root(root)
     p = os.fspath(path)
     if r == "/":
         return p.startswith("/")
@@ -196,7 +217,7 @@ def root_relative(root: StrPath, path: StrPath) -> str:
 
     A path not below the root is returned unchanged, as upstream keeps the full path in that case.
     """
-    r = _root_str(root)
+    r = normalize_root(root)
     p = os.fspath(path)
     if r == "/":
         return p

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
 
 from . import __version__
-from .errors import ParseError, SysextError, UsageError
-from .model import ALL_CLASSES, ImageClass, JsonMode, MutableMode, Options, Verb
-from .records import replace
+from .errors import EXIT_INTERRUPTED, EXIT_OK, ParseError, SysextError, UsageError
 from .util import parse_bool
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from typing import Callable, Optional
+    from collections.abc import Sequence
+    from typing import Any, Callable, Optional
+
+    from .model import ImageClass, Options
 
 USAGE = """\
 sysextpy [OPTIONS...] [VERB]
@@ -55,7 +54,8 @@ Options:
 Exit status: 0 success, 1 error, 2 usage error, 3 some images rejected while others merged.
 """
 
-MUTABLE_NAMES = tuple(m.value for m in MutableMode)
+CLASS_NAMES = {"sysext": ("sysext",), "confext": ("confext",), "all": ("sysext", "confext")}
+MUTABLE_NAMES = ("no", "yes", "auto", "import", "ephemeral", "ephemeral-import")
 
 
 def parse_boolean(option: str, value: str) -> bool:
@@ -65,74 +65,73 @@ def parse_boolean(option: str, value: str) -> bool:
         raise UsageError(f"{option}= takes a boolean, got {value!r}") from None
 
 
-def parse_mutable(value: str) -> MutableMode:
-    """A mode name (case-sensitive, as upstream's table lookup) or any boolean spelling."""
+def class_from_argv0(argv0: str) -> tuple[str, ...]:
+    """Installed as systemd-confext/systemd-sysext (a symlink), behave like that tool's class."""
+    base = os.path.basename(argv0)
+    if "systemd-confext" in base:
+        return CLASS_NAMES["confext"]
+    if "systemd-sysext" in base:
+        return CLASS_NAMES["sysext"]
+    return CLASS_NAMES["all"]
+
+
+class Parsed:
+    """The command line as read: option values (plain values; enums only for options that need
+    them), the verb, and what to show instead of running one."""
+
+    __slots__ = ("given", "show", "values", "verb")
+
+    def __init__(self, classes: tuple[str, ...]) -> None:
+        self.values: dict[str, Any] = {"classes": classes}
+        self.verb: Optional[str] = None
+        self.show: Optional[str] = None  # help, version, mutable-help, json-help
+        self.given: list[str] = []  # the options given, in order
+
+
+def _opt_class(p: Parsed, value: str) -> None:
+    if value not in CLASS_NAMES:
+        raise UsageError(f"--class= takes sysext, confext or all, got {value!r}")
+    p.values["classes"] = CLASS_NAMES[value]
+
+
+def _opt_root(p: Parsed, value: str) -> None:
+    if value == "":
+        p.values["root"] = "/"
+        p.values["root_given"] = False
+        return
+    p.values["root"] = os.path.normpath(os.path.abspath(value))
+    p.values["root_given"] = True
+
+
+def _opt_mutable(p: Parsed, value: str) -> None:
+    if value == "help":
+        # Like upstream, only a --no-legend given *before* --mutable=help drops the header: help
+        # stops the parse, so later options are never seen.
+        p.show = "mutable-help"
+        return
     from .config import parse_mutable_mode  # the one parser, shared with Mutable= in sysext.conf
 
     try:
-        return parse_mutable_mode(value)
+        p.values["mutable"] = parse_mutable_mode(value)
     except ParseError:
         raise UsageError(
             f"--mutable= takes one of {', '.join(MUTABLE_NAMES)} or a boolean, got {value!r}"
         ) from None
 
 
-def class_from_argv0(argv0: str) -> tuple[ImageClass, ...]:
-    """Installed as systemd-confext/systemd-sysext (a symlink), behave like that tool's class."""
-    base = os.path.basename(argv0)
-    if "systemd-confext" in base:
-        return (ImageClass.CONFEXT,)
-    if "systemd-sysext" in base:
-        return (ImageClass.SYSEXT,)
-    return ALL_CLASSES
-
-
-class _Parsed:
-    """Mutable scratch for the parser; frozen into Options at the end."""
-
-    def __init__(self, classes: tuple[ImageClass, ...]) -> None:
-        self.values: dict[str, object] = {"classes": classes}
-        self.verb: Optional[str] = None
-        self.show: Optional[str] = None  # help, version, mutable-help, json-help
-
-
-# Options taking a value, and what to do with it.
-def _opt_class(p: _Parsed, value: str) -> None:
-    table = {"sysext": (ImageClass.SYSEXT,), "confext": (ImageClass.CONFEXT,), "all": ALL_CLASSES}
-    if value not in table:
-        raise UsageError(f"--class= takes sysext, confext or all, got {value!r}")
-    p.values["classes"] = table[value]
-
-
-def _opt_root(p: _Parsed, value: str) -> None:
-    if value == "":
-        p.values["root"] = Path("/")
-        p.values["root_given"] = False
-        return
-    p.values["root"] = Path(os.path.normpath(os.path.abspath(value)))
-    p.values["root_given"] = True
-
-
-def _opt_mutable(p: _Parsed, value: str) -> None:
-    if value == "help":
-        # Like upstream, only a --no-legend given *before* --mutable=help drops the header: help
-        # stops the parse, so later options are never seen.
-        p.show = "mutable-help"
-        return
-    p.values["mutable"] = parse_mutable(value)
-
-
-def _opt_json(p: _Parsed, value: str) -> None:
+def _opt_json(p: Parsed, value: str) -> None:
     if value == "help":
         p.show = "json-help"
         return
+    from .model import JsonMode
+
     try:
         p.values["json"] = JsonMode(value)
     except ValueError:
         raise UsageError(f"--json= takes pretty, short or off, got {value!r}") from None
 
 
-def _opt_policy(p: _Parsed, value: str) -> None:
+def _opt_policy(p: Parsed, value: str) -> None:
     if not value:
         p.values["image_policy"] = None
         return
@@ -145,41 +144,71 @@ def _opt_policy(p: _Parsed, value: str) -> None:
         raise UsageError(f"--image-policy=: {e.message}", hint=e.hint) from None
 
 
-def _opt_state(p: _Parsed, value: str) -> None:
+def _opt_state(p: Parsed, value: str) -> None:
     if not value:
         raise UsageError("--state= needs a path")
-    p.values["state"] = Path(os.path.abspath(value))
+    p.values["state"] = os.path.abspath(value)
 
 
-_VALUED: dict[str, Callable[[_Parsed, str], None]] = {
-    "--class": _opt_class,
-    "--root": _opt_root,
-    "--mutable": _opt_mutable,
-    "--json": _opt_json,
-    "--image-policy": _opt_policy,
-    "--state": _opt_state,
-    "--always-refresh": lambda p, v: p.values.__setitem__(
-        "always_refresh", parse_boolean("--always-refresh", v)
-    ),
-    "--noexec": lambda p, v: p.values.__setitem__("noexec", parse_boolean("--noexec", v)),
+def _set(key: str, value: object) -> Callable[[Parsed], None]:
+    return lambda p: p.values.__setitem__(key, value)
+
+
+def _show(what: str) -> Callable[[Parsed], None]:
+    return lambda p: setattr(p, "show", what)
+
+
+class Option:
+    """One option: whether it takes a value, what it does, and whether a refresh given it may be
+    confirmed by the recorded observations (quick.py) rather than by recomputed inputs: only
+    options that change nothing the inputs depend on may."""
+
+    __slots__ = ("apply", "confirming", "name", "takes_value")
+
+    def __init__(
+        self, name: str, apply: Callable[..., None], *, takes_value: bool, confirming: bool = False
+    ) -> None:
+        self.name = name
+        self.apply = apply
+        self.takes_value = takes_value
+        self.confirming = confirming
+
+
+OPTIONS: dict[str, Option] = {
+    o.name: o
+    for o in (
+        Option("--class", _opt_class, takes_value=True, confirming=True),
+        Option("--root", _opt_root, takes_value=True, confirming=True),
+        Option("--state", _opt_state, takes_value=True, confirming=True),
+        Option(
+            "--always-refresh",
+            lambda p, v: p.values.__setitem__("always_refresh", parse_boolean("--always-refresh", v)),
+            takes_value=True,
+            confirming=True,  # =no only: =yes never confirms anything
+        ),
+        Option("--mutable", _opt_mutable, takes_value=True),
+        Option("--json", _opt_json, takes_value=True),
+        Option("--image-policy", _opt_policy, takes_value=True),
+        Option(
+            "--noexec",
+            lambda p, v: p.values.__setitem__("noexec", parse_boolean("--noexec", v)),
+            takes_value=True,
+        ),
+        Option("--force", _set("force", True), takes_value=False),
+        Option("--no-reload", _set("no_reload", True), takes_value=False, confirming=True),
+        Option("--no-legend", _set("legend", False), takes_value=False, confirming=True),
+        Option("--no-pager", lambda p: None, takes_value=False, confirming=True),
+        Option("--debug", _set("debug", True), takes_value=False),
+        Option("--help", _show("help"), takes_value=False),
+        Option("-h", _show("help"), takes_value=False),
+        Option("--version", _show("version"), takes_value=False),
+    )
 }
 
-_FLAGS: dict[str, Callable[[_Parsed], None]] = {
-    "--force": lambda p: p.values.__setitem__("force", True),
-    "--no-reload": lambda p: p.values.__setitem__("no_reload", True),
-    "--no-legend": lambda p: p.values.__setitem__("legend", False),
-    "--no-pager": lambda p: None,
-    "--debug": lambda p: p.values.__setitem__("debug", True),
-    "--help": lambda p: setattr(p, "show", "help"),
-    "-h": lambda p: setattr(p, "show", "help"),
-    "--version": lambda p: setattr(p, "show", "version"),
-}
 
-
-def parse_args(argv: Sequence[str], argv0: str = "sysextpy") -> tuple[Options, Optional[str]]:
-    """Parse argv (without the program name). Returns the options and what to show instead of running
-    a verb ("help", "version", "mutable-help", "json-help"), if anything."""
-    p = _Parsed(class_from_argv0(argv0))
+def read_argv(argv: Sequence[str], argv0: str = "sysextpy") -> Parsed:
+    """Read argv (without the program name) against OPTIONS. UsageError for anything else."""
+    p = Parsed(class_from_argv0(argv0))
     args = list(argv)
     i = 0
     only_positional = False
@@ -197,38 +226,69 @@ def parse_args(argv: Sequence[str], argv0: str = "sysextpy") -> tuple[Options, O
             only_positional = True
             continue
         name, eq, value = arg.partition("=")
-        if name in _FLAGS:
+        option = OPTIONS.get(name)
+        if option is None:
+            raise UsageError(f"unknown option {arg!r}", hint="see sysextpy --help")
+        p.given.append(name)
+        if not option.takes_value:
             if eq:
                 raise UsageError(f"option {name} takes no value, got {arg!r}")
-            _FLAGS[name](p)
+            option.apply(p)
             continue
-        if name in _VALUED:
-            if not eq:
-                if i >= len(args):
-                    raise UsageError(f"option {name} needs a value")
-                value = args[i]
-                i += 1
-            _VALUED[name](p, value)
-            continue
-        raise UsageError(f"unknown option {arg!r}", hint="see sysextpy --help")
-
+        if not eq:
+            if i >= len(args):
+                raise UsageError(f"option {name} needs a value")
+            value = args[i]
+            i += 1
+        option.apply(p, value)
     if p.show is not None:
         # Help and friends print and exit as soon as they are seen, like upstream's getopt loop.
-        return replace(Options(), **p.values), p.show  # type: ignore[arg-type]
+        return p
     if extra is not None:
         raise UsageError(f"too many arguments: {extra!r} after verb {p.verb!r}")
-    verb = Verb.STATUS
-    if p.verb is not None:
-        if p.verb == "help":
-            p.show = "help"
-        else:
-            try:
-                verb = Verb(p.verb)
-            except ValueError:
-                known = ", ".join(v.value for v in Verb)
-                raise UsageError(f"unknown verb {p.verb!r}", hint=f"verbs: {known}") from None
-    opts = replace(Options(), verb=verb, **p.values)  # type: ignore[arg-type]
-    return opts, p.show
+    if p.verb == "help":
+        p.show = "help"
+    elif p.verb is not None and p.verb not in VERBS:
+        raise UsageError(f"unknown verb {p.verb!r}", hint=f"verbs: {', '.join(VERBS)}")
+    return p
+
+
+VERBS = ("status", "list", "merge", "unmerge", "refresh", "plan")
+
+
+def confirmable(p: Parsed) -> bool:
+    """Whether this is a refresh the recorded observations may confirm (quick.py)."""
+    return (
+        p.show is None
+        and p.verb == "refresh"
+        and not p.values.get("always_refresh")
+        and all(OPTIONS[name].confirming for name in p.given)
+    )
+
+
+def to_options(p: Parsed) -> Options:
+    """The Options every verb runs from."""
+    from pathlib import Path
+
+    from .model import ImageClass, Options, Verb
+    from .records import replace
+
+    values = dict(p.values)
+    classes: tuple[ImageClass, ...] = tuple(ImageClass(c) for c in values.pop("classes"))
+    if "root" in values:
+        values["root"] = Path(values["root"])
+    if "state" in values:
+        values["state"] = Path(values["state"])
+    # A verb is only looked at when there is nothing to show instead (help stops the parse).
+    verb = Verb(p.verb) if p.verb is not None and p.show is None else Verb.STATUS
+    return replace(Options(), verb=verb, classes=classes, **values)
+
+
+def parse_args(argv: Sequence[str], argv0: str = "sysextpy") -> tuple[Options, Optional[str]]:
+    """Parse argv (without the program name). Returns the options and what to show instead of
+    running a verb ("help", "version", "mutable-help", "json-help"), if anything."""
+    p = read_argv(argv, argv0)
+    return to_options(p), p.show
 
 
 def _print_mutable_help(opts: Options) -> None:
@@ -238,36 +298,50 @@ def _print_mutable_help(opts: Options) -> None:
         print(name)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, *, confirming: bool = True) -> int:
+    """The program. A refresh that the recorded observations can confirm is done by quick.py
+    without the rest of the package (unless `confirming` is False); anything else runs here."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        opts, show = parse_args(args, sys.argv[0] if sys.argv else "sysextpy")
+        parsed = read_argv(args, sys.argv[0] if sys.argv else "sysextpy")
     except UsageError as e:
         print(f"sysextpy: {e}", file=sys.stderr)
         return e.exit_code
 
+    declined: Optional[str] = None
+    if confirming and confirmable(parsed):
+        from .quick import confirm_refresh
+
+        status, declined = confirm_refresh(parsed.values, os.environ)
+        if status is not None:
+            return status
+
+    show = parsed.show
     if show == "help":
         sys.stdout.write(USAGE)
-        return 0
+        return EXIT_OK
     if show == "version":
         print(f"sysextpy {__version__}")
-        return 0
+        return EXIT_OK
     if show == "mutable-help":
-        _print_mutable_help(opts)
-        return 0
+        if parsed.values.get("legend", True):
+            print("Known mutability modes:")
+        for name in MUTABLE_NAMES:
+            print(name)
+        return EXIT_OK
     if show == "json-help":
-        # Upstream's order, which is not the enum's.
-        print("\n".join(m.value for m in (JsonMode.PRETTY, JsonMode.SHORT, JsonMode.OFF)))
-        return 0
+        print("\n".join(("pretty", "short", "off")))  # upstream's order
+        return EXIT_OK
 
+    opts = to_options(parsed)
     from .log import log, setup_logging
 
     setup_logging(debug=opts.debug)
     try:
         from .verbs import run_verb
 
-        return run_verb(opts)
+        return run_verb(opts, os.environ, declined=declined)
     except SysextError as e:
         log.error("%s", e)
         if opts.debug:
@@ -277,7 +351,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         log.error("Interrupted.")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception:
         # A programming error: say so plainly; the traceback is what a bug report needs.
         if debug:

@@ -1,22 +1,25 @@
 """sysext.conf / confext.conf and their drop-ins (spec §8): `[SysExt]` or `[ConfExt]` with Mutable= and
 ImagePolicy=. Nothing here raises for bad configuration: every problem becomes a warning.
+
+Where the files are is the view's configuration search (view.search_config_files), observed as a
+whole; what they say is parsed here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from pathlib import Path
 
-from .conffiles import CONFIG_DIRS, config_files
 from .errors import ParseError, SysextError
 from .model import ImageClass, MutableMode
-from .osrelease import read_text_bounded
 from .records import record
 from .util import parse_bool
+from .view import CONFIG_DIRS, read_text
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from typing import Optional
+
+    from .view import LiveView
 
 __all__ = [
     "CONFIG_DIRS",
@@ -156,15 +159,17 @@ def _parse_policy_setting(value: str) -> tuple[Optional[str], Optional[str]]:
         return lenient, f"ImagePolicy={value}: {strict_error}; skipping it, which leaves {lenient!r}"
 
 
-def load_config(root: Path, image_class: ImageClass) -> ClassConfig:
-    """The class's configuration inside root: main file, then drop-ins; problems become warnings."""
-    warnings: list[str] = []
+def load_config(view: LiveView, image_class: ImageClass) -> ClassConfig:
+    """The class's configuration inside the view's root: main file, then drop-ins; problems
+    become warnings."""
+    found, search_warnings = view.config_files(image_class.config_name)
+    warnings: list[str] = list(search_warnings)
     files: list[str] = []
     mutable: Optional[MutableMode] = None
     image_policy: Optional[str] = None
-    for shown, path in config_files(root, image_class.config_name, warnings):
+    for shown, path in found:
         try:
-            text = read_text_bounded(path)
+            text = read_text(view, path)
         except SysextError as e:
             warnings.append(f"ignoring {shown!r}: {e}")
             continue

@@ -12,15 +12,16 @@ import os
 import stat
 from pathlib import Path
 
-from .chase import resolve_in_root
+from .chase import MISSING, join_root
 from .errors import ResolveError
-from .log import log
 from .model import Candidate, ImageClass, ImageType, Skipped, Verdict
 from .records import record
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from typing import Optional
+
+    from .view import LiveView
 
 NAME_MAX = 255
 
@@ -55,6 +56,7 @@ class Discovery:
     skipped: tuple[Skipped, ...]  # entries that did not become (winning) images, with the reason
     search_dirs: tuple[str, ...]
     missing_dirs: tuple[str, ...]  # search directories that do not exist inside the root
+    warnings: tuple[str, ...] = ()  # search directories that could not be used, and why
 
 
 def _usec(seconds_ns: int) -> int:
@@ -62,31 +64,31 @@ def _usec(seconds_ns: int) -> int:
 
 
 def _entry_to_candidate(
-    root: Path, image_class: ImageClass, search_dir: str, entry_name: str
+    view: LiveView, image_class: ImageClass, search_dir: str, entry_name: str
 ) -> tuple[Optional[Candidate], Optional[Skipped]]:
-    entry = Path(os.path.join(root, search_dir.lstrip("/"), entry_name))
+    entry = join_root(view.root, f"{search_dir}/{entry_name}")
     inner = f"{search_dir}/{entry_name}"
 
     def skip(reason: str, verdict: Verdict = Verdict.IGNORED, name: Optional[str] = None) -> Skipped:
-        return Skipped(entry=entry, image_class=image_class, reason=reason, name=name, verdict=verdict)
+        return Skipped(entry=Path(entry), image_class=image_class, reason=reason, name=name, verdict=verdict)
 
     try:
-        resolved = resolve_in_root(root, inner)
+        resolved = view.resolve(inner)
     except ResolveError as e:
         if e.errno == errno.ENOENT:
             try:
-                target = os.readlink(entry)
+                target = view.readlink(entry)
             except OSError:
                 target = "?"
             return None, skip(f"dangling symlink to {target!r} (inside the root)")
         return None, skip(f"cannot resolve inside the root: {e}", Verdict.REJECTED)
     try:
-        st = os.stat(resolved)
+        st = view.stat(resolved)
     except OSError as e:
-        return None, skip(f"cannot stat {os.fspath(resolved)!r}: {e.strerror}", Verdict.REJECTED)
+        return None, skip(f"cannot stat {resolved!r}: {e.strerror}", Verdict.REJECTED)
 
     version: Optional[str] = None
-    mode = st.st_mode
+    mode = st.mode
     if stat.S_ISREG(mode):
         if not entry_name.endswith(".raw"):
             return None, skip("regular file without the '.raw' suffix")
@@ -101,7 +103,9 @@ def _entry_to_candidate(
             return None, skip("not a valid '.v' directory name")
         basename, suffix = split
         try:
-            picked = pick_version(root, resolved, basename, suffix, native=native_architecture())
+            picked = pick_version(
+                view, resolved, basename, suffix, native=native_architecture(view.machine())
+            )
         except ResolveError as e:
             return None, skip(f"'.v' directory has an unresolvable entry: {e}", name=basename)
         if picked is None:
@@ -109,16 +113,16 @@ def _entry_to_candidate(
                 f"'.v' directory has no usable {basename}_VERSION{suffix} entry", name=basename
             )
         name = basename
-        resolved = picked.path
+        resolved = os.fspath(picked.path)
         version = picked.name.version
-        st = os.stat(resolved)
-        mode = st.st_mode
+        st = view.stat(resolved)
+        mode = st.mode
         image_type = ImageType.RAW if suffix.endswith(".raw") else ImageType.DIRECTORY
         if stat.S_ISBLK(mode):
             image_type = ImageType.BLOCK
     elif stat.S_ISDIR(mode):
         name = strip_suffix(strip_suffix(entry_name, ".mstack"), image_class.suffix)
-        image_type = ImageType.MSTACK if os.fspath(resolved).endswith(".mstack") else ImageType.DIRECTORY
+        image_type = ImageType.MSTACK if resolved.endswith(".mstack") else ImageType.DIRECTORY
     elif stat.S_ISBLK(mode):
         name = entry_name
         image_type = ImageType.BLOCK
@@ -138,10 +142,10 @@ def _entry_to_candidate(
             name=name,
             image_class=image_class,
             type=image_type,
-            path=resolved,
-            entry=entry,
+            path=Path(resolved),
+            entry=Path(entry),
             search_dir=search_dir,
-            mtime_usec=_usec(st.st_mtime_ns),
+            mtime_usec=_usec(st.mtime_ns),
             crtime_usec=0,
             version=version,
         ),
@@ -149,24 +153,24 @@ def _entry_to_candidate(
     )
 
 
-def discover(root: Path, image_class: ImageClass, *, initrd: bool) -> Discovery:
-    """Scan the class's search directories inside `root`. Never raises for a bad entry; a search
-    directory that cannot be opened is recorded as a rejected entry and scanning goes on."""
+def discover(view: LiveView, image_class: ImageClass, *, initrd: bool) -> Discovery:
+    """Scan the class's search directories inside the view's root. Never raises for a bad entry;
+    a search directory that cannot be opened is recorded as a rejected entry and scanning goes on."""
     search_dirs = image_class.search_dirs(initrd)
     winners: dict[str, Candidate] = {}
     order: list[str] = []
     skipped: list[Skipped] = []
     missing: list[str] = []
+    warnings: list[str] = []
     for search_dir in search_dirs:
         try:
-            directory = resolve_in_root(root, search_dir)
-            names = sorted(os.listdir(directory))
+            names = view.listdir(view.resolve(search_dir))
         except ResolveError as e:
-            if e.errno == errno.ENOENT:
+            if e.errno in MISSING:
                 missing.append(search_dir)
                 continue
             reason = f"search directory cannot be used: {e}"
-            log.warning("%s: %s", search_dir, reason)
+            warnings.append(f"{search_dir}: {reason}")
             skipped.append(Skipped(Path(search_dir), image_class, reason, verdict=Verdict.REJECTED))
             continue
         except FileNotFoundError:
@@ -174,13 +178,13 @@ def discover(root: Path, image_class: ImageClass, *, initrd: bool) -> Discovery:
             continue
         except OSError as e:
             reason = f"search directory cannot be read: {e.strerror}"
-            log.warning("%s: %s", search_dir, reason)
+            warnings.append(f"{search_dir}: {reason}")
             skipped.append(Skipped(Path(search_dir), image_class, reason, verdict=Verdict.REJECTED))
             continue
         for entry_name in names:
             if entry_name.startswith(".sysupdate."):
                 continue  # a download in progress, never an image
-            candidate, skip = _entry_to_candidate(root, image_class, search_dir, entry_name)
+            candidate, skip = _entry_to_candidate(view, image_class, search_dir, entry_name)
             if skip is not None:
                 skipped.append(skip)
                 continue
@@ -204,4 +208,5 @@ def discover(root: Path, image_class: ImageClass, *, initrd: bool) -> Discovery:
         skipped=tuple(skipped),
         search_dirs=search_dirs,
         missing_dirs=tuple(missing),
+        warnings=tuple(warnings),
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Callable, Optional
@@ -38,6 +39,7 @@ from .verity import (
     top_block_location,
     verify_signature,
 )
+from .view import LiveView
 
 Reader = Callable[[int, int], bytes]
 
@@ -53,13 +55,14 @@ MAX_VERITY_SIG_PARTITION = 4 << 20
 
 
 class TrustContext:
-    """Everything outside an image that decides how it may be mounted."""
+    """Everything outside an image that decides how it may be mounted, read through a view of the
+    root (view.py): its certificates, the side-cars next to its images, the policy settings, and
+    what this machine can do."""
 
     def __init__(
         self,
-        root: Path,
+        view: LiveView,
         *,
-        env: Mapping[str, str],
         policies: Optional[Mapping[ImageClass, Optional[str]]] = None,
         initrd_without_root: bool = False,
         dm_verity: Optional[bool] = None,
@@ -68,10 +71,9 @@ class TrustContext:
         openssl: str = "openssl",
     ) -> None:
         from .arch import native_architecture, secondary_architectures
-        from .verity import dm_verity_available, kernel_signature_support
 
-        self.root = root
-        self.env = env
+        self.view = view
+        self.root = Path(view.root)
         self.explicit: dict[ImageClass, ImagePolicy] = {}
         for cls, text in (policies or {}).items():
             if text is None:
@@ -81,29 +83,37 @@ class TrustContext:
             except ParseError as e:
                 raise SysextError(f"Invalid image policy for {cls.value}: {e.message}", hint=e.hint) from e
         self.initrd_without_root = initrd_without_root
-        self.dm_verity = dm_verity_available() if dm_verity is None else dm_verity
-        self.kernel_signatures = (
-            kernel_signature_support() if kernel_signatures is None else kernel_signatures
-        ) and self.dm_verity
+        self._dm_verity = dm_verity
+        self._kernel_signatures = kernel_signatures
         if architectures is None:
-            native = native_architecture()
+            native = native_architecture(view.machine())
             architectures = (native, *secondary_architectures(native))
         self.architectures = tuple(architectures)
         self.openssl = openssl
         self._certificates: Optional[CertificateSearch] = None
 
+    @property
+    def dm_verity(self) -> bool:
+        """Whether the kernel has device-mapper: asked of the view when first needed."""
+        if self._dm_verity is None:
+            self._dm_verity = self.view.capability("dm-verity")
+        return self._dm_verity
+
+    @property
+    def kernel_signatures(self) -> bool:
+        if self._kernel_signatures is None:
+            self._kernel_signatures = self.view.capability("verity-signatures")
+        return self._kernel_signatures and self.dm_verity
+
     @classmethod
-    def from_settings(
-        cls, opts: Options, settings: Sequence[ClassSettings], env: Mapping[str, str]
-    ) -> TrustContext:
+    def from_settings(cls, opts: Options, settings: Sequence[ClassSettings], view: LiveView) -> TrustContext:
         """The context of a run: the policies the settings carry, the /.extra rules in an initrd."""
         from .osrelease import is_initrd_root
 
         return cls(
-            opts.root,
-            env=env,
+            view,
             policies={cs.image_class: cs.image_policy for cs in settings},
-            initrd_without_root=not opts.root_given and is_initrd_root(Path("/")),
+            initrd_without_root=not opts.root_given and is_initrd_root(view),
         )
 
     @classmethod
@@ -114,21 +124,21 @@ class TrustContext:
         from .settings import resolve_settings
 
         root = candidate_root(candidate)
+        view = LiveView(os.fspath(root), env)
         policy: Optional[str] = None
         try:
-            policy = resolve_settings(Options(root=root), candidate.image_class, env).image_policy
+            policy = resolve_settings(Options(root=root), candidate.image_class, view).image_policy
         except SysextError as e:
             log.warning("Cannot read the image policy configuration of %s: %s", root, e)
         return cls(
-            root,
-            env=env,
+            view,
             policies={candidate.image_class: policy},
-            initrd_without_root=os.fspath(root) == "/" and is_initrd_root(root),
+            initrd_without_root=os.fspath(root) == "/" and is_initrd_root(view),
         )
 
     def certificates(self) -> CertificateSearch:
         if self._certificates is None:
-            self._certificates = find_certificates(self.root)
+            self._certificates = find_certificates(self.view)
             for inner, why in self._certificates.ignored:
                 log.info("Certificate %s (in root %s) not used: %s", inner, self.root, why)
         return self._certificates
@@ -349,6 +359,23 @@ def check_hash_tree(read_hash: Reader, read_data: Reader, root_hash: bytes) -> O
     return None
 
 
+def sniff_filesystem(header: bytes) -> Optional[str]:
+    """The file system (or partition table) a raw image starts with, from its first bytes."""
+    if header[:4] == b"hsqs":
+        return "squashfs"
+    if len(header) >= 1028 and struct.unpack_from("<I", header, 1024)[0] == 0xE0F5E1E2:
+        return "erofs"
+    if len(header) >= 1082 and struct.unpack_from("<H", header, 1080)[0] == 0xEF53:
+        return "ext4"
+    if header[512:520] == b"EFI PART" or header[4096:4104] == b"EFI PART":
+        return "gpt"  # 512- or 4096-byte sectors
+    if header[:4] == b"XFSB":
+        return "xfs"
+    if len(header) >= 65608 and header[65600:65608] == b"_BHRfS_M":
+        return "btrfs"
+    return None
+
+
 def _file_reader(fd: int, base: int = 0) -> Reader:
     def read(offset: int, length: int) -> bytes:
         return os.pread(fd, length, base + offset)
@@ -362,8 +389,6 @@ def _image_size(fd: int) -> int:
 
 def dissect(candidate: Candidate, ctx: TrustContext) -> ImagePlan:
     """Decide how to mount one raw image; ImageError when it is broken, untrusted or refused."""
-    from .images import sniff_filesystem
-
     path = candidate.path
     policy, source = ctx.policy_for(candidate)
     try:
@@ -379,7 +404,7 @@ def dissect(candidate: Candidate, ctx: TrustContext) -> ImagePlan:
             raise ImageError(
                 f"image {os.fspath(path)!r} holds only zeros (no file system or partition table)"
             )
-        side = find_sidecars(ctx.root, path, ctx.env) if candidate.type is ImageType.RAW else Sidecars()
+        side = find_sidecars(ctx.view, os.fspath(path)) if candidate.type is ImageType.RAW else Sidecars()
         kind = sniff_filesystem(header)
         if kind == "gpt":
             if side.hash_tree is not None:
@@ -570,8 +595,6 @@ def _dissect_gpt(
     policy: ImagePolicy,
     source: str,
 ) -> ImagePlan:
-    from .images import sniff_filesystem
-
     read = _file_reader(fd)
     table = read_partition_table(read, size)
     known, sig_for = gpt_root_hashes(table, read, ctx.architectures, side)
@@ -714,15 +737,16 @@ def _reader_at(fd: int, p: Partition) -> Reader:
     return read
 
 
-def image_root_hash(root: Path, candidate: Candidate, env: Mapping[str, str]) -> Optional[str]:
+def image_root_hash(view: LiveView, candidate: Candidate) -> Optional[str]:
     """The root hash that identifies an image (for `origin`), in hex, or None. Never raises.
 
     Side-cars and xattrs first, then a GPT image's verity-sig partition or partition UUIDs (only
-    when they agree with the hash tree), for the native or secondary architecture.
+    when they agree with the hash tree), for the native or secondary architecture. The image's own
+    bytes are read directly: its identity (view.file_identity) covers them.
     """
     from .verity import sidecar_root_hash
 
-    found = sidecar_root_hash(candidate.path, env, root)
+    found = sidecar_root_hash(view, os.fspath(candidate.path))
     if found is not None or candidate.type is not ImageType.RAW:
         return found
     try:
@@ -735,7 +759,7 @@ def image_root_hash(root: Path, candidate: Candidate, env: Mapping[str, str]) ->
             return None
         from .arch import native_architecture, secondary_architectures
 
-        native = native_architecture()
+        native = native_architecture(view.machine())
         arches = (native, *secondary_architectures(native))
         read = _file_reader(fd)
         table = read_partition_table(read, _image_size(fd))

@@ -9,10 +9,17 @@ if TYPE_CHECKING:
     from typing import Optional
 
 
+EXIT_OK = 0  # success, "nothing to merge", "refresh skipped", incompatible images ignored
+EXIT_FAILURE = 1  # fatal error
+EXIT_USAGE = 2  # usage error
+EXIT_PARTIAL = 3  # some image was rejected as broken or untrusted while the others were handled
+EXIT_INTERRUPTED = 130
+
+
 class SysextError(Exception):
     """An expected failure. The message quotes the offending input and says what to do."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILURE
 
     def __init__(self, message: str, *, hint: Optional[str] = None) -> None:
         super().__init__(message)
@@ -28,7 +35,7 @@ class SysextError(Exception):
 class UsageError(SysextError):
     """Bad command line: one line on stderr, exit 2."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class ParseError(SysextError):

@@ -11,10 +11,13 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .chase import root_relative
 from .model import Candidate, ImageType, MutableMode
+
+if TYPE_CHECKING:
+    from .view import LiveView
 
 
 def crtime_usec(path: Path) -> int:
@@ -37,16 +40,16 @@ def crtime_usec(path: Path) -> int:
     return best
 
 
-def extension_identity(root: Path, candidate: Candidate, env: Mapping[str, str]) -> dict[str, Any]:
-    """The `origin` entry of one extension."""
+def extension_identity(view: LiveView, candidate: Candidate) -> dict[str, Any]:
+    """The `origin` entry of one extension, upstream's identity of it."""
     from . import mountapi as m
 
     path = candidate.path
-    entry: dict[str, Any] = {"path": root_relative(root, path)}
+    entry: dict[str, Any] = {"path": root_relative(view.root, path)}
     if candidate.type is ImageType.RAW:
         from .dissect import image_root_hash
 
-        verity = image_root_hash(root, candidate, env)
+        verity = image_root_hash(view, candidate)
         if verity is not None:
             entry["verityHash"] = verity
             return entry
@@ -67,12 +70,11 @@ def extension_identity(root: Path, candidate: Candidate, env: Mapping[str, str])
 
 
 def origin_record(
-    root: Path,
+    view: LiveView,
     extensions: Sequence[Candidate],
     mutable: MutableMode,
     mutable_dirs: Mapping[str, str],
     overlay_options: Optional[str],
-    env: Mapping[str, str],
     known: Optional[Mapping[tuple[str, str], dict[str, Any]]] = None,
 ) -> dict[str, Any]:
     """The whole `origin` record of one class. `known` holds identities taken earlier (in the host's
@@ -86,7 +88,7 @@ def origin_record(
         entries = {}
         for c in extensions:
             key = (c.image_class.value, c.name)
-            entries[c.name] = known[key] if known and key in known else extension_identity(root, c, env)
+            entries[c.name] = known[key] if known and key in known else extension_identity(view, c)
         record["extensions"] = entries
     return record
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from .loopdev import LoopDevice
 
 WORKSPACE = Path("/run/sysextpy/workspace")
-_SNIFF_BYTES = 65536 + 4096
 # mount(2) errors that describe the image itself: a damaged or unsupported file system. Any other
 # failure to attach or mount an image (memory, busy or exhausted devices, a read error, the file
 # replaced meanwhile...) says more about the moment than about the image.
@@ -33,31 +31,6 @@ IMAGE_MOUNT_ERRNOS = frozenset({errno.EINVAL, errno.EUCLEAN, errno.ENODEV, errno
 class PassingImageError(ImageError):
     """An image could not be attached or mounted for a reason that may pass: the next refresh
     retries it rather than confirming the rejection with a skip."""
-
-
-def sniff_filesystem(header: bytes) -> Optional[str]:
-    """The file system (or partition table) a raw image starts with, from its first bytes."""
-    if header[:4] == b"hsqs":
-        return "squashfs"
-    if len(header) >= 1028 and struct.unpack_from("<I", header, 1024)[0] == 0xE0F5E1E2:
-        return "erofs"
-    if len(header) >= 1082 and struct.unpack_from("<H", header, 1080)[0] == 0xEF53:
-        return "ext4"
-    if header[512:520] == b"EFI PART" or header[4096:4104] == b"EFI PART":
-        return "gpt"  # 512- or 4096-byte sectors
-    if header[:4] == b"XFSB":
-        return "xfs"
-    if len(header) >= 65608 and header[65600:65608] == b"_BHRfS_M":
-        return "btrfs"
-    return None
-
-
-def read_header(path: Path) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
-    try:
-        return os.pread(fd, _SNIFF_BYTES, 0)
-    finally:
-        os.close(fd)
 
 
 class Workspace:

@@ -1,19 +1,19 @@
-"""Live merges: is a hierarchy merged right now, and is it the merge a record speaks of?
+"""Live merges: is a hierarchy merged right now, and what does its metadata say?
 
 The test is upstream's: the hierarchy is a mount point and `H/.systemd-<class>/dev` names the
 hierarchy's own st_dev. A copied or untarred tree with a metadata directory is never mistaken for
-a live merge. Whether a refresh may skip is then decided hierarchy by hierarchy against the
-handoff record (`check_hierarchies`), by the full run and by the confirming refresh alike; so this
-module imports only `os` and `stat` and the package's light modules.
+a live merge. The hierarchy is resolved inside the root, and the metadata directory and its files
+are opened without following links: in a copied tree they may be links anywhere, out of the root
+too. Imports only `os` and `stat` and the package's light modules: the confirming refresh uses it.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 
-from .chase import _resolve, _root_str
+from .chase import normalize_root, resolve
 from .errors import ResolveError
-from .files import read_small
 from .jsonlite import load_json
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     MountCheck = Callable[[str, os.stat_result], bool]
 
 EXTRA_FILE = "sysextpy.json"
-LIVE_RESULTS = ("merged", "replaced", "unchanged")
 
 
 class Uncertain(Exception):
@@ -68,28 +67,60 @@ def exact_mount_check(path: str, st: os.stat_result) -> bool:
         return is_mount_point(path)
 
 
+def read_metadata(hierarchy: str, metadata_dir: str, name: str, limit: int = 1 << 20) -> Optional[str]:
+    """The file `name` of the metadata directory of the (resolved) hierarchy path, or None when it
+    is missing, unreadable, not a regular file, or reached only through a link."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        dfd = os.open(f"{hierarchy.rstrip('/')}/{metadata_dir}", flags | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        fd = os.open(name, flags | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=dfd)
+    except OSError:
+        return None
+    finally:
+        os.close(dfd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        parts: list[bytes] = []
+        total = 0
+        while total < limit:
+            chunk = os.read(fd, limit - total)
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+        return b"".join(parts).decode("utf-8", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def probe(
     root: StrPath, metadata_dir: str, hierarchy: str, mount_check: MountCheck
 ) -> tuple[Optional[str], Optional[os.stat_result]]:
     """(resolved path or None when missing, the hierarchy's lstat() when a live merge of the class
     whose metadata directory is `metadata_dir` sits there, else None)."""
     try:
-        path = _resolve(_root_str(root), hierarchy, False)
+        path = resolve(normalize_root(root), hierarchy)
     except ResolveError:
         return None, None
     try:
         st = os.lstat(path)
     except OSError:
         return None, None
-    dev_text = read_small(f"{path}/{metadata_dir}/dev")
+    dev_text = read_metadata(path, metadata_dir, "dev")
     if dev_text is None or parse_dev(dev_text) != st.st_dev or not mount_check(path, st):
         return path, None
     return path, st
 
 
-def read_live_extra(metadata_dir: StrPath) -> Optional[dict[str, Any]]:
+def read_live_extra(hierarchy: str, metadata_dir: str) -> Optional[dict[str, Any]]:
     """The `sysextpy.json` of a merge's metadata directory, None when missing or unreadable."""
-    text = read_small(os.path.join(metadata_dir, EXTRA_FILE), 8 << 20)
+    text = read_metadata(hierarchy, metadata_dir, EXTRA_FILE, 8 << 20)
     if text is None:
         return None
     try:
@@ -97,31 +128,3 @@ def read_live_extra(metadata_dir: StrPath) -> Optional[dict[str, Any]]:
     except (ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def check_hierarchies(
-    root: StrPath,
-    metadata_dir: str,
-    fingerprint: str,
-    recorded: dict[str, Any],
-    mount_check: MountCheck,
-) -> str:
-    """ "" when every hierarchy of a class is as the record says: merged with this fingerprint on
-    the very mount recorded, or not merged at all. Otherwise why not."""
-    for h, res in recorded.items():
-        result = res.get("result") if isinstance(res, dict) else None
-        path, st = probe(root, metadata_dir, h, mount_check)
-        if result in LIVE_RESULTS:
-            if st is None or path is None:
-                return f"{h} is no longer merged"
-            extra = read_live_extra(f"{path}/{metadata_dir}")
-            if not extra or extra.get("fingerprint") != fingerprint:
-                return f"{h} holds a different merge than recorded"
-            if res.get("dev") != format_dev(st.st_dev):
-                return f"{h} is mounted anew since the record was written"
-        elif result in ("untouched", "unmerged"):
-            if st is not None:
-                return f"{h} is merged but the record says it should not be"
-        else:
-            return f"{h}: the last run's result was {result!r}"
-    return ""

@@ -43,7 +43,6 @@ def level_from_env(value: Optional[str]) -> Optional[int]:
 class Logger:
     def __init__(self) -> None:
         self.level = INFO
-        self.emitted = 0  # messages shown so far (observe.py: a run that said something is not quiet)
         self._emit: Callable[[int, str], None] = self._to_stderr
 
     def _to_stderr(self, priority: int, message: str) -> None:
@@ -57,7 +56,6 @@ class Logger:
     def log(self, priority: int, fmt: str, *args: Any) -> None:
         if priority > self.level:
             return
-        self.emitted += 1
         message = fmt % args if args else fmt
         self._emit(priority, message)
 

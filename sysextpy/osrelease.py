@@ -1,28 +1,26 @@
 """os-release and extension-release files: the parser, safe reading, and where to find them.
 
-The parser is pure (text in, values out). Everything that touches the file system takes an explicit
-root and resolves paths inside it with chase.resolve_in_root(), so an absolute symlink in an image or
-in --root never escapes to the host.
+The parser is pure (text in, values out). Everything that touches the file system reads through a
+view (view.py) of the root or of an image's tree, which resolves paths inside that root, so an
+absolute symlink in an image or in --root never escapes to the host.
 """
 
 from __future__ import annotations
 
-import errno
-import os
 import re
-from collections.abc import Mapping
-from pathlib import Path
 
-from .chase import exists_in_root, resolve_in_root, root_relative
+from .chase import MISSING, root_relative
 from .errors import ImageError, ParseError, ResolveError, SysextError
-from .files import read_text_bounded
 from .model import HostRelease, ImageClass
 from .records import record
 from .util import parse_bool
+from .view import FileTooLarge, NotRegularFile, read_text
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from typing import Callable, Optional
+    from typing import Optional
+
+    from .view import LiveView
 
 __all__ = [
     "ReleaseLookup",
@@ -34,8 +32,6 @@ __all__ = [
     "load_host_release",
     "parse_os_release",
     "parse_os_release_verbose",
-    "read_text_bounded",
-    "read_xattr",
 ]
 
 STRICT_XATTR = "user.extension-release.strict"
@@ -199,40 +195,42 @@ def _read_double_quoted(src: str, pos: int, line: int) -> tuple[str, int, int, b
 # Host data
 
 
-def _resolve_existing(root: Path, path: str) -> Optional[Path]:
-    """Resolve path inside root; None when it (or a parent) does not exist. Other failures raise."""
+def _resolve_existing(view: LiveView, path: str) -> Optional[str]:
+    """Resolve path inside the view's root; None when it (or a parent) does not exist. Other
+    failures raise."""
     try:
-        return resolve_in_root(root, path)
+        return view.resolve(path)
     except ResolveError as e:
-        if e.is_missing:
+        if e.errno in MISSING:
             return None
         raise
 
 
-def load_host_release(root: Path, env: Mapping[str, str]) -> HostRelease:
-    """The host's os-release inside root, per §4.2.
+def load_host_release(view: LiveView) -> HostRelease:
+    """The host's os-release inside the view's root, per §4.2.
 
     $SYSTEMD_OS_RELEASE when set (no fallback), else /etc/os-release, else /usr/lib/os-release.
     SysextError when there is none, it cannot be read, or it has no ID=.
     """
-    override = env.get("SYSTEMD_OS_RELEASE")
+    root = view.root
+    override = view.env("SYSTEMD_OS_RELEASE")
     tried = [override] if override is not None else ["/etc/os-release", "/usr/lib/os-release"]
-    resolved: Optional[Path] = None
+    resolved: Optional[str] = None
     text: Optional[str] = None
     try:
         for candidate in tried:
-            resolved = _resolve_existing(root, candidate)
+            resolved = _resolve_existing(view, candidate)
             if resolved is not None:
-                text = read_text_bounded(resolved)
+                text = read_text(view, resolved)
                 break
     except SysextError as e:
         raise SysextError(
-            f"Failed to acquire 'os-release' data of OS tree {str(root)!r}: {e.message}", hint=e.hint
+            f"Failed to acquire 'os-release' data of OS tree {root!r}: {e.message}", hint=e.hint
         ) from e
     if resolved is None or text is None:
         names = " or ".join(repr(t) for t in tried)
         raise SysextError(
-            f"Failed to acquire 'os-release' data of OS tree {str(root)!r}: no {names} in it",
+            f"Failed to acquire 'os-release' data of OS tree {root!r}: no {names} in it",
             hint="install os-release(5) in the OS tree or point $SYSTEMD_OS_RELEASE at it",
         )
 
@@ -241,7 +239,7 @@ def load_host_release(root: Path, env: Mapping[str, str]) -> HostRelease:
     os_id = fields.get("ID", "")
     if not os_id:
         raise SysextError(
-            f"'ID' field not found or empty in {source!r} of OS tree {str(root)!r}",
+            f"'ID' field not found or empty in {source!r} of OS tree {root!r}",
             hint="os-release must set ID=, e.g. ID=fedora",
         )
     return HostRelease(
@@ -254,14 +252,15 @@ def load_host_release(root: Path, env: Mapping[str, str]) -> HostRelease:
     )
 
 
-def is_initrd_root(root: Path) -> bool:
-    """Whether the OS tree at root is an initrd (it has /etc/initrd-release)."""
-    return exists_in_root(root, "/etc/initrd-release")
+def is_initrd_root(view: LiveView) -> bool:
+    """Whether the OS tree of the view is an initrd (it has /etc/initrd-release)."""
+    return view.exists("/etc/initrd-release")
 
 
-def image_has_os_release(image_root: Path) -> bool:
-    """Whether an extension image carries /usr/lib/os-release, which it must not."""
-    return _resolve_existing(image_root, "/usr/lib/os-release") is not None
+def image_has_os_release(tree: LiveView) -> bool:
+    """Whether an extension image (the view of its tree) carries /usr/lib/os-release, which it
+    must not."""
+    return _resolve_existing(tree, "/usr/lib/os-release") is not None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,21 +289,11 @@ def image_base_name(name: str) -> Optional[str]:
     return name if image_name_is_valid(name) else None
 
 
-def read_xattr(path: Path, name: str) -> Optional[bytes]:
-    """An extended attribute of path (not following symlinks); None when absent or unsupported."""
-    try:
-        return os.getxattr(path, name, follow_symlinks=False)
-    except OSError as e:
-        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
-            return None
-        raise
-
-
 @record(frozen=True)
 class ReleaseLookup:
     """Where an image's extension-release data came from, what it says, and why."""
 
-    path: Optional[Path]  # resolved, image-root-prefixed; None when no usable file was found
+    path: Optional[str]  # resolved, image-root-prefixed; None when no usable file was found
     fields: tuple[tuple[str, str], ...]
     reason: str
     ambiguous: bool = False  # more than one candidate qualified (upstream: ENOTUNIQ)
@@ -318,12 +307,10 @@ class ReleaseLookup:
         return dict(self.fields)
 
 
-def _strict_xattr_verdict(
-    path: Path, file_name: str, get_xattr: Callable[[Path, str], Optional[bytes]]
-) -> tuple[bool, str]:
+def _strict_xattr_verdict(tree: LiveView, path: str, file_name: str) -> tuple[bool, str]:
     """Whether a fallback candidate opted out of strict name matching, and a note for the reason."""
     try:
-        raw = get_xattr(path, STRICT_XATTR)
+        raw = tree.getxattr(path, STRICT_XATTR)
     except OSError as e:
         return False, f"{file_name} (cannot read its {STRICT_XATTR} xattr: {e.strerror})"
     if raw is None:
@@ -338,29 +325,48 @@ def _strict_xattr_verdict(
     return True, f"{file_name} ({STRICT_XATTR}={text})"
 
 
-def _lookup_result(path: Path, reason: str) -> ReleaseLookup:
-    fields, warnings = parse_os_release_verbose(read_text_bounded(path))
+RELEASE_LIMIT = 64 << 10
+
+
+def decode_release(data: bytes, what: str) -> str:
+    """The text of a release file, or ImageError: like systemd, a file with a NUL byte or with
+    bytes that are not UTF-8 anywhere in it is refused whole, never read in part."""
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise ImageError(f"{what} holds a NUL byte at offset {nul}: refusing the whole file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ImageError(
+            f"{what} holds bytes that are not UTF-8 at offset {e.start}: refusing the whole file"
+        ) from None
+
+
+def _lookup_result(tree: LiveView, path: str, reason: str) -> ReleaseLookup:
+    what = f"release file {root_relative(tree.root, path)!r}"
+    try:
+        data = tree.read(path, RELEASE_LIMIT)
+    except NotRegularFile as e:
+        raise ImageError(f"{what} is {e.kind}, not a regular file") from e
+    except FileTooLarge as e:
+        raise ImageError(f"{what} has {e.size} bytes, more than the limit of {RELEASE_LIMIT}") from e
+    fields, warnings = parse_os_release_verbose(decode_release(data, what))
     return ReleaseLookup(path=path, fields=tuple(fields.items()), reason=reason, warnings=tuple(warnings))
 
 
 def find_extension_release(
-    image_root: Path,
-    name: str,
-    image_class: ImageClass,
-    *,
-    strict: bool = True,
-    get_xattr: Optional[Callable[[Path, str], Optional[bytes]]] = None,
+    tree: LiveView, name: str, image_class: ImageClass, *, strict: bool = True
 ) -> ReleaseLookup:
-    """Find and read the extension-release file of image `name`, with image_root as its own root.
+    """Find and read the extension-release file of image `name` in the view of the image's tree.
 
     First `<release dir>/extension-release.<name>`; if that does not exist, the one regular
     `extension-release.*` file in the release directory that is named after the image's base name or
     carries user.extension-release.strict=0 (in relaxed mode: any single one). Absence and ambiguity
-    are reported in the result; a broken image (unreadable or non-regular release file, symlink loop,
-    unreadable directory) raises ImageError.
+    are reported in the result; a broken image (unreadable, non-regular or undecodable release file,
+    symlink loop, unreadable directory) raises ImageError.
     """
     try:
-        return _find_extension_release(image_root, name, image_class, strict, get_xattr or read_xattr)
+        return _find_extension_release(tree, name, image_class, strict)
     except ImageError:
         raise
     except SysextError as e:
@@ -372,46 +378,40 @@ def find_extension_release(
 
 
 def _find_extension_release(
-    image_root: Path,
-    name: str,
-    image_class: ImageClass,
-    strict: bool,
-    get_xattr: Callable[[Path, str], Optional[bytes]],
+    tree: LiveView, name: str, image_class: ImageClass, strict: bool
 ) -> ReleaseLookup:
     release_dir = image_class.release_dir
     wanted = RELEASE_PREFIX + name
     if not image_name_is_valid(name):
         return ReleaseLookup(None, (), f"{name!r} is not a valid image name, so it has no {wanted!r}")
 
-    primary = _resolve_existing(image_root, f"/{release_dir}/{wanted}")
+    primary = _resolve_existing(tree, f"/{release_dir}/{wanted}")
     if primary is not None:
-        return _lookup_result(primary, f"read {release_dir}/{wanted}")
+        return _lookup_result(tree, primary, f"read {release_dir}/{wanted}")
 
-    directory = _resolve_existing(image_root, "/" + release_dir)
-    if directory is None or not directory.is_dir():
+    directory = _resolve_existing(tree, "/" + release_dir)
+    if directory is None or not tree.stat(directory).is_dir:
         return ReleaseLookup(None, (), f"{wanted} missing: the image has no {release_dir}/ directory")
 
     base = image_base_name(name) if strict else None
-    accepted: list[tuple[Path, str]] = []
+    accepted: list[tuple[str, str]] = []
     rejected: list[str] = []
-    with os.scandir(directory) as entries:
-        listing = sorted(entries, key=lambda entry: entry.name)
-    for entry in listing:
-        if not entry.name.startswith(RELEASE_PREFIX):
+    for entry_name, kind in tree.entries(directory):
+        if not entry_name.startswith(RELEASE_PREFIX):
             continue
-        suffix = entry.name[len(RELEASE_PREFIX) :]
+        suffix = entry_name[len(RELEASE_PREFIX) :]
         if not image_name_is_valid(suffix):
             continue
-        if not entry.is_file(follow_symlinks=False):
-            rejected.append(f"{entry.name} (not a regular file)")
+        if kind != "f":
+            rejected.append(f"{entry_name} (not a regular file)")
             continue
-        path = Path(entry.path)
+        path = f"{directory.rstrip('/')}/{entry_name}"
         if not strict:
-            accepted.append((path, f"{entry.name} (relaxed check: any single file)"))
+            accepted.append((path, f"{entry_name} (relaxed check: any single file)"))
         elif base is not None and suffix == base:
-            accepted.append((path, f"{entry.name} (matches the base name {base!r})"))
+            accepted.append((path, f"{entry_name} (matches the base name {base!r})"))
         else:
-            ok, note = _strict_xattr_verdict(path, entry.name, get_xattr)
+            ok, note = _strict_xattr_verdict(tree, path, entry_name)
             if ok:
                 accepted.append((path, note))
             else:
@@ -428,7 +428,7 @@ def _find_extension_release(
         )
     if len(accepted) == 1:
         path, note = accepted[0]
-        return _lookup_result(path, f"{wanted} missing; using {release_dir}/{note}")
+        return _lookup_result(tree, path, f"{wanted} missing; using {release_dir}/{note}")
     if rejected:
         return ReleaseLookup(None, (), f"{wanted} missing; found " + "; ".join(rejected))
     return ReleaseLookup(

@@ -1,17 +1,19 @@
 """Plan: discover + read metadata + judge every image -> an immutable Plan. No side effects.
 
-`plan` prints it; `merge`/`refresh` hand it to apply.py, the only module that mounts.
+Everything is read through a view of the root (view.py): a directory extension's tree through the
+view of that tree, which the view covers by the tree's digest; a raw image's through its mount in
+the private workspace. `plan` prints the result; `merge`/`refresh` hand it to apply.py, the only
+module that mounts.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 from .discover import Discovery, discover
-from .errors import ImageError, SysextError
+from .errors import ImageError, ResolveError, SysextError
 from .log import log
 from .model import (
     Candidate,
@@ -25,12 +27,12 @@ from .model import (
     Verdict,
 )
 from .records import record
+from .view import LiveView
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from typing import Optional
 
-if TYPE_CHECKING:
     from .images import Workspace
 
 
@@ -89,32 +91,34 @@ class Plan:
         return tuple(r for c in self.classes for r in c.rejected)
 
 
-def host_info(root: Path, env: Mapping[str, str]) -> HostInfo:
+def host_info(view: LiveView) -> HostInfo:
     from .arch import native_architecture
     from .osrelease import is_initrd_root, load_host_release
 
-    scope = "initrd" if is_initrd_root(root) else "system"
+    scope = "initrd" if is_initrd_root(view) else "system"
+    architecture = native_architecture(view.machine())
     try:
-        release = load_host_release(root, env)
+        release = load_host_release(view)
     except SysextError as e:
-        return HostInfo(release=None, scope=scope, architecture=native_architecture(), release_error=str(e))
-    return HostInfo(release=release, scope=scope, architecture=native_architecture())
+        return HostInfo(release=None, scope=scope, architecture=architecture, release_error=str(e))
+    return HostInfo(release=release, scope=scope, architecture=architecture)
 
 
-def read_metadata(candidate: Candidate, workspace: Optional[Workspace]) -> ImageMetadata:
-    """Read an image's release data. Raises ImageError when the image is broken."""
-    from .images import image_tree, other_class
+def read_metadata(candidate: Candidate, tree: LiveView) -> ImageMetadata:
+    """Read an image's release data from the view of its tree. Raises ImageError when the image
+    is broken."""
+    from .images import other_class
     from .osrelease import find_extension_release, image_has_os_release
 
     if candidate.type is ImageType.MSTACK:
         raise ImageError(f"{candidate.name!r} is an .mstack image, which cannot be merged as an extension")
-    tree = image_tree(candidate, workspace)
     cls = candidate.image_class
-    has_os_release = cls is ImageClass.SYSEXT and image_has_os_release(tree)
     try:
-        empty = not any(True for _ in os.scandir(tree))
-    except OSError as e:
-        raise ImageError(f"cannot read image tree {os.fspath(tree)!r}: {e.strerror}") from e
+        has_os_release = cls is ImageClass.SYSEXT and image_has_os_release(tree)
+        empty = not tree.listdir(tree.root)
+    except (OSError, ResolveError) as e:
+        what = e.strerror if isinstance(e, OSError) else str(e)
+        raise ImageError(f"cannot read image tree {tree.root!r}: {what}") from e
     lookup = find_extension_release(tree, candidate.name, cls, strict=True)
     if lookup.path is None:
         reason = lookup.reason
@@ -127,23 +131,21 @@ def read_metadata(candidate: Candidate, workspace: Optional[Workspace]) -> Image
                 reason = f"a {other_class(cls).value} image, not a {cls.value} image"
         return ImageMetadata(None, None, reason, has_os_release, empty)
     return ImageMetadata(
-        release=tuple(dict(lookup.fields).items()),
-        release_file="/" + os.path.relpath(lookup.path, tree),
+        release=lookup.fields,
+        release_file="/" + os.path.relpath(lookup.path, tree.root),
         release_reason=lookup.reason,
         has_os_release=has_os_release,
         empty=empty,
     )
 
 
-def judge(
-    candidate: Candidate, host: HostInfo, *, force: bool, workspace: Optional[Workspace] = None
-) -> ExtensionVerdict:
-    """The verdict for one image, with a reason a person can act on."""
+def judge(candidate: Candidate, host: HostInfo, *, force: bool, tree: LiveView) -> ExtensionVerdict:
+    """The verdict for one image, read from the view of its tree, with a reason a person can act on."""
     from .compat import check_compatibility
 
     cls = candidate.image_class
     try:
-        meta = read_metadata(candidate, workspace)
+        meta = read_metadata(candidate, tree)
     except ImageError as e:
         return ExtensionVerdict(candidate, Verdict.REJECTED, str(e))
     if meta.has_os_release:
@@ -169,6 +171,11 @@ def judge(
     )
 
 
+def is_tree(candidate: Candidate) -> bool:
+    """Whether an image is a tree in the root (read through the view), not a disk image."""
+    return candidate.type in (ImageType.DIRECTORY, ImageType.SUBVOLUME, ImageType.MSTACK)
+
+
 @record(frozen=True)
 class Survey:
     """What discovery found, before any image was opened."""
@@ -184,31 +191,31 @@ class Survey:
         return tuple(c for d in self.discoveries for c in d.candidates)
 
 
-def survey(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[str, str]) -> Survey:
+def survey(opts: Options, settings: tuple[ClassSettings, ...], view: LiveView) -> Survey:
     from .osrelease import is_initrd_root
 
-    root = opts.root
-    initrd = is_initrd_root(root)
-    host = host_info(root, env)
-    found = tuple(discover(root, cs.image_class, initrd=initrd) for cs in settings)
-    return Survey(root=root, host=host, initrd=initrd, settings=settings, discoveries=found)
+    initrd = is_initrd_root(view)
+    host = host_info(view)
+    found = []
+    for cs in settings:
+        with view.scoped(cs.image_class.value):
+            found.append(discover(view, cs.image_class, initrd=initrd))
+    return Survey(root=opts.root, host=host, initrd=initrd, settings=settings, discoveries=tuple(found))
 
 
-def stored_inside(root: Path, verdict: ExtensionVerdict, settings: ClassSettings) -> ExtensionVerdict:
+def stored_inside(view: LiveView, verdict: ExtensionVerdict, settings: ClassSettings) -> ExtensionVerdict:
     """Reject a directory image kept below a hierarchy it has content for (a link from
     /var/lib/extensions into /usr, say): overlayfs refuses a layer inside another layer of the
     same overlay (ELOOP), which would fail the merge of every image, not just this one."""
-    from .chase import resolve_in_root
-    from .errors import ResolveError
-
     c = verdict.candidate
     if verdict.verdict is not Verdict.MERGE or c.type not in (ImageType.DIRECTORY, ImageType.SUBVOLUME):
         return verdict
     path = os.fspath(c.path)
+    tree = view.image_view(path)
     for h in settings.hierarchies:
         try:
-            target = os.fspath(resolve_in_root(root, h))
-            resolve_in_root(c.path, h)  # the image's own copy of the hierarchy
+            target = view.resolve(h)
+            tree.resolve(h)  # the image's own copy of the hierarchy
         except ResolveError:
             continue
         if path.startswith(target.rstrip("/") + "/"):
@@ -221,24 +228,45 @@ def stored_inside(root: Path, verdict: ExtensionVerdict, settings: ClassSettings
     return verdict
 
 
-def judge_all(opts: Options, found: Survey, workspace: Optional[Workspace] = None) -> Plan:
+def judge_tree(
+    view: LiveView, candidate: Candidate, host: HostInfo, settings: ClassSettings, *, force: bool
+) -> ExtensionVerdict:
+    """The verdict for an image that is a tree in the root, read through the view."""
+    verdict = judge(candidate, host, force=force, tree=view.image_view(os.fspath(candidate.path)))
+    return stored_inside(view, verdict, settings)
+
+
+def judge_all(
+    opts: Options,
+    found: Survey,
+    view: LiveView,
+    workspace: Optional[Workspace] = None,
+    known: Optional[dict[tuple[str, str], ExtensionVerdict]] = None,
+) -> Plan:
+    """Judge every image of a survey: trees through the view (or as `known`, keyed by class and
+    name, already judged), disk images through their mounts in the workspace (without one: not
+    inspected, which needs root)."""
     class_plans = []
     for cs, disc in zip(found.settings, found.discoveries):
-        verdicts = tuple(
-            stored_inside(found.root, judge(c, found.host, force=opts.force, workspace=workspace), cs)
-            for c in disc.candidates
-        )
+        verdicts = []
+        for c in disc.candidates:
+            key = (c.image_class.value, c.name)
+            if known is not None and key in known:
+                verdicts.append(known[key])
+            elif is_tree(c):
+                verdicts.append(judge_tree(view, c, found.host, cs, force=opts.force))
+            elif workspace is None or not workspace.inside:
+                reason = f"raw image {c.name!r} not inspected: that needs root (a loop device)"
+                verdicts.append(ExtensionVerdict(c, Verdict.REJECTED, reason))
+            else:
+                try:
+                    tree = LiveView(os.fspath(workspace.mount_image(c)), {})
+                except ImageError as e:
+                    verdicts.append(ExtensionVerdict(c, Verdict.REJECTED, str(e)))
+                    continue
+                verdicts.append(judge(c, found.host, force=opts.force, tree=tree))
         for v in verdicts:
             level = {Verdict.MERGE: log.debug, Verdict.IGNORED: log.info}.get(v.verdict, log.warning)
             level("%s %s: %s (%s)", cs.image_class.value, v.name, v.verdict.value, v.reason)
-        class_plans.append(ClassPlan(settings=cs, discovery=disc, verdicts=verdicts))
+        class_plans.append(ClassPlan(settings=cs, discovery=disc, verdicts=tuple(verdicts)))
     return Plan(root=found.root, host=found.host, initrd=found.initrd, classes=tuple(class_plans))
-
-
-def make_plan(
-    opts: Options,
-    settings: tuple[ClassSettings, ...],
-    env: Mapping[str, str],
-    workspace: Optional[Workspace] = None,
-) -> Plan:
-    return judge_all(opts, survey(opts, settings, env), workspace)

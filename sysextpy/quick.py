@@ -1,20 +1,20 @@
 """The confirming refresh: after switch-root, prove that nothing changed and leave at once.
 
 On most boots `sysextpy refresh` finds exactly what the initrd merged. The full run proves that
-by recomputing every fingerprint, which needs most of the package and most of its start-up time.
-This path proves the same with a fraction of the code: the handoff record of this boot carries
-what the fingerprints were computed from (observe.py); when every observation is taken again with
-the same result, the fingerprints are the same, and the live merges are then checked against the
-record exactly as the full run checks them (live.py). Then it writes the record of a confirming
-run, logs the same line the full run logs, and exits; nothing is mounted, nothing reloaded.
+by recomputing every input of every class, which needs most of the package. This path proves the
+same with a fraction of it: the handoff record of this boot carries the observations the inputs
+were read from (view.py). When each one, taken again, gives the same answer, and those are the
+observations the record's fingerprints were bound to, the inputs are unchanged; then the same
+decision as the full run's (decide.py) checks the record and the live merges. A confirmed run
+writes its record, says what the full run would say, and exits; nothing is mounted or reloaded.
 
-Whenever anything is unusual — an option this path does not know, a record that is missing,
-of another boot, without observations, a changed observation, a hierarchy whose mount cannot be
-told by its device number, a held lock — it returns None and the full run does everything, as if
-this module did not exist. It never decides that something changed; only the full run does.
+Whenever it cannot confirm (another set of options or classes than recorded, no observations, an
+observation that differs, a hierarchy whose mount cannot be told by its device, a held lock, a
+state directory it may not use), it says why and the full run does everything, as if this module
+did not exist. It never decides that something changed; only the full run does.
 
-It imports `os`, `stat`, `time`, `fcntl`, `_json`, `_sha256` and the package's light modules: no
-pathlib, json, re or enum.
+It imports `os`, `time`, `fcntl`, `_json` and `_sha256` and the package's light modules: no
+pathlib, json, re, enum or typing.
 """
 
 from __future__ import annotations
@@ -24,190 +24,101 @@ import time
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Mapping
     from typing import Any, Optional
 
-SKIP_MESSAGE = (
-    "Skipping extension refresh because no change was found, "
-    "use --always-refresh=yes to always do a refresh."
-)
-CLASSES = {"sysext": ("sysext",), "confext": ("confext",), "all": ("sysext", "confext")}
-_FLAGS = ("--no-reload", "--no-pager", "--no-legend")
-DECLINED: list[str] = []  # why this process's refresh was left to the full run (for its record)
 
+def confirm_refresh(
+    values: Mapping[str, Any], env: Mapping[str, str]
+) -> tuple[Optional[int], Optional[str]]:
+    """(exit status, None) of a confirmed refresh, or (None, why not): the full run must do the work.
+    `values` are the command line's (cli.read_argv), for a refresh cli.confirmable() accepted."""
+    from .decide import forced
+    from .log import DEBUG, level_from_env
 
-def _decline(why: str) -> None:
-    """Leave the refresh to the full run, noting why (the caller returns None)."""
-    DECLINED.append(why)
-
-
-_VALUED = ("--class", "--root", "--state", "--always-refresh")
-
-
-def options_key(
-    *,
-    force: bool = False,
-    mutable: Optional[str] = None,
-    image_policy: Optional[str] = None,
-    noexec: Optional[bool] = None,
-) -> dict[str, Any]:
-    """The command-line options a fingerprint depends on, as recorded beside its observations."""
-    return {"force": force, "mutable": mutable, "imagePolicy": image_policy, "noexec": noexec}
-
-
-class Request:
-    __slots__ = ("classes", "root", "root_given", "state")
-
-    def __init__(self, classes: tuple[str, ...], root: str, root_given: bool, state: str) -> None:
-        self.classes = classes
-        self.root = root
-        self.root_given = root_given
-        self.state = state
-
-
-def parse(argv: Sequence[str], argv0: str) -> Optional[Request]:
-    """A `refresh` with options this path knows, read the way cli.parse_args() reads them;
-    None for anything else (which the full command line then handles, errors included)."""
-    from .state import STATE_PATH
-
-    base = os.path.basename(argv0)
-    if "systemd-sysext" in base or "systemd-confext" in base:
-        return None
-    verb: Optional[str] = None
-    req = Request(CLASSES["all"], "/", False, STATE_PATH)
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        i += 1
-        if not arg.startswith("-") or arg == "-":
-            if verb is not None:
-                return None
-            verb = arg
-            continue
-        name, eq, value = arg.partition("=")
-        if name in _FLAGS and not eq:
-            continue
-        if name not in _VALUED:
-            return None
-        if not eq:
-            if i >= len(argv):
-                return None
-            value = argv[i]
-            i += 1
-        if name == "--class":
-            if value not in CLASSES:
-                return None
-            req.classes = CLASSES[value]
-        elif name == "--root":
-            req.root_given = value != ""
-            req.root = os.path.normpath(os.path.abspath(value)) if value else "/"
-        elif name == "--state":
-            if not value:
-                return None
-            req.state = os.path.abspath(value)
-        else:
-            from .errors import ParseError
-            from .util import parse_bool
-
-            try:
-                if parse_bool(value):
-                    return None
-            except ParseError:
-                return None
-    return req if verb == "refresh" else None
-
-
-def main(argv: Sequence[str], argv0: str, env: Mapping[str, str]) -> Optional[int]:
-    """The exit status of a confirmed refresh, or None: the full run must do the work."""
-    req = parse(argv, argv0)
-    if req is None:
-        _decline("not a plain refresh")
-        return None
-    from .log import DEBUG, level_from_env, log, setup_logging
-
-    force = env.get("SYSEXTPY_FORCE_REFRESH")
-    if force:
-        from .util import is_truthy  # only when set: the module costs an import on every boot
-
-        if is_truthy(force):
-            _decline("SYSEXTPY_FORCE_REFRESH is set")
-            return None
+    why = forced("refresh", False, env)
+    if why:
+        return None, why
     if (level_from_env(env.get("SYSTEMD_LOG_LEVEL")) or 0) >= DEBUG:
-        _decline("debug logging")  # the full run says what it looked at
-        return None
-    if os.geteuid() != 0 or (req.root_given and not os.path.isdir(req.root)):
-        _decline("not root, or no such root")  # the full run says what is wrong
-        return None
+        return None, "debug logging: the full run says what it looked at"
+    root = values.get("root", "/")
+    if os.geteuid() != 0 or (values.get("root_given") and not os.path.isdir(root)):
+        return None, "not root, or no such root: the full run says what is wrong"
 
     from .errors import SysextError
     from .live import Uncertain
-    from .state import run_lock
+    from .state import STATE_PATH, run_lock, write_record
 
     t0 = time.monotonic()
+    state = values.get("state", STATE_PATH)
     try:
-        with run_lock(req.state, req.root, env, wait=False):
-            record = _confirmed_record(req, env, t0)
-            if record is None:
-                return None  # _confirmed_record() said why
-            from .state import write_record
-
-            write_record(req.state, record)
+        with run_lock(state, root, env, wait=False):
+            outcome = _confirmed(tuple(values["classes"]), root, state, env, t0)
+            if isinstance(outcome, str):
+                return None, outcome
+            record, messages = outcome
+            write_record(state, record)
     except (SysextError, Uncertain, OSError) as e:
-        _decline(str(e))
-        return None
+        return None, str(e)
+
+    from .decide import SKIP_MESSAGE
+    from .errors import EXIT_OK, EXIT_PARTIAL
+    from .log import log, setup_logging
+
     setup_logging()
+    for priority, text in messages:
+        log.log(priority, "%s", text)
     log.info("%s", SKIP_MESSAGE)
-    rejected = any(entry.get("rejected") for entry in record["classes"].values())
-    return 3 if rejected else 0
+    return (EXIT_PARTIAL if record.rejected else EXIT_OK), None
 
 
-def _confirmed_record(req: Request, env: Mapping[str, str], t0: float) -> Optional[dict[str, Any]]:
-    from .live import check_hierarchies, quick_mount_check
-    from .observe import replay
+def _confirmed(classes: tuple[str, ...], root: str, state: str, env: Mapping[str, str], t0: float) -> Any:
+    """(the record of this run, the messages to repeat), or why the record does not confirm."""
+    from .decide import confirmed_record, decide
+    from .handoff import options_key
+    from .live import quick_mount_check
     from .sources import unreachable_dirs
-    from .state import confirmed_entry, finish_confirmed, new_record, now_usec, read_record
+    from .state import now_usec, read_record
+    from .view import replay
 
     started = now_usec()
-    check = read_record(req.state)
+    check = read_record(state)
     prior = check.record
     if not check.usable or prior is None:
-        _decline(check.reason)
-        return None
-    confirm = prior.get("confirm")
-    if not isinstance(confirm, dict):
-        _decline("the record has no observations")
-        return None
-    if confirm.get("key") != options_key() or confirm.get("classes") != list(req.classes):
-        _decline("the record's observations were made with other options or classes")
-        return None
-    hierarchies, search_dirs = confirm.get("hierarchies"), confirm.get("searchDirs")
-    if not isinstance(hierarchies, dict) or not isinstance(search_dirs, dict):
-        _decline("malformed observations")
-        return None
-    why = replay(req.root, confirm.get("trace"), env)
+        return check.reason
+    confirm = prior.confirm
+    if confirm is None:
+        return "the record has no observations"
+    if confirm.key != options_key() or tuple(confirm.classes) != classes:
+        return "the record's observations were made with other options or classes"
+    why = replay(root, confirm.observations, env)
     if why:
-        _decline(f"observation {why}")
-        return None
-    record = new_record("refresh", req.root, "merged", started)
-    for cls in req.classes:
-        entry = prior["classes"].get(cls)
-        if not isinstance(entry, dict) or not isinstance(entry.get("hierarchies"), dict):
-            _decline(f"the record has nothing for {cls}")
-            return None
-        fingerprint = entry.get("fingerprint")
-        recorded = entry["hierarchies"]
-        if not isinstance(fingerprint, str) or sorted(recorded) != sorted(hierarchies.get(cls) or ()):
-            _decline(f"{cls}: no fingerprint, or other hierarchies than observed")
-            return None
-        why = check_hierarchies(req.root, f".systemd-{cls}", fingerprint, recorded, quick_mount_check)
-        if why:
-            _decline(why)
-            return None
-        dirs = search_dirs.get(cls)
-        if not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs):
-            _decline("malformed observations")
-            return None
-        record["classes"][cls] = confirmed_entry(entry, unreachable_dirs(req.root, dirs, quick_mount_check))
-    finish_confirmed(record, t0, "observations")
-    record["confirm"] = confirm
-    return record
+        return f"observation {why}"
+    unreachable: dict[str, list[str]] = {}
+    for cls in classes:
+        hierarchies = confirm.hierarchies.get(cls)
+        if hierarchies is None:
+            return f"the record's observations have no hierarchies for {cls}"
+        digest = confirm.digest(cls)
+        if digest is None:
+            return f"the record's observations do not say which are {cls}'s"
+        skip, reason = decide(
+            cls, hierarchies, check, root=root, mount_check=quick_mount_check, observations_digest=digest
+        )
+        if not skip:
+            return f"{cls}: {reason}"
+        unreachable[cls] = unreachable_dirs(root, confirm.search_dirs.get(cls, []), quick_mount_check)
+    record = confirmed_record(
+        prior,
+        classes,
+        unreachable,
+        how="observations",
+        verb="refresh",
+        root=root,
+        started=started,
+        finished=now_usec(),
+        total_ms=(time.monotonic() - t0) * 1000,
+        confirm=confirm,
+        messages=prior.messages,
+    )
+    return record, prior.messages

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import posixpath
-from collections.abc import Mapping
-from pathlib import Path
 
 from .errors import SysextError
 from .model import ClassSettings, ImageClass, MutableMode, Options
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from .view import LiveView
 
 
 def parse_hierarchies(value: str, variable: str) -> tuple[str, ...]:
@@ -35,24 +36,28 @@ def _mutable_from_text(value: str) -> MutableMode:
     return parse_mutable_mode(value)
 
 
-def resolve_settings(opts: Options, image_class: ImageClass, env: Mapping[str, str]) -> ClassSettings:
+def class_hierarchies(image_class: ImageClass, view: LiveView) -> tuple[str, ...]:
+    """The hierarchies a class merges into: $SYSTEMD_<CLASS>_HIERARCHIES, else the defaults."""
+    hier_var = f"{image_class.env_prefix}_HIERARCHIES"
+    value = view.env(hier_var)
+    return parse_hierarchies(value, hier_var) if value is not None else image_class.default_hierarchies
+
+
+def resolve_settings(opts: Options, image_class: ImageClass, view: LiveView) -> ClassSettings:
     """Combine the command line, the environment and the root's configuration for one class."""
     from .config import load_config
 
     warnings: list[str] = []
     prefix = image_class.env_prefix
-    hier_var = f"{prefix}_HIERARCHIES"
-    hierarchies = (
-        parse_hierarchies(env[hier_var], hier_var) if hier_var in env else image_class.default_hierarchies
-    )
+    hierarchies = class_hierarchies(image_class, view)
 
-    config = load_config(opts.root, image_class)
+    config = load_config(view, image_class)
     warnings.extend(config.warnings)
 
     mutable, source = MutableMode.NO, "default"
     if config.mutable is not None:
         mutable, source = config.mutable, ", ".join(config.files) or "configuration"
-    env_mutable = env.get(f"{prefix}_MUTABLE_MODE")
+    env_mutable = view.env(f"{prefix}_MUTABLE_MODE")
     if env_mutable is not None:  # set but empty is a bad value too, warned about like upstream
         try:
             mutable, source = _mutable_from_text(env_mutable), f"${prefix}_MUTABLE_MODE"
@@ -68,16 +73,7 @@ def resolve_settings(opts: Options, image_class: ImageClass, env: Mapping[str, s
         mutable=mutable,
         mutable_source=source,
         image_policy=policy,
-        overlay_options=env.get(f"{prefix}_OVERLAYFS_MOUNT_OPTIONS"),
+        overlay_options=view.env(f"{prefix}_OVERLAYFS_MOUNT_OPTIONS"),
         noexec=opts.noexec,
         warnings=tuple(warnings),
     )
-
-
-def environment() -> Mapping[str, str]:
-    return os.environ
-
-
-def root_path(root: Path, inner: str) -> Path:
-    """Join an absolute path inside the root onto the root, lexically."""
-    return Path(os.path.join(root, inner.lstrip("/"))) if str(root) != "/" else Path(inner)

@@ -7,9 +7,8 @@ from __future__ import annotations
 import os
 import posixpath
 
-from .chase import _resolve, _root_str
 from .errors import ResolveError, SysextError
-from .files import read_text_bounded
+from .view import LiveView, read_text
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -57,14 +56,15 @@ def unreachable_dirs(
     root: StrPath, search_dirs: Iterable[str], mount_check: Optional[MountCheck] = None
 ) -> list[str]:
     """Search directories whose deepest fstab mount point (other than /) is not mounted in the root.
-    `mount_check` (default: live.exact_mount_check) tells whether a directory is a mount point."""
+    `mount_check` (default: live.exact_mount_check) tells whether a directory is a mount point.
+    Every path is resolved inside the root: a mount point that is a link never leads out of it."""
     if mount_check is None:
         from .live import exact_mount_check
 
         mount_check = exact_mount_check
-    root_s = _root_str(root)
+    view = LiveView(os.fspath(root), {})
     try:
-        fstab = read_text_bounded(_resolve(root_s, "/etc/fstab", False))
+        fstab = read_text(view, view.resolve("/etc/fstab"))
     except (ResolveError, SysextError):
         return []
     points = [p for p in parse_fstab_mount_points(fstab) if p != "/"]
@@ -74,10 +74,10 @@ def unreachable_dirs(
         if not owners:
             continue
         owner = max(owners, key=len)
-        path = os.path.join(root_s, owner.lstrip("/"))
         try:
-            mounted = mount_check(path, os.stat(path))
-        except OSError:
+            path = view.resolve(owner)
+            mounted = mount_check(path, os.lstat(path))
+        except (ResolveError, OSError):
             mounted = False
         if not mounted:
             result.append(d)

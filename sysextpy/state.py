@@ -1,44 +1,11 @@
-"""The handoff record (/run/sysextpy/state.json): what a run did, for the next run and the generator.
+"""Where the handoff record lives: its directory, the one writer, the one reader, and the lock.
 
-Schema (version 1), all keys camelCase:
-
-    {
-      "schema": 1,
-      "bootId": "<32 hex>",            # /proc/sys/kernel/random/boot_id without dashes
-      "phase": "merging" | "merged" | "failed",
-      "tool": "sysextpy 0.1.0",
-      "verb": "merge" | "refresh" | "unmerge",
-      "root": "/sysroot",
-      "inInitrd": true,                # the process ran in an initrd (/etc/initrd-release)
-      "started": <usec CLOCK_REALTIME>, "finished": <usec> | null,
-      "classes": {
-        "sysext": {
-          "fingerprint": "<sha256 hex>" | null,
-          "merged": ["a", "b"],
-          "rejected": [{"name": "c", "reason": "..."}],
-          "ignored": [{"name": "d", "reason": "..."}],
-          "unreachable": ["/var/lib/extensions"],   # search dirs below a file system not yet mounted
-          "hierarchies": {
-            "/usr": {"result": "merged" | "replaced" | "unchanged" | "unmerged" | "untouched" | "failed",
-                     "mountId": <int> | null, "dev": "MAJ:MIN" | null, "error": "..." | null}
-          }
-        },
-        "confext": {...}
-      },
-      "errors": ["..."],
-      "timings": {"totalMs": <float>, ...},
-      "reload": {"done": false, "reason": "..."},
-      "confirmedBy": "fingerprints" | "observations",  # only when the run changed nothing
-      "quickDeclined": "..."           # why the observations did not confirm (a refresh's full run)
-    }
-
-A record may also carry "confirm": {"key": {...}, "classes": [...], "hierarchies": {...},
-"searchDirs": {...}, "trace": [...]}: what the fingerprints were computed from (observe.py), which
-lets the next refresh confirm the merge without recomputing them (quick.py).
-
-Written atomically (temporary file in the same directory, fsync, rename) as one line of JSON.
-Readers never trust a record that is missing, unparsable, of another schema or boot, or still
-"merging". A lock file beside the record serialises the runs that change anything.
+The record itself (its schema, parsing and serialising) is handoff.py. Its directory,
+/run/sysextpy by default (`--state=` moves the record and the lock with it), is created 0700 and
+must be owned by us and writable by nobody else: a record that someone else could have put there
+is never read as evidence, and never written to. The record is written atomically (a temporary
+file created exclusively and without following links, fsync, rename), as one line of JSON; a
+lock file beside it, opened without following links, serialises the runs that change anything.
 
 This module imports no more than `os`, `stat`, `time` and `fcntl`: the confirming refresh uses it.
 """
@@ -50,18 +17,17 @@ import stat
 import time
 
 from .errors import LockTimeout, SysextError
-from .jsonlite import dump_json, load_json
+from .handoff import MAX_RECORD_BYTES, HandoffRecord, RecordCheck, parse_record
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import Any, Optional
+    from typing import Optional
 
     from .chase import StrPath
+    from .handoff import Phase
 
-SCHEMA = 1
 STATE_PATH = "/run/sysextpy/state.json"
-MAX_RECORD_BYTES = 4 << 20
 DEFAULT_LOCK_TIMEOUT = 60.0
 
 
@@ -83,15 +49,80 @@ def now_usec() -> int:
     return time.time_ns() // 1000
 
 
-def write_record(path: StrPath, record: Mapping[str, Any]) -> None:
-    """Atomically replace the record at `path` (directory created 0755)."""
-    path = os.fspath(path)
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+def in_initrd() -> bool:
+    """Whether this process runs in an initrd (not whether --root is one)."""
+    return os.path.exists("/etc/initrd-release")
+
+
+def untrusted_directory(directory: str) -> Optional[str]:
+    """Why `directory` may not hold the record (someone other than root or us owns it, others may
+    write to it, it is not a directory), or None when it may. Links are not followed."""
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        data = (dump_json(record) + "\n").encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        st = os.lstat(directory)
+    except OSError as e:
+        return f"it cannot be examined ({e.strerror})"
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory" if not stat.S_ISLNK(st.st_mode) else "it is a symbolic link"
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"it is owned by uid {st.st_uid}, neither root nor uid {os.geteuid()}"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"others may write to it (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def state_directory(path: StrPath) -> str:
+    """The directory of the record at `path`, created 0700 when missing; SysextError when it may
+    not hold the record."""
+    directory = os.path.dirname(os.fspath(path)) or "."
+    try:
+        os.makedirs(os.path.dirname(directory) or "/", mode=0o755, exist_ok=True)
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise SysextError(
+            f"Cannot create the handoff record's directory {directory!r}: {e.strerror}",
+            hint="the directory of --state= must be writable",
+        ) from e
+    why = untrusted_directory(directory)
+    if why is not None:
+        raise SysextError(
+            f"Refusing to keep the handoff record in {directory!r}: {why}",
+            hint=f"use a directory owned by uid {os.geteuid()} that only it may write to (see --state=)",
+        )
+    return directory
+
+
+def new_record(verb: str, root: StrPath, phase: Phase, started: int) -> HandoffRecord:
+    """A record as a run starts it; the run fills in classes, errors, timings and the reload."""
+    from . import __version__
+
+    return HandoffRecord(
+        boot_id=boot_id(),
+        phase=phase,
+        tool=f"sysextpy {__version__}",
+        verb=verb,
+        root=os.fspath(root),
+        in_initrd=in_initrd(),
+        started=started,
+    )
+
+
+def write_record(path: StrPath, record: HandoffRecord) -> None:
+    """Atomically replace the record at `path`: the one way a record is written."""
+    path = os.fspath(path)
+    directory = state_directory(path)
+    name = os.path.basename(path)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    data = record.dumps().encode("utf-8", "surrogateescape")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except FileExistsError:
+            # Left by an earlier process with our pid that died before its rename.
+            os.unlink(tmp)
+            fd = os.open(tmp, flags, 0o600)
         try:
             os.write(fd, data)
             os.fsync(fd)
@@ -130,55 +161,30 @@ def _remove_stale_temporaries(directory: str, name: str) -> None:
             pass  # alive (EPERM), or not a pid at all
 
 
-def in_initrd() -> bool:
-    """Whether this process runs in an initrd (not whether --root is one)."""
-    return os.path.exists("/etc/initrd-release")
-
-
-def new_record(verb: str, root: StrPath, phase: str, started: int) -> dict[str, Any]:
-    """A record as a run starts it; the run fills in classes, errors, timings and the reload."""
-    from . import __version__
-
-    return {
-        "schema": SCHEMA,
-        "bootId": boot_id(),
-        "phase": phase,
-        "tool": f"sysextpy {__version__}",
-        "verb": verb,
-        "root": os.fspath(root),
-        "inInitrd": in_initrd(),
-        "started": started,
-        "finished": None,
-        "classes": {},
-        "errors": [],
-        "timings": {},
-        "reload": {"done": False, "reason": ""},
-    }
-
-
-def confirmed_entry(prior_entry: Mapping[str, Any], unreachable: list[str]) -> dict[str, Any]:
-    """A class's entry for a run that confirmed the prior run's merge: the same, now "unchanged"."""
-    from .live import LIVE_RESULTS
-
-    hierarchies = prior_entry.get("hierarchies")
-    if isinstance(hierarchies, dict):
-        hierarchies = {
-            h: {**res, "result": "unchanged"}
-            if isinstance(res, dict) and res.get("result") in LIVE_RESULTS
-            else res
-            for h, res in hierarchies.items()
-        }
-    return {**prior_entry, "hierarchies": hierarchies, "unreachable": unreachable}
-
-
-def finish_confirmed(record: dict[str, Any], started_monotonic: float, how: str) -> None:
-    """Complete the record of a run that changed nothing. `how` says what proved the merge
-    current: "fingerprints" (recomputed) or "observations" (taken again: quick.py)."""
-    record["confirmedBy"] = how
-    record["phase"] = "merged"
-    record["finished"] = now_usec()
-    record["timings"] = {"totalMs": round((time.monotonic() - started_monotonic) * 1000, 3)}
-    record["reload"] = {"done": False, "reason": "nothing changed"}
+def read_record(path: StrPath) -> RecordCheck:
+    """Read and judge the record at `path`. Never raises. A record in a directory that someone
+    else could have written to is not evidence of anything."""
+    path = os.fspath(path)
+    why = untrusted_directory(os.path.dirname(path) or ".")
+    if why is not None and os.path.lexists(path):
+        return RecordCheck(None, False, f"handoff record not trusted: its directory {why}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return RecordCheck(None, False, "no handoff record")
+    except OSError as e:
+        return RecordCheck(None, False, f"handoff record unreadable: {e.strerror}")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return RecordCheck(None, False, "handoff record is not a regular file")
+        data = os.read(fd, MAX_RECORD_BYTES + 1)
+    except OSError as e:
+        return RecordCheck(None, False, f"handoff record unreadable: {e.strerror}")
+    finally:
+        os.close(fd)
+    if len(data) > MAX_RECORD_BYTES:
+        return RecordCheck(None, False, "handoff record is too large")
+    return parse_record(data.decode("utf-8", "surrogateescape"), boot_id())
 
 
 class run_lock:  # noqa: N801 - used like a function: `with run_lock(state, root, env):`
@@ -192,7 +198,7 @@ class run_lock:  # noqa: N801 - used like a function: `with run_lock(state, root
         self, state_path: StrPath, root: StrPath, env: Mapping[str, str], *, wait: bool = True
     ) -> None:
         self.wait = wait  # False: a held lock raises LockTimeout at once, without a word
-        self.path = os.path.join(os.path.dirname(os.fspath(state_path)), "lock")
+        self.state_path = os.fspath(state_path)
         self.root = os.fspath(root)
         try:
             self.timeout = float(env.get("SYSEXTPY_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
@@ -200,10 +206,15 @@ class run_lock:  # noqa: N801 - used like a function: `with run_lock(state, root
             self.timeout = DEFAULT_LOCK_TIMEOUT
         self.fds: list[int] = []
 
+    @property
+    def path(self) -> str:
+        return os.path.join(os.path.dirname(self.state_path) or ".", "lock")
+
     def __enter__(self) -> None:
+        state_directory(self.state_path)
         try:
-            os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
-            self.fds.append(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+            self.fds.append(os.open(self.path, flags, 0o600))
         except OSError as e:
             raise SysextError(
                 f"Cannot take the lock {self.path!r}: {e.strerror}",
@@ -246,75 +257,3 @@ class run_lock:  # noqa: N801 - used like a function: `with run_lock(state, root
     def __exit__(self, *exc: object) -> None:
         while self.fds:
             os.close(self.fds.pop())
-
-
-class RecordCheck:
-    """A record as read, and whether a refresh may rely on it. (A plain class: this module is on
-    the confirming refresh's path, where every import counts.)"""
-
-    __slots__ = ("reason", "record", "usable")
-
-    def __init__(self, record: Optional[dict[str, Any]], usable: bool, reason: str) -> None:
-        self.record = record
-        self.usable = usable
-        self.reason = reason  # why it is (not) usable, for logs and `plan`
-
-    def __repr__(self) -> str:
-        return f"RecordCheck(usable={self.usable!r}, reason={self.reason!r})"
-
-
-def parse_record(text: str, current_boot: str) -> RecordCheck:
-    """Pure: judge a record's text. Never raises."""
-    try:
-        record = load_json(text)
-    except ValueError as e:
-        msg, lineno = getattr(e, "msg", None), getattr(e, "lineno", None)
-        return RecordCheck(
-            None, False, f"corrupt record ({msg} at line {lineno})" if msg else f"corrupt record ({e})"
-        )
-    except RecursionError:
-        return RecordCheck(None, False, "corrupt record (nested too deeply)")
-    if not isinstance(record, dict):
-        return RecordCheck(None, False, "corrupt record (not a JSON object)")
-    if record.get("schema") != SCHEMA:
-        return RecordCheck(record, False, f"record schema {record.get('schema')!r}, expected {SCHEMA}")
-    if not current_boot or record.get("bootId") != current_boot:
-        return RecordCheck(record, False, "record is from another boot")
-    phase = record.get("phase")
-    if phase != "merged":
-        return RecordCheck(record, False, f"record says phase {phase!r}")
-    if not isinstance(record.get("classes"), dict):
-        return RecordCheck(record, False, "corrupt record (no classes)")
-    return RecordCheck(record, True, "record of this boot, phase 'merged'")
-
-
-def read_record(path: StrPath) -> RecordCheck:
-    """Read and judge the record at `path`. Never raises."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return RecordCheck(None, False, "no handoff record")
-    except OSError as e:
-        return RecordCheck(None, False, f"handoff record unreadable: {e.strerror}")
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return RecordCheck(None, False, "handoff record is not a regular file")
-        data = os.read(fd, MAX_RECORD_BYTES + 1)
-    except OSError as e:
-        return RecordCheck(None, False, f"handoff record unreadable: {e.strerror}")
-    finally:
-        os.close(fd)
-    if len(data) > MAX_RECORD_BYTES:
-        return RecordCheck(None, False, "handoff record is too large")
-    return parse_record(data.decode("utf-8", "replace"), boot_id())
-
-
-def class_fingerprint(record: Mapping[str, Any], image_class: str) -> Optional[str]:
-    classes = record.get("classes")
-    if not isinstance(classes, dict):
-        return None
-    entry = classes.get(image_class)
-    if not isinstance(entry, dict):
-        return None
-    value = entry.get("fingerprint")
-    return value if isinstance(value, str) else None

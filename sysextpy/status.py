@@ -3,8 +3,7 @@ tells a live merge from a copied tree)."""
 
 from __future__ import annotations
 
-from .files import read_small
-from .live import exact_mount_check, parse_dev, probe
+from .live import exact_mount_check, parse_dev, probe, read_metadata
 from .records import record
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
@@ -41,7 +40,7 @@ def live_merge(
     if st is None:
         return path, None
     meta = path / image_class.metadata_dir
-    names_text = read_small(meta / image_class.list_file) or ""
+    names_text = read_metadata(path_s, image_class.metadata_dir, image_class.list_file) or ""
     names = tuple(n for n in names_text.splitlines() if n)
     return path, LiveMerge(
         image_class=image_class,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from .errors import SysextError
+from .errors import EXIT_OK, EXIT_PARTIAL, SysextError
 from .log import log
 from .model import ClassSettings, JsonMode, Options, Verb, Verdict
 from .output import emit_json, emit_table, format_usec
@@ -14,17 +14,18 @@ TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up t
 if TYPE_CHECKING:
     from typing import Any, Optional
 
-EXIT_PARTIAL = 3
+    from .view import LiveView
 
 
-def class_settings(opts: Options, env: Mapping[str, str]) -> tuple[ClassSettings, ...]:
-    from .settings import resolve_settings
+def settings_of(opts: Options, view: LiveView) -> tuple[ClassSettings, ...]:
+    """Every class's settings, its warnings said."""
+    from .merge import class_settings
 
-    result = tuple(resolve_settings(opts, c, env) for c in opts.classes)
-    for cs in result:
-        for w in cs.warnings:
-            log.warning("%s", w)
-    return result
+    messages: list[tuple[int, str]] = []
+    settings = class_settings(opts, view, messages)
+    for priority, text in messages:
+        log.log(priority, "%s", text)
+    return settings
 
 
 def require_privileges() -> None:
@@ -32,21 +33,21 @@ def require_privileges() -> None:
         raise SysextError("Need to be privileged.", hint="run as root")
 
 
-def _merge_details(metadata_dir: Any) -> tuple[Optional[str], dict[str, str]]:
+def _merge_details(hierarchy: str, metadata_dir: str) -> tuple[Optional[str], dict[str, str]]:
     """(mutable mode, extension name -> image path) of a live merge, from its metadata files."""
     import json
 
+    from .live import read_metadata
+
     mode: Optional[str] = None
     paths: dict[str, str] = {}
-    from .files import read_regular_bytes
-
     try:
-        origin = json.loads(read_regular_bytes(metadata_dir / "origin", 8 << 20))
+        origin = json.loads(read_metadata(hierarchy, metadata_dir, "origin", 8 << 20) or "")
         mode = origin.get("mutable", {}).get("mode")
         for name, ident in (origin.get("extensions") or {}).items():
             if isinstance(ident, dict) and isinstance(ident.get("path"), str):
                 paths[name] = ident["path"]
-    except (OSError, ValueError, AttributeError):
+    except (ValueError, AttributeError):
         pass  # a merge without a readable origin (older tools) still shows its names
     return mode, paths
 
@@ -57,13 +58,12 @@ def _rejected_by_class(opts: Options) -> dict[str, list[dict[str, str]]]:
 
     check = read_record(opts.state)
     record = check.record
-    if not record or "another boot" in check.reason:
+    if record is None or "another boot" in check.reason:
         return {}
-    result: dict[str, list[dict[str, str]]] = {}
-    for cls, entry in (record.get("classes") or {}).items():
-        if isinstance(entry, dict) and isinstance(entry.get("rejected"), list):
-            result[cls] = [r for r in entry["rejected"] if isinstance(r, dict)]
-    return result
+    return {
+        cls: [{"name": name, "reason": reason} for name, reason in entry.rejected]
+        for cls, entry in record.classes.items()
+    }
 
 
 def verb_status(opts: Options, settings: tuple[ClassSettings, ...]) -> int:
@@ -77,7 +77,9 @@ def verb_status(opts: Options, settings: tuple[ClassSettings, ...]) -> int:
             path, merge = live_merge(opts.root, cs.image_class, hierarchy)
             if path is None:
                 continue
-            mode, paths = _merge_details(merge.metadata_dir) if merge else (None, {})
+            mode, paths = (
+                _merge_details(os.fspath(path), cs.image_class.metadata_dir) if merge else (None, {})
+            )
             rows.append(
                 {
                     "hierarchy": hierarchy,
@@ -111,14 +113,14 @@ def verb_status(opts: Options, settings: tuple[ClassSettings, ...]) -> int:
     return 0
 
 
-def verb_list(opts: Options, settings: tuple[ClassSettings, ...]) -> int:
+def verb_list(opts: Options, settings: tuple[ClassSettings, ...], view: LiveView) -> int:
     from .discover import discover
     from .osrelease import is_initrd_root
 
-    initrd = is_initrd_root(opts.root)
+    initrd = is_initrd_root(view)
     rows: list[dict[str, Any]] = []
     for cs in settings:
-        found = discover(opts.root, cs.image_class, initrd=initrd)
+        found = discover(view, cs.image_class, initrd=initrd)
         for c in found.candidates:
             rows.append(
                 {
@@ -178,41 +180,35 @@ def plan_rows(plan: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def refresh_decisions(opts: Options, found: Any, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """What `refresh` would do for each class, from the same fingerprint and record it uses."""
-    from .merge import class_runs
+def verb_plan(opts: Options, env: Mapping[str, str]) -> int:
+    """Every image's verdict and what refresh would do, decided as refresh decides; nothing changes."""
+    from .merge import assess, class_runs, confirmation
+    from .plan import judge_all
     from .state import read_record
+    from .view import RecordingView
 
-    runs = class_runs(opts, found, read_record(opts.state), env)
-    return {
-        r.image_class.value: {
-            "skip": r.skip,
-            "reason": r.reason,
-            "changes": list(r.changes),
-            "fingerprint": r.fingerprint,
-        }
-        for r in runs
-    }
-
-
-def verb_plan(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[str, str]) -> int:
-    from .plan import judge_all, survey
-
-    found = survey(opts, settings, env)
-    decisions = refresh_decisions(opts, found, env) if found.host.release is not None else {}
-    if os.geteuid() == 0:
+    view = RecordingView(os.fspath(opts.root), env)
+    a = assess(opts, view)
+    for priority, text in a.messages:
+        log.log(priority, "%s", text)
+    decisions: dict[str, dict[str, Any]] = {}
+    if a.found.host.release is not None:
+        confirm = confirmation(opts, a, view)
+        for r in class_runs(opts, a, read_record(opts.state), confirm, env):
+            decisions[r.image_class.value] = {
+                "skip": r.skip,
+                "reason": r.reason,
+                "changes": list(r.changes),
+                "fingerprint": r.fingerprint,
+            }
+    if os.geteuid() == 0 and any(c.type.is_file_backed for c in a.found.candidates):
         # Raw images are inspected in a private mount namespace: nothing shows on the host.
         from .images import Workspace
 
-        trust = None
-        if any(c.type.is_file_backed for c in found.candidates):
-            from .dissect import TrustContext
-
-            trust = TrustContext.from_settings(opts, settings, env)
-        with Workspace(trust=trust) as ws:
-            plan = judge_all(opts, found, ws)
+        with Workspace(trust=a.trust) as ws:
+            plan = judge_all(opts, a.found, view, ws, known=a.verdicts)
     else:
-        plan = judge_all(opts, found)
+        plan = judge_all(opts, a.found, view, known=a.verdicts)
     rows = plan_rows(plan)
     result: dict[str, Any] = {
         "root": os.fspath(plan.root),
@@ -258,23 +254,25 @@ def verb_plan(opts: Options, settings: tuple[ClassSettings, ...], env: Mapping[s
                 print(f"\n{cp.image_class.value}: would merge {names} into {where}")
     if plan.host.release_error:
         log.error("%s", plan.host.release_error)
-    return EXIT_PARTIAL if any(r["verdict"] == Verdict.REJECTED.value for r in rows) else 0
+    return EXIT_PARTIAL if any(r["verdict"] == Verdict.REJECTED.value for r in rows) else EXIT_OK
 
 
-def run_verb(opts: Options) -> int:
-    env = os.environ
+def run_verb(opts: Options, env: Mapping[str, str], declined: Optional[str] = None) -> int:
     if opts.root_given and not os.path.isdir(opts.root):
         raise SysextError(f"--root={os.fspath(opts.root)!r} is not a directory.")
     if opts.verb.mutates:
         require_privileges()
         from .merge import run_mutating_verb
 
-        return run_mutating_verb(opts, env)  # settings are read under the lock
-    settings = class_settings(opts, env)
+        return run_mutating_verb(opts, env, declined)  # settings are read under the lock
+    if opts.verb is Verb.PLAN:
+        return verb_plan(opts, env)
+    from .view import LiveView
+
+    view = LiveView(os.fspath(opts.root), env)
+    settings = settings_of(opts, view)
     if opts.verb is Verb.STATUS:
         return verb_status(opts, settings)
     if opts.verb is Verb.LIST:
-        return verb_list(opts, settings)
-    if opts.verb is Verb.PLAN:
-        return verb_plan(opts, settings, env)
+        return verb_list(opts, settings, view)
     raise AssertionError(f"unhandled verb {opts.verb.value}")

@@ -21,18 +21,20 @@ import errno
 import hashlib
 import json
 import os
-import stat
 import struct
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
-from .chase import resolve_in_root, root_relative
+from .chase import MISSING, root_relative
 from .errors import ImageError, ParseError, ResolveError, SysextError
-from .files import read_regular_bytes
 from .log import log
 from .records import record
+from .view import FileTooLarge, NotRegularFile
+
+if TYPE_CHECKING:
+    from .view import LiveView
 
 HASH_SOURCES = (
     ("root", "user.verity.roothash", ".roothash"),
@@ -52,11 +54,10 @@ CERTIFICATE_SUFFIX = ".crt"
 VERITY_SUPERBLOCK_SIGNATURE = b"verity\0\0"
 
 
-def _truthy_env(env: Mapping[str, str], name: str, default: bool = True) -> bool:
-    value = env.get(name)
-    if value is None:
-        return default
-    return value.strip().lower() not in ("0", "no", "n", "false", "f", "off")
+def sidecars_enabled(view: LiveView) -> bool:
+    """$SYSTEMD_DISSECT_VERITY_SIDECAR: any false spelling turns side-car files off."""
+    value = view.env("SYSTEMD_DISSECT_VERITY_SIDECAR")
+    return value is None or value.strip().lower() not in ("0", "no", "n", "false", "f", "off")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,62 +151,59 @@ class Sidecars:
     hash_tree: Optional[Path] = None  # the `.verity` file, host path
 
 
-def _read_xattr(path: Path, name: str) -> Optional[bytes]:
+def _read_xattr(view: LiveView, path: str, name: str) -> Optional[bytes]:
     try:
-        return os.getxattr(path, name)
+        return view.getxattr(path, name)
     except OSError as e:
-        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT):
+        if e.errno == errno.ENOENT:
             return None
-        raise ImageError(
-            f"cannot read extended attribute {name} of {os.fspath(path)!r}: {e.strerror}"
-        ) from e
+        raise ImageError(f"cannot read extended attribute {name} of {path!r}: {e.strerror}") from e
 
 
-def _sidecar_path(root: Path, image: Path, suffix: str) -> Optional[Path]:
+def _sidecar_path(view: LiveView, image: str, suffix: str) -> Optional[str]:
     """Resolve NAME<suffix> next to NAME.raw inside the root; None when missing."""
-    inner = root_relative(root, image)
+    inner = root_relative(view.root, image)
     if not inner.endswith(".raw"):
         return None
     try:
-        return resolve_in_root(root, inner[: -len(".raw")] + suffix)
+        return view.resolve(inner[: -len(".raw")] + suffix)
     except ResolveError as e:
-        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+        if e.errno in MISSING:
             return None
         raise ImageError(f"cannot look up side-car {inner[:-4] + suffix!r}: {e.message}") from e
 
 
-def _read_sidecar(path: Path, root: Path) -> bytes:
-    what = root_relative(root, path)
+def _read_sidecar(view: LiveView, path: str) -> bytes:
+    what = root_relative(view.root, path)
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageError(f"side-car {what!r} is not a regular file")
-        if st.st_size > MAX_SIDECAR_BYTES:
-            raise ImageError(f"side-car {what!r} is implausibly large ({st.st_size} bytes)")
-        return read_regular_bytes(path, MAX_SIDECAR_BYTES)
+        return view.read(path, MAX_SIDECAR_BYTES)
+    except NotRegularFile:
+        raise ImageError(f"side-car {what!r} is not a regular file") from None
+    except FileTooLarge as e:
+        raise ImageError(f"side-car {what!r} is implausibly large ({e.size} bytes)") from None
     except OSError as e:
         raise ImageError(f"cannot read side-car {what!r}: {e.strerror}") from e
 
 
-def find_sidecars(root: Path, image: Path, env: Mapping[str, str]) -> Sidecars:
+def find_sidecars(view: LiveView, image: str) -> Sidecars:
     """Root hash, signature and hash tree for an image, from its xattrs and `NAME.*` side-cars.
 
     Side-car files are looked up next to the resolved image (`image`, root-prefixed) and resolved
-    inside the root, so a symlinked `.roothash.p7s` works and can never point at the host.
+    inside the view's root, so a symlinked `.roothash.p7s` works and can never point at the host.
     ImageError when one exists but is unusable (not hex, empty signature, unreadable).
     """
-    if not _truthy_env(env, "SYSTEMD_DISSECT_VERITY_SIDECAR"):
+    if not sidecars_enabled(view):
         return Sidecars()
     root_hash: Optional[RootHash] = None
     for designator, attr, suffix in HASH_SOURCES:
-        raw = _read_xattr(image, attr)
+        raw = _read_xattr(view, image, attr)
         source = f"extended attribute {attr}"
         if raw is None:
-            path = _sidecar_path(root, image, suffix)
+            path = _sidecar_path(view, image, suffix)
             if path is None:
                 continue
-            raw = _read_sidecar(path, root)
-            source = f"side-car {root_relative(root, path)!r}"
+            raw = _read_sidecar(view, path)
+            source = f"side-car {root_relative(view.root, path)!r}"
         try:
             root_hash = RootHash(parse_root_hash(raw, source), designator, source)
         except ParseError as e:
@@ -218,28 +216,32 @@ def find_sidecars(root: Path, image: Path, env: Mapping[str, str]) -> Sidecars:
         order = [root_hash.designator] + [d for d, _, _ in HASH_SOURCES if d != root_hash.designator]
         for designator in order:
             attr, suffix = SIGNATURE_SOURCES[designator]
-            data = _read_xattr(image, attr)
+            data = _read_xattr(view, image, attr)
             source = f"extended attribute {attr}"
             if data is None:
-                path = _sidecar_path(root, image, suffix)
+                path = _sidecar_path(view, image, suffix)
                 if path is None:
                     continue
-                data = _read_sidecar(path, root)
-                source = f"side-car {root_relative(root, path)!r}"
+                data = _read_sidecar(view, path)
+                source = f"side-car {root_relative(view.root, path)!r}"
             if not data:
                 raise ImageError(f"signature {source} is empty")
             signature = Signature(data, source)
             break
 
-    hash_tree = _sidecar_path(root, image, HASH_TREE_SUFFIX)
-    return Sidecars(root_hash=root_hash, signature=signature, hash_tree=hash_tree)
+    hash_tree = _sidecar_path(view, image, HASH_TREE_SUFFIX)
+    return Sidecars(
+        root_hash=root_hash,
+        signature=signature,
+        hash_tree=Path(hash_tree) if hash_tree is not None else None,
+    )
 
 
-def sidecar_root_hash(image: Path, env: Mapping[str, str], root: Path = Path("/")) -> Optional[str]:
+def sidecar_root_hash(view: LiveView, image: str) -> Optional[str]:
     """The side-car/xattr root hash of a raw image in hex, or None (also when a side-car is unusable:
     identity must never fail; the image is judged, and rejected if need be, when it is dissected)."""
     try:
-        found = find_sidecars(root, image, env).root_hash
+        found = find_sidecars(view, image).root_hash
     except SysextError as e:
         log.debug("No usable side-car root hash for %s: %s", image, e)
         return None
@@ -358,22 +360,22 @@ def pem_certificates(data: bytes) -> list[bytes]:
     return found
 
 
-def find_certificates(root: Path) -> CertificateSearch:
-    """The trusted `*.crt` certificates of the root (§7.3.2): earlier directories override later ones
-    by file name, a link to /dev/null (or an empty file) masks, only regular files count, other
-    suffixes are ignored (and said so). Everything is resolved inside the root."""
-    chosen: dict[str, tuple[str, Path]] = {}
+def find_certificates(view: LiveView) -> CertificateSearch:
+    """The trusted `*.crt` certificates of the view's root (§7.3.2): earlier directories override
+    later ones by file name, a link to /dev/null (or an empty file) masks, only regular files count,
+    other suffixes are ignored (and said so). Everything is resolved inside the root."""
+    chosen: dict[str, tuple[str, str]] = {}
     ignored: list[tuple[str, str]] = []
     for inner_dir in CERTIFICATE_DIRS:
         try:
-            directory = resolve_in_root(root, inner_dir)
-            names = sorted(os.listdir(directory))
+            directory = view.resolve(inner_dir)
+            names = view.listdir(directory)
         except ResolveError as e:
-            if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+            if e.errno not in MISSING:
                 ignored.append((inner_dir, f"cannot be resolved: {e.message}"))
             continue
         except OSError as e:
-            if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+            if e.errno not in MISSING:
                 ignored.append((inner_dir, f"cannot be read: {e.strerror}"))
             continue
         for name in names:
@@ -384,7 +386,7 @@ def find_certificates(root: Path) -> CertificateSearch:
                 )
                 continue
             if name not in chosen:
-                chosen[name] = (inner, directory / name)
+                chosen[name] = (inner, f"{directory.rstrip('/')}/{name}")
             else:
                 ignored.append((inner, f"overridden by {chosen[name][0]}"))
 
@@ -392,28 +394,28 @@ def find_certificates(root: Path) -> CertificateSearch:
     for name in sorted(chosen):
         inner, entry = chosen[name]
         try:
-            if os.path.islink(entry) and os.readlink(entry) == "/dev/null":
+            if view.lstat(entry).is_link and view.readlink(entry) == "/dev/null":
                 ignored.append((inner, "masked (link to /dev/null)"))
                 continue
-            path = resolve_in_root(root, inner)
-            st = os.stat(path)
+            path = view.resolve(inner)
+            st = view.stat(path)
         except ResolveError as e:
             ignored.append((inner, e.message))
             continue
         except OSError as e:
             ignored.append((inner, e.strerror or "cannot be read"))
             continue
-        if stat.S_ISCHR(st.st_mode):
+        if st.is_chr:
             ignored.append((inner, "masked (character device)"))
             continue
-        if not stat.S_ISREG(st.st_mode):
+        if not st.is_reg:
             ignored.append((inner, "not a regular file"))
             continue
-        if st.st_size == 0:
+        if st.size == 0:
             ignored.append((inner, "masked (empty file)"))
             continue
         try:
-            pem = read_regular_bytes(path, MAX_SIDECAR_BYTES)
+            pem = view.read(path, MAX_SIDECAR_BYTES)
         except OSError as e:
             ignored.append((inner, e.strerror or "cannot be read"))
             continue
@@ -426,9 +428,9 @@ def find_certificates(root: Path) -> CertificateSearch:
             block = base64.encodebytes(der).replace(b"\n", b"")
             lines = [block[i : i + 64] for i in range(0, len(block), 64)]
             one_pem = b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
-            certs.append(Certificate(path, inner, hashlib.sha256(der).digest(), one_pem))
+            certs.append(Certificate(Path(path), inner, hashlib.sha256(der).digest(), one_pem))
     return CertificateSearch(
-        certificates=tuple(certs), searched=CERTIFICATE_DIRS, ignored=tuple(ignored), root=root
+        certificates=tuple(certs), searched=CERTIFICATE_DIRS, ignored=tuple(ignored), root=Path(view.root)
     )
 
 
@@ -519,24 +521,6 @@ def verify_signature(
 
 # --------------------------------------------------------------------------------------------------
 # Activation
-
-
-def dm_verity_available() -> bool:
-    """Whether the kernel has device-mapper (it registers the "device-mapper" misc device).
-
-    /dev/mapper/control alone proves nothing: libdevmapper creates that node itself when it is
-    missing, also on kernels without device-mapper.
-    """
-    try:
-        with open("/proc/misc", encoding="ascii", errors="replace") as f:
-            return any(line.split()[-1:] == ["device-mapper"] for line in f)
-    except OSError:
-        return False
-
-
-def kernel_signature_support() -> bool:
-    """Whether dm-verity can check root hash signatures against the kernel keyring."""
-    return os.path.exists("/sys/module/dm_verity/parameters/require_signatures")
 
 
 @record(frozen=True)

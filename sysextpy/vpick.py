@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .arch import is_architecture, native_architecture, secondary_architectures
-from .chase import is_within_root, resolve_in_root, root_relative
+from .chase import is_within_root, root_relative
 from .errors import ResolveError
 from .model import ImageClass
 from .records import record
@@ -24,6 +24,8 @@ from .versioncomp import compare_versions
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from typing import Optional
+
+    from .view import LiveView
 
 _UINT_MAX = 2**32 - 1  # upstream stores counters as `unsigned`; "no counter" is UINT_MAX
 _NAME_MAX = 255
@@ -194,44 +196,41 @@ class Picked:
 
 
 def pick_version(
-    root: Path, vdir: Path, basename: str, suffix: str, *, native: Optional[str] = None
+    view: LiveView, vdir: str, basename: str, suffix: str, *, native: Optional[str] = None
 ) -> Optional[Picked]:
-    """Pick the best entry of the `.v` directory `vdir` (already resolved, root-prefixed, spelled
-    with the same `root`). None if nothing fits.
+    """Pick the best entry of the `.v` directory `vdir` (already resolved inside the view's root,
+    root-prefixed). None if nothing fits.
 
     Every entry whose name fits and whose architecture is usable is resolved inside the root; one of
     the wrong inode type (a regular file or block device for ".raw" suffixes, else a directory) is
     dropped, but one that does not resolve at all, e.g. a dangling symlink, fails the whole pick
     with ResolveError, as upstream does.
     """
+    root = view.root
     if not is_within_root(root, vdir):
-        raise ResolveError(
-            f"{os.fspath(vdir)!r} is not below the root {os.fspath(root)!r}", errno=errno.ECHRNG
-        )
+        raise ResolveError(f"{vdir!r} is not below the root {root!r}", errno=errno.ECHRNG)
     if native is None:
-        native = native_architecture()
+        native = native_architecture(view.machine())
     secondary = secondary_architectures(native)
     want_file = suffix.endswith(".raw")
 
     try:
-        entries = sorted(os.listdir(vdir))
+        entries = view.listdir(vdir)
     except OSError as e:
         raise ResolveError(
-            f"Cannot read versioned directory {os.fspath(vdir)!r}: {e.strerror}", errno=e.errno or errno.EIO
+            f"Cannot read versioned directory {vdir!r}: {e.strerror}", errno=e.errno or errno.EIO
         ) from e
 
-    usable: dict[str, tuple[VersionedName, Path]] = {}
+    usable: dict[str, tuple[VersionedName, str]] = {}
     for entry in entries:
         name = parse_versioned_name(entry, basename, suffix)
         if name is None or _arch_rank(name, native, secondary) is None:
             continue
-        resolved = resolve_in_root(root, root_relative(root, vdir / entry))
+        resolved = view.resolve(root_relative(root, f"{vdir.rstrip('/')}/{entry}"))
         try:
-            mode = os.stat(resolved).st_mode
+            mode = view.stat(resolved).mode
         except OSError as e:
-            raise ResolveError(
-                f"Cannot stat {os.fspath(resolved)!r}: {e.strerror}", errno=e.errno or errno.EIO
-            ) from e
+            raise ResolveError(f"Cannot stat {resolved!r}: {e.strerror}", errno=e.errno or errno.EIO) from e
         right_type = (stat.S_ISREG(mode) or stat.S_ISBLK(mode)) if want_file else stat.S_ISDIR(mode)
         if right_type:
             usable[entry] = (name, resolved)
@@ -239,4 +238,4 @@ def pick_version(
     best = best_candidate((n for n, _ in usable.values()), native, secondary)
     if best is None:
         return None
-    return Picked(path=usable[best.filename][1], name=best)
+    return Picked(path=Path(usable[best.filename][1]), name=best)

@@ -1,14 +1,31 @@
-"""The handoff record's file: what a crash mid-write leaves, and what the next write cleans up."""
+"""Where the handoff record lives: its directory, the one writer, the reader, the lock file."""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
-from sysextpy.state import write_record
+import pytest
+
+from sysextpy.errors import SysextError
+from sysextpy.handoff import HandoffRecord
+from sysextpy.state import boot_id, read_record, run_lock, state_directory, untrusted_directory, write_record
+
+
+def _record(phase: str = "merged") -> HandoffRecord:
+    return HandoffRecord(
+        boot_id=boot_id(),
+        phase=phase,
+        tool="sysextpy test",
+        verb="refresh",
+        root="/",
+        in_initrd=False,
+        started=1,
+    )
 
 
 def _dead_pid() -> int:
@@ -25,8 +42,8 @@ def test_a_dead_writers_temporary_record_is_removed(tmp_path: Path) -> None:
     alive.write_text("{}")
     other = tmp_path / ".other.json.1.tmp"
     other.write_text("{}")
-    write_record(state, {"phase": "merged"})
-    assert json.loads(state.read_text()) == {"phase": "merged"}
+    write_record(state, _record())
+    assert json.loads(state.read_text())["phase"] == "merged"
     assert not stale.exists()
     assert alive.exists() and other.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([state.name, alive.name, other.name])
@@ -36,5 +53,90 @@ def test_odd_names_are_left_alone(tmp_path: Path) -> None:
     names = [".state.json.tmp", ".state.json.x1.tmp", ".state.json.99999999999999999999999.tmp"]
     for name in names:
         (tmp_path / name).write_text("")
-    write_record(tmp_path / "state.json", {})
+    write_record(tmp_path / "state.json", _record())
     assert all((tmp_path / name).exists() for name in names)
+
+
+def test_the_record_reads_back_as_written(tmp_path: Path) -> None:
+    write_record(tmp_path / "state.json", _record())
+    check = read_record(tmp_path / "state.json")
+    assert check.usable and check.record is not None
+    assert check.record.to_json() == _record().to_json()
+
+
+def test_the_directory_is_created_private(tmp_path: Path) -> None:
+    state = tmp_path / "run" / "sysextpy" / "state.json"
+    write_record(state, _record())
+    st = os.lstat(state.parent)
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
+    assert stat.S_IMODE(os.lstat(state).st_mode) == 0o600
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o775, 0o757])
+def test_a_directory_others_may_write_to_is_refused(tmp_path: Path, mode: int) -> None:
+    directory = tmp_path / "d"
+    directory.mkdir()
+    os.chmod(directory, mode)
+    with pytest.raises(SysextError, match="Refusing to keep the handoff record in .*others may write"):
+        write_record(directory / "state.json", _record())
+    assert list(directory.iterdir()) == []
+    with pytest.raises(SysextError, match="others may write"):
+        with run_lock(directory / "state.json", tmp_path, {}):
+            pass
+    assert list(directory.iterdir()) == []
+
+
+def test_a_directory_of_another_owner_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a directory away")
+    directory = tmp_path / "d"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, 4242, 4242)
+    with pytest.raises(SysextError, match="owned by uid 4242"):
+        state_directory(directory / "state.json")
+    # Read as evidence? Never, even when the record itself looks fine.
+    (directory / "state.json").write_text(_record().dumps())
+    check = read_record(directory / "state.json")
+    assert not check.usable and "not trusted" in check.reason
+
+
+def test_a_link_as_the_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to("real")
+    assert untrusted_directory(os.fspath(tmp_path / "link")) == "it is a symbolic link"
+    with pytest.raises(SysextError, match="symbolic link"):
+        write_record(tmp_path / "link" / "state.json", _record())
+    assert list((tmp_path / "real").iterdir()) == []
+
+
+def test_the_temporary_file_is_never_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    directory = tmp_path / "d"
+    directory.mkdir(mode=0o700)
+    # A link where the temporary file goes: a write through it would clobber the victim.
+    (directory / f".state.json.{os.getpid()}.tmp").symlink_to(victim)
+    write_record(directory / "state.json", _record())
+    assert victim.read_text() == "precious\n"
+    assert json.loads((directory / "state.json").read_text())["phase"] == "merged"
+
+
+def test_the_lock_file_is_never_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    directory = tmp_path / "d"
+    directory.mkdir(mode=0o700)
+    (directory / "lock").symlink_to(victim)
+    with pytest.raises(SysextError, match="Cannot take the lock"):
+        with run_lock(directory / "state.json", tmp_path, {}):
+            pass
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_record_that_is_a_link_is_not_read(tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    directory.mkdir(mode=0o700)
+    (tmp_path / "elsewhere.json").write_text(_record().dumps())
+    (directory / "state.json").symlink_to(tmp_path / "elsewhere.json")
+    check = read_record(directory / "state.json")
+    assert not check.usable and check.record is None

@@ -1,0 +1,740 @@
+"""One view of the root: every read that decides a merge goes through it.
+
+The code that decides what a merge looks like (settings, the configuration search, discovery,
+release files, compatibility, policy, side-cars, certificates, signatures, hash trees) never calls
+`os` to read; it is handed a view and asks it. Two kinds exist:
+
+- `LiveView` reads the file system and the environment as they are now;
+- `RecordingView` does the same and writes every answer down as a typed observation, so that a
+  later run can take the same observations again (`replay`) and know that the decision's inputs
+  are unchanged. It answers the code with exactly what it wrote down: a `Stat` carries the five
+  fields it records and no others, a listing comes sorted, a file's bytes are those whose digest it
+  recorded, and asking twice gives the first answer. So nothing a decision read escapes the record.
+
+Observations, as kept in the handoff record (paths relative to the view's root, "host:/..." for a
+path outside it, so the initrd's record for /sysroot is checked at / after switch-root):
+
+    ["env", name, value | null]            an environment variable
+    ["mach", machine]                      uname's machine (the architecture derives from it)
+    ["cap", name, bool]                    what this machine can do: "dm-verity", "verity-signatures",
+                                           "openssl" (the tool is on $PATH)
+    ["res", base, path, missing_ok, out]   a resolution inside `base` (chase.py): the path it
+                                           resolved to, or the error: [E, errno], with the message
+                                           for errors other than "missing"; not the steps
+    ["st" | "lst", path, [mode, size, mtime_ns, ctime_ns, rdev] | [E, errno]]
+    ["ls", path, names | [E, errno]]       a directory's names, sorted
+    ["ents", path, [[name, type], ...]]    names with their types: d, f, l, o(ther)
+    ["rl", path, target | [E, errno]]      a link's target
+    ["rd", path, limit, [sha256, length] | [E, errno] | [T, kind] | [F, size]]
+                                           a small regular file's bytes (T: not a regular file,
+                                           F: larger than the limit)
+    ["xa", path, name, hex | null | [E, errno]]   an extended attribute
+    ["cfg", name, [[[shown, path], ...], warnings]]
+                                           the configuration search as a whole (config_files()):
+                                           which files it found, not its steps, which differ
+                                           between the initrd's /sysroot/run and the real /run
+    ["tree", path, digest]                 a directory extension as a whole (tree_digest())
+    ["id", path, located, identity]        a disk image as a whole (file_identity())
+
+A directory extension is observed as a whole: what is read inside it later (its release file,
+whether it is empty, links inside it) goes through `image_view()`, which is covered by the tree
+digest and therefore not listed again. A disk image is likewise covered by its identity.
+
+This module imports only `os`, `stat` and the light modules of the package: the confirming
+refresh replays observations with it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from .chase import MISSING, normalize_root, resolve, root_relative
+from .errors import ResolveError
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from hashlib import sha256 as sha256
+    from typing import Any, Callable, Optional
+else:
+    try:  # the built-in module: importing hashlib loads OpenSSL, which costs more than it hashes here
+        from _sha256 import sha256
+    except ImportError:  # Python >= 3.12
+        try:
+            from _sha2 import sha256
+        except ImportError:
+            from hashlib import sha256
+
+HOST = "host:"
+ENDS = 64 << 10  # a disk image's first and last bytes that its identity hashes
+TREE_ENTRY_LIMIT = 200_000
+ERROR = "E"
+
+
+class Stat:
+    """The fields of a stat() that decisions may use. Nothing else is recorded, so nothing else
+    exists: no inode, device or owner."""
+
+    __slots__ = ("mode", "size", "mtime_ns", "ctime_ns", "rdev")
+
+    def __init__(self, mode: int, size: int, mtime_ns: int, ctime_ns: int, rdev: int) -> None:
+        self.mode = mode
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.ctime_ns = ctime_ns
+        self.rdev = rdev
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Stat:
+        return cls(st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_rdev)
+
+    def value(self) -> list[int]:
+        return [self.mode, self.size, self.mtime_ns, self.ctime_ns, self.rdev]
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_link(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def is_chr(self) -> bool:
+        return stat.S_ISCHR(self.mode)
+
+    @property
+    def is_blk(self) -> bool:
+        return stat.S_ISBLK(self.mode)
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symlink"),
+)
+
+
+def describe_type(mode: int) -> str:
+    for check, name in _KINDS:
+        if check(mode):
+            return name
+    return f"of unknown type (mode {stat.S_IFMT(mode):#o})"
+
+
+class NotRegularFile(OSError):
+    """A file that was to be read is a FIFO, a device, a directory...: refused without reading."""
+
+    def __init__(self, path: str, kind: str) -> None:
+        super().__init__(errno.EINVAL, f"it is {kind}, not a regular file", path)
+        self.kind = kind
+
+
+class FileTooLarge(OSError):
+    def __init__(self, path: str, size: int, limit: int) -> None:
+        super().__init__(errno.EFBIG, f"it has {size} bytes, more than the limit of {limit}", path)
+        self.size = size
+
+
+def _entry_type(entry: os.DirEntry[str]) -> str:
+    try:
+        if entry.is_symlink():
+            return "l"
+        if entry.is_dir(follow_symlinks=False):
+            return "d"
+        if entry.is_file(follow_symlinks=False):
+            return "f"
+    except OSError:
+        return "?"
+    return "o"
+
+
+def dm_verity_available() -> bool:
+    """Whether the kernel has device-mapper (it registers the "device-mapper" misc device).
+
+    /dev/mapper/control alone proves nothing: libdevmapper creates that node itself when it is
+    missing, also on kernels without device-mapper.
+    """
+    try:
+        data = _read_regular("/proc/misc", 1 << 16, allow_growth=True)
+    except OSError:
+        return False
+    return any(line.split()[-1:] == [b"device-mapper"] for line in data.splitlines())
+
+
+def kernel_signature_support() -> bool:
+    """Whether dm-verity can check root hash signatures against the kernel keyring."""
+    return os.path.exists("/sys/module/dm_verity/parameters/require_signatures")
+
+
+def _on_path(tool: str, path_var: Optional[str]) -> bool:
+    for directory in (path_var or os.defpath).split(":"):
+        candidate = os.path.join(directory or ".", tool)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return True
+    return False
+
+
+def _read_regular(path: str, limit: int, *, allow_growth: bool = False) -> bytes:
+    """Up to `limit` bytes of a regular file, opened without blocking (a FIFO put in its place never
+    hangs the run). NotRegularFile, FileTooLarge (unless allow_growth: then truncated), OSError.
+    A device, socket or FIFO is refused from its stat() without being opened at all; fstat()
+    after open() closes the race."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotRegularFile(path, describe_type(mode))
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(path, describe_type(st.st_mode))
+        if st.st_size > limit and not allow_growth:
+            raise FileTooLarge(path, st.st_size, limit)
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            # The file may grow after fstat(); read one byte past the limit to notice.
+            chunk = os.read(fd, limit + 1 - total)
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                if allow_growth:
+                    return b"".join(parts)[:limit]
+                raise FileTooLarge(path, total, limit)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def tree_digest_now(top: str) -> str:
+    """sha256 over (relative path, mode, size, mtime, ctime, link target) of `top` and every entry
+    below it. File contents are not read: any change to a file changes its ctime, which nobody can
+    set back, and the directory's own entry covers renames and new files."""
+    h = sha256()
+    try:
+        st = os.lstat(top)
+        h.update(f"\0{st.st_mode:o}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
+    except OSError as e:
+        h.update(f"\0error:{e.errno}\n".encode())
+        return h.hexdigest()
+    count = 0
+    stack = [(top, "")]
+    scandir, readlink, is_link, is_dir = os.scandir, os.readlink, stat.S_ISLNK, stat.S_ISDIR
+    while stack:
+        directory, rel = stack.pop()
+        try:
+            with scandir(directory) as it:
+                entries = sorted((e.name, e) for e in it)
+        except OSError as e:
+            h.update(f"{rel}\0error:{e.errno}\n".encode())
+            continue
+        for name, entry in entries:
+            count += 1
+            if count > TREE_ENTRY_LIMIT:
+                h.update(b"\0truncated\n")
+                return h.hexdigest()
+            path = f"{rel}/{name}"
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as e:
+                h.update(f"{path}\0error:{e.errno}\n".encode("utf-8", "surrogateescape"))
+                continue
+            mode = st.st_mode
+            extra = ""
+            if is_link(mode):
+                try:
+                    extra = readlink(entry.path)
+                except OSError:
+                    extra = "?"
+            elif is_dir(mode):
+                stack.append((entry.path, path))
+            line = f"{path}\0{mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{extra}\n"
+            h.update(line.encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def file_identity_now(path: str, located: bool) -> dict[str, Any]:
+    """What identifies a disk image (or a hash tree) without reading it whole: its stat fields, a
+    digest of its first and last ENDS bytes, and where `located`, the unique id of the mount it is
+    on and its file handle (or inode), as upstream identifies images.
+
+    Not `located` is for files below a hierarchy that may be merged over: seen through an overlay
+    the same file has another mount and no handle, so only what the overlay passes on counts."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        ident: dict[str, Any] = {
+            "mode": st.st_mode,
+            "size": st.st_size,
+            "mtime": st.st_mtime_ns,
+            "ctime": st.st_ctime_ns,
+        }
+        if stat.S_ISBLK(st.st_mode):
+            ident["rdev"] = st.st_rdev
+        elif stat.S_ISREG(st.st_mode):
+            head = os.pread(fd, ENDS, 0)
+            tail = os.pread(fd, ENDS, max(0, st.st_size - ENDS)) if st.st_size > ENDS else b""
+            ident["ends"] = sha256(head + b"\0" + tail).hexdigest()
+    finally:
+        os.close(fd)
+    if located:
+        from . import mountapi
+
+        ident["mount"] = mountapi.unique_mount_id(path)
+        try:
+            handle = mountapi.file_handle(path)
+        except OSError:
+            handle = None
+        if handle is not None:
+            ident["handle"] = [handle[0], handle[1].hex()]
+        else:
+            ident["inode"] = os.stat(path).st_ino
+    return ident
+
+
+CONFIG_DIRS = ("/etc/systemd", "/run/systemd", "/usr/local/lib/systemd", "/usr/lib/systemd")
+
+
+def _config_entry(view: LiveView, inner: str, warnings: list[str]) -> Optional[tuple[Optional[str], bool]]:
+    """(resolved path, or None when masked; whether it is a regular file) of a configuration file
+    inside the root, or None when there is none. A link to /dev/null, or /dev/null itself, masks:
+    the link text is checked first, because inside --root /dev/null may not exist at all."""
+    parent, _, name = inner.rpartition("/")
+    try:
+        entry = f"{view.resolve(parent or '/').rstrip('/')}/{name}"
+        if view.lstat(entry).is_link and view.readlink(entry) == "/dev/null":
+            return None, False
+        resolved = view.resolve(inner)
+        st = view.stat(resolved)
+    except ResolveError as e:
+        if e.errno not in MISSING:
+            warnings.append(f"ignoring {inner!r}: {e}")
+        return None
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        warnings.append(f"ignoring {inner!r}: {e.strerror}")
+        return None
+    if st.is_chr and os.major(st.rdev) == 1 and os.minor(st.rdev) == 3:
+        return None, False
+    return resolved, st.is_reg
+
+
+def _drop_in_names(view: LiveView, directory: str, warnings: list[str]) -> list[str]:
+    try:
+        names = [name for name, _ in view.entries(view.resolve(directory))]
+    except ResolveError as e:
+        if e.errno not in MISSING:
+            warnings.append(f"ignoring drop-in directory {directory!r}: {e}")
+        return []
+    except NotADirectoryError:
+        return []
+    except OSError as e:
+        warnings.append(f"ignoring drop-in directory {directory!r}: {e.strerror}")
+        return []
+    return [n for n in names if n.endswith(".conf") and not n.startswith(".")]
+
+
+def search_config_files(view: LiveView, name: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """(path inside the root, resolved path) of the configuration file `name` ("sysext.conf") in the
+    first of CONFIG_DIRS that has one, then its drop-ins from all four in systemd's order (an
+    earlier directory's file of the same name wins); and what was wrong on the way."""
+    warnings: list[str] = []
+    found: list[tuple[str, str]] = []
+    for directory in CONFIG_DIRS:
+        main = _config_entry(view, f"{directory}/{name}", warnings)
+        if main is not None:
+            if main[0] is not None:
+                found.append((f"{directory}/{name}", main[0]))
+            break  # the first one found wins, even when it masks the others
+    drop_ins: dict[str, str] = {}
+    for directory in CONFIG_DIRS:
+        for file_name in _drop_in_names(view, f"{directory}/{name}.d", warnings):
+            drop_ins.setdefault(file_name, f"{directory}/{name}.d/{file_name}")
+    for file_name in sorted(drop_ins):
+        located = _config_entry(view, drop_ins[file_name], warnings)
+        # Like systemd, drop-ins that are not regular files (directories, FIFOs...) are skipped.
+        if located is not None and located[0] is not None and located[1]:
+            found.append((drop_ins[file_name], located[0]))
+    return found, warnings
+
+
+def read_text(view: LiveView, path: str, limit: int = 64 << 10) -> str:
+    """A small regular file through `view`, as UTF-8 (invalid bytes replaced). FIFOs, devices,
+    directories and files larger than `limit` are refused without blocking: SysextError."""
+    from .errors import SysextError
+
+    try:
+        data = view.read(path, limit)
+    except NotRegularFile as e:
+        raise SysextError(
+            f"Refusing to read {path!r}: it is {e.kind}, not a regular file",
+            hint="release and configuration files must be regular files",
+        ) from e
+    except FileTooLarge as e:
+        raise SysextError(
+            f"Refusing to read {path!r}: it has {e.size} bytes, more than the limit of {limit}",
+            hint="release and configuration files are expected to be small text files",
+        ) from e
+    except OSError as e:
+        raise SysextError(f"Failed to read {path!r}: {e.strerror}") from e
+    return data.decode("utf-8", errors="replace")
+
+
+CAPABILITIES: dict[str, Callable[[Optional[str]], bool]] = {
+    "dm-verity": lambda path_var: dm_verity_available(),
+    "verity-signatures": lambda path_var: kernel_signature_support(),
+    "openssl": lambda path_var: _on_path("openssl", path_var),
+}
+
+
+class LiveView:
+    """The root (a host path) and the environment, read as they are now.
+
+    Paths given to the reading methods are host paths (root-prefixed, as resolve() returns them);
+    paths given to resolve() are inside the root (or inside `base`)."""
+
+    def __init__(self, root: str, env: Mapping[str, str]) -> None:
+        self.root = normalize_root(root)
+        self._env = env
+
+    # -- the environment and the machine
+
+    def env(self, name: str) -> Optional[str]:
+        return self._env.get(name)
+
+    def machine(self) -> str:
+        return os.uname().machine
+
+    def capability(self, name: str) -> bool:
+        """What this machine can do (CAPABILITIES): asked of the running system, not the root."""
+        return CAPABILITIES[name](self._env.get("PATH"))
+
+    # -- the file system
+
+    def resolve(self, path: str, *, base: Optional[str] = None, missing_ok: bool = False) -> str:
+        """chase.resolve() inside the root, or inside `base` (a host path below it)."""
+        return resolve(self.root if base is None else base, path, missing_ok=missing_ok)
+
+    def exists(self, path: str) -> bool:
+        """Whether `path` resolves inside the root; loops and permission problems raise."""
+        try:
+            self.resolve(path)
+        except ResolveError as e:
+            if e.errno in MISSING:
+                return False
+            raise
+        return True
+
+    def stat(self, path: str) -> Stat:
+        return Stat.of(os.stat(path))
+
+    def lstat(self, path: str) -> Stat:
+        return Stat.of(os.lstat(path))
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted(os.listdir(path))
+
+    def entries(self, path: str) -> list[tuple[str, str]]:
+        with os.scandir(path) as it:
+            return sorted((e.name, _entry_type(e)) for e in it)
+
+    def readlink(self, path: str) -> str:
+        return os.readlink(path)
+
+    def read(self, path: str, limit: int) -> bytes:
+        """A small regular file whole; NotRegularFile, FileTooLarge or OSError otherwise."""
+        return _read_regular(path, limit)
+
+    def getxattr(self, path: str, name: str) -> Optional[bytes]:
+        """An extended attribute (symlinks followed); None when absent or not supported."""
+        try:
+            return os.getxattr(path, name)
+        except OSError as e:
+            if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+                return None
+            raise
+
+    def config_files(self, name: str) -> tuple[list[tuple[str, str]], list[str]]:
+        """search_config_files(), observed as a whole by a recording view."""
+        return search_config_files(self, name)
+
+    def tree_digest(self, path: str) -> str:
+        return tree_digest_now(path)
+
+    def file_identity(self, path: str, located: bool) -> dict[str, Any]:
+        return file_identity_now(path, located)
+
+    def image_view(self, tree: str) -> LiveView:
+        """A view of a directory extension's tree as its own root. Reads inside it are covered by
+        the tree's digest (a recording view observes that), so they are not recorded one by one."""
+        return LiveView(tree, {})
+
+    def scoped(self, scope: str) -> _Scope:
+        """`with view.scoped(cls):` around what one class's inputs are read for (RecordingView)."""
+        return _Scope(self, scope)
+
+    def relative(self, path: str) -> str:
+        """A host path as it is recorded: relative to the root, or marked as the host's."""
+        rel = root_relative(self.root, path)
+        return HOST + path if self.root != "/" and rel == path else rel
+
+    def absolute(self, rel: str) -> str:
+        if rel.startswith(HOST):
+            return rel[len(HOST) :]
+        if self.root == "/":
+            return rel
+        return self.root if rel == "/" else self.root + rel
+
+
+class _Scope:
+    __slots__ = ("_before", "_scope", "_view")
+
+    def __init__(self, view: LiveView, scope: str) -> None:
+        self._view = view
+        self._scope = scope
+        self._before = ""
+
+    def __enter__(self) -> None:
+        if isinstance(self._view, RecordingView):
+            self._before = self._view.scope
+            self._view.scope = self._scope
+
+    def __exit__(self, *exc: object) -> None:
+        if isinstance(self._view, RecordingView):
+            self._view.scope = self._before
+
+
+# --------------------------------------------------------------------------------------------------
+# Observations: how each is taken (the same for recording and for replaying) and written down
+
+
+def _error_value(e: OSError) -> list[Any]:
+    if isinstance(e, NotRegularFile):
+        return ["T", e.kind]
+    if isinstance(e, FileTooLarge):
+        return ["F", e.size]
+    return [ERROR, e.errno or 0]
+
+
+def is_error(value: Any) -> bool:
+    """Whether a recorded value stands for an error, [E, errno]. No successful value looks like
+    that: listings hold names (strings), stats numbers, identities mappings, links strings. (A
+    read's value has errors of its own: [T, kind] and [F, size] besides, never like [sha256, n].)"""
+    return isinstance(value, list) and len(value) == 2 and value[0] == ERROR and isinstance(value[1], int)
+
+
+def _raise(path: str, value: list[Any], limit: int = 0) -> Any:
+    """Raise the error an error value stands for."""
+    if value[0] == "T":
+        raise NotRegularFile(path, value[1])
+    if value[0] == "F":
+        raise FileTooLarge(path, value[1], limit)
+    raise OSError(value[1], os.strerror(value[1]), path)
+
+
+def _resolve_value(view: LiveView, base: str, path: str, missing_ok: bool) -> Any:
+    try:
+        return view.relative(view.resolve(path, base=base, missing_ok=missing_ok))
+    except ResolveError as e:
+        if e.errno in MISSING:
+            return [ERROR, e.errno]  # where exactly it is missing may differ; that it is, may not
+        return [ERROR, e.errno, str(e).replace(repr(base), "<root>")]
+
+
+def _path_value(take: Callable[[str], Any], path: str) -> Any:
+    try:
+        return take(path)
+    except OSError as e:
+        return _error_value(e)
+
+
+def _read_value(view: LiveView, path: str, limit: int) -> tuple[Any, Optional[bytes]]:
+    try:
+        data = view.read(path, limit)
+    except OSError as e:
+        return _error_value(e), None
+    return [sha256(data).hexdigest(), len(data)], data
+
+
+def _config_value(view: LiveView, name: str) -> Any:
+    found, warnings = view.config_files(name)
+    return [[[shown, view.relative(path)] for shown, path in found], warnings]
+
+
+def _xattr_value(view: LiveView, path: str, name: str) -> Any:
+    try:
+        data = view.getxattr(path, name)
+    except OSError as e:
+        return _error_value(e)
+    return None if data is None else data.hex()
+
+
+# kind -> the observation's current value, from a live view and the recorded arguments
+VALUE_OF: dict[str, Callable[..., Any]] = {
+    "env": lambda v, name: v.env(name),
+    "mach": lambda v: v.machine(),
+    "cap": lambda v, name: v.capability(name),
+    "res": lambda v, base, path, missing_ok: _resolve_value(v, v.absolute(base), path, missing_ok),
+    "st": lambda v, path: _path_value(lambda p: v.stat(p).value(), v.absolute(path)),
+    "lst": lambda v, path: _path_value(lambda p: v.lstat(p).value(), v.absolute(path)),
+    "ls": lambda v, path: _path_value(v.listdir, v.absolute(path)),
+    "ents": lambda v, path: _path_value(lambda p: [list(e) for e in v.entries(p)], v.absolute(path)),
+    "rl": lambda v, path: _path_value(v.readlink, v.absolute(path)),
+    "rd": lambda v, path, limit: _read_value(v, v.absolute(path), limit)[0],
+    "xa": lambda v, path, name: _xattr_value(v, v.absolute(path), name),
+    "cfg": lambda v, name: _config_value(v, name),
+    "tree": lambda v, path: v.tree_digest(v.absolute(path)),
+    "id": lambda v, path, located: _path_value(lambda p: v.file_identity(p, located), v.absolute(path)),
+}
+
+
+class RecordingView(LiveView):
+    """A live view that writes down every observation and answers with what it wrote down.
+
+    While `scope` names a class, the observations it asks for are that class's; the others (the
+    host's) are every class's. So each class can be confirmed by its own observations, and a
+    refresh of one class leaves the other's as they were."""
+
+    def __init__(self, root: str, env: Mapping[str, str]) -> None:
+        super().__init__(root, env)
+        self._live = LiveView(self.root, env)
+        self.observations: list[list[Any]] = []
+        self.scope = ""  # "": every class's
+        self._scopes: list[set[str]] = []  # per observation, the scopes that asked for it
+        self._index: dict[tuple[Any, ...], int] = {}
+        self._bytes: dict[tuple[Any, ...], Optional[bytes]] = {}
+
+    def _note(self, key: tuple[Any, ...], value: Any) -> None:
+        self._index[key] = len(self.observations)
+        self.observations.append([*key, value])
+        self._scopes.append(set())
+
+    def _take(self, kind: str, *args: Any) -> Any:
+        key = (kind, *args)
+        if key not in self._index:
+            self._note(key, VALUE_OF[kind](self._live, *args))
+        i = self._index[key]
+        self._scopes[i].add(self.scope)
+        return self.observations[i][-1]
+
+    def observations_of(self, scope: str) -> list[int]:
+        """The indices of the observations a scope (a class) depends on: its own and everyone's."""
+        return [i for i, scopes in enumerate(self._scopes) if scope in scopes or "" in scopes]
+
+    def _answer(self, kind: str, path: str) -> Any:
+        value = self._take(kind, self.relative(path))
+        if is_error(value):
+            _raise(path, value)
+        return value
+
+    def env(self, name: str) -> Optional[str]:
+        value: Optional[str] = self._take("env", name)
+        return value
+
+    def machine(self) -> str:
+        value: str = self._take("mach")
+        return value
+
+    def capability(self, name: str) -> bool:
+        return bool(self._take("cap", name))
+
+    def resolve(self, path: str, *, base: Optional[str] = None, missing_ok: bool = False) -> str:
+        base_s = self.root if base is None else normalize_root(base)
+        value = self._take("res", self.relative(base_s), path, missing_ok)
+        if isinstance(value, list):
+            if len(value) > 2:
+                message = value[2].replace("<root>", repr(base_s))
+            else:
+                message = f"Cannot resolve {path!r} inside {base_s!r}: {os.strerror(value[1])}"
+            raise ResolveError(message, errno=value[1])
+        return self.absolute(value)
+
+    def stat(self, path: str) -> Stat:
+        return Stat(*self._answer("st", path))
+
+    def lstat(self, path: str) -> Stat:
+        return Stat(*self._answer("lst", path))
+
+    def listdir(self, path: str) -> list[str]:
+        return list(self._answer("ls", path))
+
+    def entries(self, path: str) -> list[tuple[str, str]]:
+        return [(name, kind) for name, kind in self._answer("ents", path)]
+
+    def readlink(self, path: str) -> str:
+        value: str = self._answer("rl", path)
+        return value
+
+    def read(self, path: str, limit: int) -> bytes:
+        key = ("rd", self.relative(path), limit)
+        if key not in self._index:
+            value, self._bytes[key] = _read_value(self._live, path, limit)
+            self._note(key, value)
+        i = self._index[key]
+        self._scopes[i].add(self.scope)
+        data = self._bytes[key]
+        if data is None:
+            _raise(path, self.observations[i][-1], limit)
+        assert data is not None
+        return data
+
+    def getxattr(self, path: str, name: str) -> Optional[bytes]:
+        value = self._take("xa", self.relative(path), name)
+        if isinstance(value, list):
+            _raise(path, value)
+        return None if value is None else bytes.fromhex(value)
+
+    def config_files(self, name: str) -> tuple[list[tuple[str, str]], list[str]]:
+        found, warnings = self._take("cfg", name)
+        return [(shown, self.absolute(rel)) for shown, rel in found], list(warnings)
+
+    def tree_digest(self, path: str) -> str:
+        value: str = self._take("tree", self.relative(path))
+        return value
+
+    def file_identity(self, path: str, located: bool) -> dict[str, Any]:
+        return dict(self._answer_id(path, located))
+
+    def _answer_id(self, path: str, located: bool) -> Any:
+        value = self._take("id", self.relative(path), located)
+        if is_error(value):
+            _raise(path, value)
+        return value
+
+    def image_view(self, tree: str) -> LiveView:
+        self.tree_digest(tree)  # what is read inside the tree is covered by its digest
+        return LiveView(tree, {})
+
+
+def replay(root: str, observations: Any, env: Mapping[str, str]) -> str:
+    """Take every observation again inside `root`: "" when all agree, else which one differs.
+    Anything malformed is a difference, never an exception."""
+    if not isinstance(observations, list):
+        return "no observations recorded"
+    view = LiveView(root, env)
+    for item in observations:
+        if not isinstance(item, list) or not item or not isinstance(item[0], str):
+            return "a malformed observation"
+        take = VALUE_OF.get(item[0])
+        if take is None:
+            return f"an unknown observation {item[0]!r}"
+        try:
+            now = take(view, *item[1:-1])
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError, OSError) as e:
+            return f"a malformed observation ({type(e).__name__})"
+        if now != item[-1]:
+            what = item[2] if item[0] == "res" else (item[1] if len(item) > 2 else item[0])
+            return f"{item[0]} {what!r} changed"
+    return ""
