@@ -34,11 +34,12 @@ SYSTEM_PYTHON = os.environ.get("SYSEXTPY_BENCH_PYTHON", "/usr/bin/python3")
 # site (-S), as the boot path starts it; the package comes from this checkout.
 OURS_LAUNCHER = (
     f"import sys; sys.path.insert(0, {os.fspath(REPO)!r}); "
-    "from sysextpy.__main__ import main; sys.exit(main())"
+    "from sysextpy.cli import main; sys.exit(main())"
 )
-# The same, straight to the full command line (past the confirming refresh of quick.py).
+# The same, straight to the full run (past the confirming refresh of decide.confirm_refresh).
 OURS_FULL_LAUNCHER = (
-    f"import sys; sys.path.insert(0, {os.fspath(REPO)!r}); from sysextpy.cli import main; sys.exit(main())"
+    f"import sys; sys.path.insert(0, {os.fspath(REPO)!r}); "
+    "from sysextpy.cli import main; sys.exit(main(confirming=False))"
 )
 HOST_SYSEXT = "/usr/bin/systemd-sysext"
 ORACLE_BASE = Path(os.environ.get("SYSEXT_ORACLE_BASE", "/opt/sysext-oracle"))

@@ -110,8 +110,11 @@ def resolve(
         return ResolveError(f"Cannot resolve {path!r} inside {root!r}: {what}", errno=err)
 
     # Resolved components below the root: each one an existing directory that is not a symlink, so
-    # ".." may pop them lexically. `todo` is a stack; its top (end) is the next component.
+    # ".." may pop them lexically; `here` is the host path they spell. `todo` is a stack; its top
+    # (end) is the next component.
+    base = "" if root == "/" else root
     done: list[str] = []
+    here = base
     todo = path.split("/")
     todo.reverse()
     steps = 0
@@ -125,10 +128,10 @@ def resolve(
             raise fail(errno.ELOOP, f"more than {MAX_STEPS} steps (symlink loop?)")
         if name == "..":
             if done:
-                done.pop()
+                here = here[: len(here) - len(done.pop()) - 1]
             continue
 
-        candidate = _join(root, [*done, name])
+        candidate = f"{here}/{name}"
         try:
             st = lstat(candidate)
         except FileNotFoundError as e:
@@ -136,10 +139,10 @@ def resolve(
                 todo.append(name)
                 todo.reverse()
                 return _join(root, _clamp(done, todo))
-            raise fail(errno.ENOENT, f"{_join('/', [*done, name])!r} does not exist") from e
+            raise fail(errno.ENOENT, f"{candidate[len(base) :]!r} does not exist") from e
         except OSError as e:
             raise fail(
-                e.errno or errno.EIO, f"cannot look at {_join('/', [*done, name])!r} ({e.strerror})"
+                e.errno or errno.EIO, f"cannot look at {candidate[len(base) :]!r} ({e.strerror})"
             ) from e
 
         if stat.S_ISLNK(st.st_mode):
@@ -150,10 +153,11 @@ def resolve(
                 target = readlink(candidate)
             except OSError as e:
                 raise fail(
-                    e.errno or errno.EIO, f"cannot read link {_join('/', [*done, name])!r} ({e.strerror})"
+                    e.errno or errno.EIO, f"cannot read link {candidate[len(base) :]!r} ({e.strerror})"
                 ) from e
             if target.startswith("/"):
                 done = []  # absolute targets mean the root, never the host's "/"
+                here = base
             # Relative targets continue from the link's directory, which is `done` as it stands.
             pieces = target.split("/")
             pieces.reverse()
@@ -162,10 +166,11 @@ def resolve(
 
         if not stat.S_ISDIR(st.st_mode) and todo:
             # Anything still to walk, even just a trailing "/" or ".", needs a directory here.
-            raise fail(errno.ENOTDIR, f"{_join('/', [*done, name])!r} is not a directory")
+            raise fail(errno.ENOTDIR, f"{candidate[len(base) :]!r} is not a directory")
         done.append(name)
+        here = candidate
 
-    return _join(root, done)
+    return here or "/"
 
 
 def resolve_in_root(root: StrPath, path: StrPath, *, missing_ok: bool = False) -> Path:

@@ -160,7 +160,7 @@ def _show(what: str) -> Callable[[Parsed], None]:
 
 class Option:
     """One option: whether it takes a value, what it does, and whether a refresh given it may be
-    confirmed by the recorded observations (quick.py) rather than by recomputed inputs: only
+    confirmed by the recorded observations (decide.confirm_refresh) rather than by recomputed inputs: only
     options that change nothing the inputs depend on may."""
 
     __slots__ = ("apply", "confirming", "name", "takes_value")
@@ -257,7 +257,7 @@ VERBS = ("status", "list", "merge", "unmerge", "refresh", "plan")
 
 
 def confirmable(p: Parsed) -> bool:
-    """Whether this is a refresh the recorded observations may confirm (quick.py)."""
+    """Whether this is a refresh the recorded observations may confirm (decide.confirm_refresh)."""
     return (
         p.show is None
         and p.verb == "refresh"
@@ -299,7 +299,7 @@ def _print_mutable_help(opts: Options) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None, *, confirming: bool = True) -> int:
-    """The program. A refresh that the recorded observations can confirm is done by quick.py
+    """The program. A refresh that the recorded observations can confirm is done by decide.confirm_refresh
     without the rest of the package (unless `confirming` is False); anything else runs here."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
@@ -311,7 +311,7 @@ def main(argv: Optional[Sequence[str]] = None, *, confirming: bool = True) -> in
 
     declined: Optional[str] = None
     if confirming and confirmable(parsed):
-        from .quick import confirm_refresh
+        from .decide import confirm_refresh
 
         status, declined = confirm_refresh(parsed.values, os.environ)
         if status is not None:

@@ -118,10 +118,15 @@ def _word(value: Any, words: tuple[str, ...], what: str) -> Any:
     return value
 
 
+def _all(value: Any, kind: type, what: str) -> list[Any]:
+    """A list of `kind` only (a record holds long ones: checked without a call per item)."""
+    if not isinstance(value, list) or not set(map(type, value)) <= {kind}:
+        raise Corrupt(f"{what} is not a list of {_KIND_NAMES.get(kind, kind.__name__)}s")
+    return value
+
+
 def _strings(value: Any, what: str) -> list[str]:
-    for item in _need(value, list, what):
-        _need(item, str, f"an entry of {what}")
-    return list(value)
+    return list(_all(value, str, what))
 
 
 _KIND_NAMES = {dict: "an object", list: "a list", str: "a string", int: "a number", bool: "true or false"}
@@ -325,7 +330,13 @@ class Confirmation:
         except (IndexError, TypeError):
             return None
         # The observations by content, not by position: another class's may come and go.
-        frame = [self.key, image_class, self.hierarchies.get(image_class), self.search_dirs.get(image_class), own]
+        frame = [
+            self.key,
+            image_class,
+            self.hierarchies.get(image_class),
+            self.search_dirs.get(image_class),
+            own,
+        ]
         return sha256_hex(dump_json(frame, ascii_only=False).encode("utf-8", "surrogateescape"))
 
     @classmethod
@@ -337,10 +348,7 @@ class Confirmation:
         for name in ("hierarchies", "searchDirs", "scopes"):
             table = _need(data.get(name), dict, f"confirm.{name}")
             for image_class, items in table.items():
-                for item in _need(items, list, f"confirm.{name}.{image_class}"):
-                    _need(
-                        item, int if name == "scopes" else str, f"an entry of confirm.{name}.{image_class}"
-                    )
+                _all(items, int if name == "scopes" else str, f"confirm.{name}.{image_class}")
             tables[name] = table
         observations = _need(data.get("observations"), list, "confirm.observations")
         return cls(key, classes, tables["hierarchies"], tables["searchDirs"], observations, tables["scopes"])

@@ -1,23 +1,32 @@
-"""Live merges: is a hierarchy merged right now, and what does its metadata say?
+"""Live merges and mounts: is a hierarchy merged right now, what does its metadata say, and which
+search directories cannot be seen yet?
 
 The test is upstream's: the hierarchy is a mount point and `H/.systemd-<class>/dev` names the
 hierarchy's own st_dev. A copied or untarred tree with a metadata directory is never mistaken for
 a live merge. The hierarchy is resolved inside the root, and the metadata directory and its files
 are opened without following links: in a copied tree they may be links anywhere, out of the root
-too. Imports only `os` and `stat` and the package's light modules: the confirming refresh uses it.
+too.
+
+A search directory below a file system the root's fstab names but that is not mounted yet (a
+separate /var while the initrd runs) cannot be seen: the handoff record lists it, so the real
+root's run knows its view is more complete (and the generator makes it wait for the mount).
+
+Imports only `os` and `stat` and the package's light modules: the confirming refresh uses it.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 
 from .chase import normalize_root, resolve
-from .errors import ResolveError
+from .errors import ResolveError, SysextError
 from .jsonlite import load_json
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any, Callable, Optional
 
     from .chase import StrPath
@@ -128,3 +137,72 @@ def read_live_extra(hierarchy: str, metadata_dir: str) -> Optional[dict[str, Any
     except (ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Search directories not mounted yet
+
+
+def unescape_fstab(field: str) -> str:
+    out, i = [], 0
+    while i < len(field):
+        if (
+            field[i] == "\\"
+            and len(field[i + 1 : i + 4]) == 3
+            and all(c in "01234567" for c in field[i + 1 : i + 4])
+        ):
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_fstab_mount_points(text: str) -> list[str]:
+    """Pure: the mount points of an fstab (normalised, swap and non-absolute entries dropped)."""
+    points = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) < 2:
+            continue
+        where = unescape_fstab(fields[1])
+        if not where.startswith("/"):
+            continue
+        points.append(posixpath.normpath(where))
+    return points
+
+
+def unreachable_dirs(
+    root: StrPath, search_dirs: Iterable[str], mount_check: Optional[MountCheck] = None
+) -> list[str]:
+    """Search directories whose deepest fstab mount point (other than /) is not mounted in the root.
+    `mount_check` (default: exact_mount_check) tells whether a directory is a mount point.
+    Every path is resolved inside the root: a mount point that is a link never leads out of it."""
+    if mount_check is None:
+        mount_check = exact_mount_check
+    from .view import LiveView, read_text
+
+    view = LiveView(os.fspath(root), {})
+    try:
+        fstab = read_text(view, view.resolve("/etc/fstab"))
+    except (ResolveError, SysextError):
+        return []
+    points = [p for p in parse_fstab_mount_points(fstab) if p != "/"]
+    result = []
+    for d in search_dirs:
+        owners = [p for p in points if d == p or d.startswith(p.rstrip("/") + "/")]
+        if not owners:
+            continue
+        owner = max(owners, key=len)
+        try:
+            path = view.resolve(owner)
+            mounted = mount_check(path, os.lstat(path))
+        except (ResolveError, OSError):
+            mounted = False
+        if not mounted:
+            result.append(d)
+    return result

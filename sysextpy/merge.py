@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from .dissect import TrustContext
     from .handoff import RecordCheck
     from .plan import Survey
-    from .view import LiveView, RecordingView
+    from .recording import RecordingView
+    from .view import LiveView
 
 
 @record
@@ -147,7 +148,7 @@ def class_runs(
 ) -> list[ClassRun]:
     """Decide, for each class, whether a refresh may skip it (decide.py)."""
     from .fingerprint import describe_changes, digest, unverifiable
-    from .sources import unreachable_dirs
+    from .live import unreachable_dirs
 
     forced_by = forced(opts.verb.value, opts.always_refresh, env)
     runs = []
@@ -198,9 +199,9 @@ def _timed_ms(since: float) -> float:
 
 
 def do_merge(opts: Options, env: Mapping[str, str], declined: Optional[str] = None) -> int:
+    from .recording import RecordingView
     from .state import new_record, now_usec, read_record, write_record
     from .status import live_merge
-    from .view import RecordingView
 
     t0 = time.monotonic()
     started = now_usec()

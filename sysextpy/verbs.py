@@ -184,8 +184,8 @@ def verb_plan(opts: Options, env: Mapping[str, str]) -> int:
     """Every image's verdict and what refresh would do, decided as refresh decides; nothing changes."""
     from .merge import assess, class_runs, confirmation
     from .plan import judge_all
+    from .recording import RecordingView
     from .state import read_record
-    from .view import RecordingView
 
     view = RecordingView(os.fspath(opts.root), env)
     a = assess(opts, view)

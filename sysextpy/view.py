@@ -5,11 +5,12 @@ release files, compatibility, policy, side-cars, certificates, signatures, hash 
 `os` to read; it is handed a view and asks it. Two kinds exist:
 
 - `LiveView` reads the file system and the environment as they are now;
-- `RecordingView` does the same and writes every answer down as a typed observation, so that a
-  later run can take the same observations again (`replay`) and know that the decision's inputs
-  are unchanged. It answers the code with exactly what it wrote down: a `Stat` carries the five
-  fields it records and no others, a listing comes sorted, a file's bytes are those whose digest it
-  recorded, and asking twice gives the first answer. So nothing a decision read escapes the record.
+- `RecordingView` (recording.py) does the same and writes every answer down as a typed
+  observation, so that a later run can take the same observations again (`replay`) and know that
+  the decision's inputs are unchanged. It answers the code with exactly what it wrote down: a
+  `Stat` carries the five fields it records and no others, a listing comes sorted, a file's bytes
+  are those whose digest it recorded, and asking twice gives the first answer. So nothing a
+  decision read escapes the record.
 
 Observations, as kept in the handoff record (paths relative to the view's root, "host:/..." for a
 path outside it, so the initrd's record for /sysroot is checked at / after switch-root):
@@ -50,7 +51,7 @@ import errno
 import os
 import stat
 
-from .chase import MISSING, normalize_root, resolve, root_relative
+from .chase import MISSING, normalize_root, resolve
 from .errors import ResolveError
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
@@ -224,44 +225,50 @@ def tree_digest_now(top: str) -> str:
     h = sha256()
     try:
         st = os.lstat(top)
-        h.update(f"\0{st.st_mode:o}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
     except OSError as e:
         h.update(f"\0error:{e.errno}\n".encode())
         return h.hexdigest()
+    lines = [f"\0{st.st_mode:o}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n"]
     count = 0
     stack = [(top, "")]
-    scandir, readlink, is_link, is_dir = os.scandir, os.readlink, stat.S_ISLNK, stat.S_ISDIR
+    scandir, readlink, kind_of = os.scandir, os.readlink, stat.S_IFMT
+    link, directory_kind = stat.S_IFLNK, stat.S_IFDIR
     while stack:
         directory, rel = stack.pop()
         try:
             with scandir(directory) as it:
-                entries = sorted((e.name, e) for e in it)
+                entries = list(it)
         except OSError as e:
-            h.update(f"{rel}\0error:{e.errno}\n".encode())
+            lines.append(f"{rel}\0error:{e.errno}\n")
             continue
-        for name, entry in entries:
-            count += 1
-            if count > TREE_ENTRY_LIMIT:
-                h.update(b"\0truncated\n")
-                return h.hexdigest()
-            path = f"{rel}/{name}"
+        if len(entries) > 1:
+            entries.sort(key=_NAME)
+        count += len(entries)
+        if count > TREE_ENTRY_LIMIT:
+            lines.append("\0truncated\n")
+            break
+        for entry in entries:
+            path = f"{rel}/{entry.name}"
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as e:
-                h.update(f"{path}\0error:{e.errno}\n".encode("utf-8", "surrogateescape"))
+                lines.append(f"{path}\0error:{e.errno}\n")
                 continue
             mode = st.st_mode
             extra = ""
-            if is_link(mode):
+            if kind_of(mode) == link:
                 try:
                     extra = readlink(entry.path)
                 except OSError:
                     extra = "?"
-            elif is_dir(mode):
+            elif kind_of(mode) == directory_kind:
                 stack.append((entry.path, path))
-            line = f"{path}\0{mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{extra}\n"
-            h.update(line.encode("utf-8", "surrogateescape"))
+            lines.append(f"{path}\0{mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{extra}\n")
+    h.update("".join(lines).encode("utf-8", "surrogateescape"))
     return h.hexdigest()
+
+
+_NAME = os.DirEntry.name.__get__  # C-level: entries sorted by name
 
 
 def file_identity_now(path: str, located: bool) -> dict[str, Any]:
@@ -405,9 +412,12 @@ class LiveView:
     Paths given to the reading methods are host paths (root-prefixed, as resolve() returns them);
     paths given to resolve() are inside the root (or inside `base`)."""
 
-    def __init__(self, root: str, env: Mapping[str, str]) -> None:
+    def __init__(self, root: str, env: Mapping[str, str], *, snapshot: bool = False) -> None:
         self.root = normalize_root(root)
         self._env = env
+        # A snapshot view (replay) looks at each directory a resolution passes once: the search
+        # directories lie on the way to every image in them.
+        self._lstat: Optional[Callable[[str], os.stat_result]] = _cached_lstat({}) if snapshot else None
 
     # -- the environment and the machine
 
@@ -425,7 +435,7 @@ class LiveView:
 
     def resolve(self, path: str, *, base: Optional[str] = None, missing_ok: bool = False) -> str:
         """chase.resolve() inside the root, or inside `base` (a host path below it)."""
-        return resolve(self.root if base is None else base, path, missing_ok=missing_ok)
+        return resolve(self.root if base is None else base, path, missing_ok=missing_ok, lstat=self._lstat)
 
     def exists(self, path: str) -> bool:
         """Whether `path` resolves inside the root; loops and permission problems raise."""
@@ -481,14 +491,21 @@ class LiveView:
         the tree's digest (a recording view observes that), so they are not recorded one by one."""
         return LiveView(tree, {})
 
-    def scoped(self, scope: str) -> _Scope:
-        """`with view.scoped(cls):` around what one class's inputs are read for (RecordingView)."""
-        return _Scope(self, scope)
+    def scoped(self, scope: str) -> Any:
+        """`with view.scoped(cls):` around what one class's inputs are read for (a recording view
+        notes which class asked for each observation)."""
+        return _UNSCOPED
 
     def relative(self, path: str) -> str:
         """A host path as it is recorded: relative to the root, or marked as the host's."""
-        rel = root_relative(self.root, path)
-        return HOST + path if self.root != "/" and rel == path else rel
+        root = self.root
+        if root == "/":
+            return path
+        if path == root:
+            return "/"
+        if path.startswith(root) and path[len(root)] == "/":
+            return path[len(root) :]
+        return HOST + path
 
     def absolute(self, rel: str) -> str:
         if rel.startswith(HOST):
@@ -498,22 +515,34 @@ class LiveView:
         return self.root if rel == "/" else self.root + rel
 
 
-class _Scope:
-    __slots__ = ("_before", "_scope", "_view")
+def _cached_lstat(cache: dict[str, Any]) -> Callable[[str], os.stat_result]:
+    def lstat(path: str) -> os.stat_result:
+        found = cache.get(path)
+        if found is None:
+            try:
+                found = cache[path] = os.lstat(path)
+            except OSError as e:
+                found = cache[path] = e
+        if isinstance(found, OSError):
+            raise OSError(found.errno, found.strerror, path)  # a new one: this one has a traceback
+        return found
 
-    def __init__(self, view: LiveView, scope: str) -> None:
-        self._view = view
-        self._scope = scope
-        self._before = ""
+    return lstat
+
+
+class _Unscoped:
+    """What LiveView.scoped() gives: nothing to note (a RecordingView notes the class)."""
+
+    __slots__ = ()
 
     def __enter__(self) -> None:
-        if isinstance(self._view, RecordingView):
-            self._before = self._view.scope
-            self._view.scope = self._scope
+        pass
 
     def __exit__(self, *exc: object) -> None:
-        if isinstance(self._view, RecordingView):
-            self._view.scope = self._before
+        pass
+
+
+_UNSCOPED = _Unscoped()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -535,7 +564,7 @@ def is_error(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 2 and value[0] == ERROR and isinstance(value[1], int)
 
 
-def _raise(path: str, value: list[Any], limit: int = 0) -> Any:
+def raise_error(path: str, value: list[Any], limit: int = 0) -> Any:
     """Raise the error an error value stands for."""
     if value[0] == "T":
         raise NotRegularFile(path, value[1])
@@ -553,6 +582,16 @@ def _resolve_value(view: LiveView, base: str, path: str, missing_ok: bool) -> An
         return [ERROR, e.errno, str(e).replace(repr(base), "<root>")]
 
 
+def _stat_value(path: str) -> list[int]:
+    st = os.stat(path)
+    return [st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_rdev]
+
+
+def _lstat_value(path: str) -> list[int]:
+    st = os.lstat(path)
+    return [st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_rdev]
+
+
 def _path_value(take: Callable[[str], Any], path: str) -> Any:
     try:
         return take(path)
@@ -560,7 +599,7 @@ def _path_value(take: Callable[[str], Any], path: str) -> Any:
         return _error_value(e)
 
 
-def _read_value(view: LiveView, path: str, limit: int) -> tuple[Any, Optional[bytes]]:
+def read_value(view: LiveView, path: str, limit: int) -> tuple[Any, Optional[bytes]]:
     try:
         data = view.read(path, limit)
     except OSError as e:
@@ -587,12 +626,12 @@ VALUE_OF: dict[str, Callable[..., Any]] = {
     "mach": lambda v: v.machine(),
     "cap": lambda v, name: v.capability(name),
     "res": lambda v, base, path, missing_ok: _resolve_value(v, v.absolute(base), path, missing_ok),
-    "st": lambda v, path: _path_value(lambda p: v.stat(p).value(), v.absolute(path)),
-    "lst": lambda v, path: _path_value(lambda p: v.lstat(p).value(), v.absolute(path)),
+    "st": lambda v, path: _path_value(_stat_value, v.absolute(path)),
+    "lst": lambda v, path: _path_value(_lstat_value, v.absolute(path)),
     "ls": lambda v, path: _path_value(v.listdir, v.absolute(path)),
     "ents": lambda v, path: _path_value(lambda p: [list(e) for e in v.entries(p)], v.absolute(path)),
     "rl": lambda v, path: _path_value(v.readlink, v.absolute(path)),
-    "rd": lambda v, path, limit: _read_value(v, v.absolute(path), limit)[0],
+    "rd": lambda v, path, limit: read_value(v, v.absolute(path), limit)[0],
     "xa": lambda v, path, name: _xattr_value(v, v.absolute(path), name),
     "cfg": lambda v, name: _config_value(v, name),
     "tree": lambda v, path: v.tree_digest(v.absolute(path)),
@@ -600,130 +639,12 @@ VALUE_OF: dict[str, Callable[..., Any]] = {
 }
 
 
-class RecordingView(LiveView):
-    """A live view that writes down every observation and answers with what it wrote down.
-
-    While `scope` names a class, the observations it asks for are that class's; the others (the
-    host's) are every class's. So each class can be confirmed by its own observations, and a
-    refresh of one class leaves the other's as they were."""
-
-    def __init__(self, root: str, env: Mapping[str, str]) -> None:
-        super().__init__(root, env)
-        self._live = LiveView(self.root, env)
-        self.observations: list[list[Any]] = []
-        self.scope = ""  # "": every class's
-        self._scopes: list[set[str]] = []  # per observation, the scopes that asked for it
-        self._index: dict[tuple[Any, ...], int] = {}
-        self._bytes: dict[tuple[Any, ...], Optional[bytes]] = {}
-
-    def _note(self, key: tuple[Any, ...], value: Any) -> None:
-        self._index[key] = len(self.observations)
-        self.observations.append([*key, value])
-        self._scopes.append(set())
-
-    def _take(self, kind: str, *args: Any) -> Any:
-        key = (kind, *args)
-        if key not in self._index:
-            self._note(key, VALUE_OF[kind](self._live, *args))
-        i = self._index[key]
-        self._scopes[i].add(self.scope)
-        return self.observations[i][-1]
-
-    def observations_of(self, scope: str) -> list[int]:
-        """The indices of the observations a scope (a class) depends on: its own and everyone's."""
-        return [i for i, scopes in enumerate(self._scopes) if scope in scopes or "" in scopes]
-
-    def _answer(self, kind: str, path: str) -> Any:
-        value = self._take(kind, self.relative(path))
-        if is_error(value):
-            _raise(path, value)
-        return value
-
-    def env(self, name: str) -> Optional[str]:
-        value: Optional[str] = self._take("env", name)
-        return value
-
-    def machine(self) -> str:
-        value: str = self._take("mach")
-        return value
-
-    def capability(self, name: str) -> bool:
-        return bool(self._take("cap", name))
-
-    def resolve(self, path: str, *, base: Optional[str] = None, missing_ok: bool = False) -> str:
-        base_s = self.root if base is None else normalize_root(base)
-        value = self._take("res", self.relative(base_s), path, missing_ok)
-        if isinstance(value, list):
-            if len(value) > 2:
-                message = value[2].replace("<root>", repr(base_s))
-            else:
-                message = f"Cannot resolve {path!r} inside {base_s!r}: {os.strerror(value[1])}"
-            raise ResolveError(message, errno=value[1])
-        return self.absolute(value)
-
-    def stat(self, path: str) -> Stat:
-        return Stat(*self._answer("st", path))
-
-    def lstat(self, path: str) -> Stat:
-        return Stat(*self._answer("lst", path))
-
-    def listdir(self, path: str) -> list[str]:
-        return list(self._answer("ls", path))
-
-    def entries(self, path: str) -> list[tuple[str, str]]:
-        return [(name, kind) for name, kind in self._answer("ents", path)]
-
-    def readlink(self, path: str) -> str:
-        value: str = self._answer("rl", path)
-        return value
-
-    def read(self, path: str, limit: int) -> bytes:
-        key = ("rd", self.relative(path), limit)
-        if key not in self._index:
-            value, self._bytes[key] = _read_value(self._live, path, limit)
-            self._note(key, value)
-        i = self._index[key]
-        self._scopes[i].add(self.scope)
-        data = self._bytes[key]
-        if data is None:
-            _raise(path, self.observations[i][-1], limit)
-        assert data is not None
-        return data
-
-    def getxattr(self, path: str, name: str) -> Optional[bytes]:
-        value = self._take("xa", self.relative(path), name)
-        if isinstance(value, list):
-            _raise(path, value)
-        return None if value is None else bytes.fromhex(value)
-
-    def config_files(self, name: str) -> tuple[list[tuple[str, str]], list[str]]:
-        found, warnings = self._take("cfg", name)
-        return [(shown, self.absolute(rel)) for shown, rel in found], list(warnings)
-
-    def tree_digest(self, path: str) -> str:
-        value: str = self._take("tree", self.relative(path))
-        return value
-
-    def file_identity(self, path: str, located: bool) -> dict[str, Any]:
-        return dict(self._answer_id(path, located))
-
-    def _answer_id(self, path: str, located: bool) -> Any:
-        value = self._take("id", self.relative(path), located)
-        if is_error(value):
-            _raise(path, value)
-        return value
-
-    def image_view(self, tree: str) -> LiveView:
-        self.tree_digest(tree)  # what is read inside the tree is covered by its digest
-        return LiveView(tree, {})
-
-
 def replay(root: str, observations: Any, env: Mapping[str, str]) -> str:
     """Take every observation again inside `root`: "" when all agree, else which one differs.
     Anything malformed is a difference, never an exception."""
     if not isinstance(observations, list):
         return "no observations recorded"
-    view = LiveView(root, env)
+    view = LiveView(root, env, snapshot=True)
     for item in observations:
         if not isinstance(item, list) or not item or not isinstance(item[0], str):
             return "a malformed observation"

@@ -22,7 +22,8 @@ import pytest
 from sysextpy.errors import ResolveError
 from sysextpy.merge import assess
 from sysextpy.model import ALL_CLASSES, Options
-from sysextpy.view import FileTooLarge, LiveView, NotRegularFile, RecordingView, Stat, replay
+from sysextpy.recording import RecordingView
+from sysextpy.view import FileTooLarge, LiveView, NotRegularFile, Stat, replay
 from tests.merge_support import add_confext, add_sysext, write
 
 HOST_RELEASE = "ID=debian\nVERSION_ID=12\n"

@@ -48,7 +48,7 @@ for name in names:
         importlib.import_module(name)
     except Exception:
         pass  # optional (systemd-python), or an attribute imported with "from x import y"
-main = sys.modules["sysextpy.__main__"].main
+main = importlib.import_module("sysextpy.cli").main
 real_stdout, real_stderr = sys.stdout, sys.stderr
 for argv in (["--version"], ["--root=" + fake_root, "--state=" + fake_root + "/state.json", "plan"]):
     sys.argv = ["sysextpy", *argv]
