@@ -5,23 +5,33 @@ Golden cases live in tests/generator/NN-name/: `root/` is the fake root the gene
 an optional `env` file adds KEY=VALUE lines to the environment, and `expected/` is exactly what it
 must write (`expected/.empty` alone: nothing). The generator runs as installed: the script itself,
 through its `#!/usr/bin/python3 -IS` line, with a clean environment.
+
+Some golden records hold bytes that are not UTF-8 (27-*, 30-*), as a damaged record may.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import posixpath
+import resource
+import shlex
 import subprocess
+import tempfile
 from collections.abc import Mapping
+from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 from conftest import REPO_ROOT
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sysextpy import generator as gen
+from sysextpy import handoff
+from sysextpy.jsonlite import load_json
 
 GENERATOR = REPO_ROOT / "generators" / "sysextpy-generator"
 CASES_DIR = Path(__file__).resolve().parent / "generator"
@@ -99,7 +109,18 @@ def test_golden(name: str, ndirs: int, tmp_path: Path) -> None:
 
 def test_golden_cases_cover_the_contract() -> None:
     """The issue asks for these situations; make sure a case for each stays in the tree."""
-    wanted = ["initrd", "merged", "failed", "merging", "corrupt", "other-boot", "unreachable-var"]
+    wanted = [
+        "initrd",
+        "merged",
+        "failed",
+        "merging",
+        "corrupt",
+        "other-boot",
+        "unreachable-var",
+        "schema-3",
+        "unreachable-not-utf8",
+        "unreachable-lone-surrogate",
+    ]
     for word in wanted:
         assert any(word in name for name in CASES), word
     # The fake roots must not depend on this machine's boot id.
@@ -108,13 +129,40 @@ def test_golden_cases_cover_the_contract() -> None:
         assert boot_id.strip().replace("-", "") == BOOT_ID
 
 
-def test_golden_records_name_the_fake_boot() -> None:
-    """A 'merged' golden record really is of the fake root's boot: only then is case 10 a test of
-    the happy path and case 15 a test of the boot id check."""
-    merged = json.loads((CASES_DIR / "10-host-merged/root/run/sysextpy/state.json").read_text())
-    other = json.loads((CASES_DIR / "15-host-other-boot/root/run/sysextpy/state.json").read_text())
-    assert merged["bootId"] == BOOT_ID and merged["phase"] == "merged"
-    assert other["bootId"] != BOOT_ID and other["phase"] == "merged"
+# Golden records that are meant not to be records of this schema; every other one must be one, or
+# a case named "failed" would pass because its record is corrupt rather than because it failed.
+NOT_RECORDS = (
+    "09-initrd-record-ignored",
+    "14-host-corrupt",
+    "22-host-schema-3",
+    "25-host-not-an-object",
+    "30-host-not-utf8",
+)
+NOT_MERGED = {
+    "12-host-failed": "failed",
+    "13-host-merging": "merging",
+    "19-host-off": "failed",
+    "23-host-failed-unreachable": "failed",
+}
+WITH_RECORD = [name for name in CASES if (CASES_DIR / name / "root/run/sysextpy/state.json").exists()]
+
+
+def read_record(path: Path) -> str:
+    return path.read_bytes().decode("utf-8", "surrogateescape")  # as the generator reads it
+
+
+@pytest.mark.parametrize("name", WITH_RECORD)
+def test_golden_records_are_what_their_case_says(name: str) -> None:
+    check = handoff.parse_record(read_record(CASES_DIR / name / "root/run/sysextpy/state.json"), BOOT_ID)
+    if name in NOT_RECORDS:
+        assert check.record is None, check
+        return
+    record = check.record
+    assert record is not None, check
+    assert (record.boot_id == BOOT_ID) == (name != "15-host-other-boot")
+    assert record.phase == NOT_MERGED.get(name, "merged")
+    for entry in record.classes.values():
+        assert entry.fingerprint is None or entry.bound(), "a fingerprint binds its digests"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,7 +211,7 @@ def write_root(root: Path, cmdline: str = "", record: Optional[str] = None, init
 
 def merged_record(**changes: Any) -> str:
     record: dict[str, Any] = {
-        "schema": 1,
+        "schema": 2,
         "bootId": BOOT_ID,
         "phase": "merged",
         "classes": {
@@ -225,7 +273,7 @@ def test_unusable_record_file_forces_refresh(kind: str, tmp_path: Path) -> None:
         (root / "run/sysextpy/real.json").write_text(merged_record())
         state.symlink_to("real.json")
     else:
-        state.write_text(merged_record(padding="x" * gen.MAX_RECORD_BYTES))
+        state.write_text(merged_record(padding="x" * handoff.MAX_RECORD_BYTES))
     out = tmp_path / "out"
     result = run_generator(root, out)
     assert result.returncode == 0
@@ -249,28 +297,65 @@ def test_debug_log_level_explains_decision(tmp_path: Path) -> None:
     assert "initrd: pulling in sysextpy-sysroot.service for sysext, confext" in loud.stderr
 
 
+def imported_modules(*args: str, env: Optional[Mapping[str, str]] = None) -> set[str]:
+    result = subprocess.run(
+        ["/usr/bin/python3", "-IS", "-X", "importtime", *args],
+        env=env or {},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    return {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
+
+
 def test_start_up_imports_stay_small(tmp_path: Path) -> None:
-    """The generator runs on every boot before any unit: it must not import the merger, json's
+    """The generator runs on every boot before any unit: beyond what `os` needs it imports only
+    itself, the record's parser and the C parts of json and sha256; never the merger, json's
     regular-expression machinery, typing or dataclasses (each costs milliseconds)."""
+    # What the interpreter and `os` load anyway, whatever this Python's version.
+    baseline = imported_modules("-c", "import os")
+    assert "os" in baseline  # the trace works
+    allowed = {"__future__", "generator", "handoff", "jsonlite", "_json", "_sha256", "_sha2"}
     for root in (
         write_root(tmp_path / "initrd", "quiet", initrd=True),
         write_root(tmp_path / "host", "quiet", merged_record()),
+        write_root(tmp_path / "failed", "quiet", merged_record(phase="failed")),
     ):
-        result = subprocess.run(
-            ["/usr/bin/python3", "-IS", "-X", "importtime", os.fspath(GENERATOR), os.fspath(root / "out")],
-            env={"SYSEXTPY_ROOT": os.fspath(root)},
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
+        imported = imported_modules(
+            os.fspath(GENERATOR), os.fspath(root / "out"), env={"SYSEXTPY_ROOT": os.fspath(root)}
         )
-        assert result.returncode == 0, result.stderr
-        lines = result.stderr.splitlines()
-        imported = {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
-        assert "os" in imported  # the trace works
+        assert imported - baseline <= allowed, sorted(imported - baseline - allowed)
         forbidden = {"sysextpy", "json", "re", "enum", "typing", "dataclasses", "argparse", "pathlib"}
         assert not imported & forbidden, sorted(imported & forbidden)
         assert (root / "out").exists()
+
+
+def limit_file_size() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))  # Python ignores SIGXFSZ: writes fail with EFBIG
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path: Path) -> None:
+    """A drop-in that cannot be written whole (here: the file size limit cuts the first write short
+    and refuses the next) is removed again: systemd would take a partial one as valid."""
+    case = CASES_DIR / "23-host-failed-unreachable"
+    expected = expected_tree(case)
+    assert len(expected[HANDOFF]) > 64
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [os.fspath(GENERATOR), os.fspath(out)],
+        env={"SYSEXTPY_ROOT": os.fspath(case / "root")},
+        preexec_fn=limit_file_size,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert f"cannot write {out / HANDOFF}: File too large" in result.stderr
+    assert snapshot(out) == {k: v for k, v in expected.items() if k != HANDOFF}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,14 +429,17 @@ CLASSES = ("sysext", "confext")
     ("text", "force", "mounts"),
     [
         (None, "no handoff record", ()),
-        ("", "corrupt record: not valid JSON", ()),
-        ("null", "corrupt record (not a JSON object)", ()),
+        ("", "corrupt record (Expecting value", ()),
+        ("null", "corrupt record (the record is not an object)", ()),
+        ("[" * 100_000, "corrupt record (nested too deeply)", ()),
         (merged_record(), "", ()),
-        (merged_record(schema=2), "record schema 2, expected 1", ()),
+        (merged_record(schema=1), "record schema 1, expected 2", ()),
+        (merged_record(schema=3), "record schema 3, expected 2", ()),
         (merged_record(bootId="f" * 32), "record is from another boot", ()),
         (merged_record(phase="merging"), "record says phase 'merging'", ()),
         (merged_record(phase="failed"), "record says phase 'failed'", ()),
-        (merged_record(phase=None), "record says phase None", ()),
+        (merged_record(phase=None), "corrupt record (phase is None", ()),
+        (merged_record(phase="done"), "corrupt record (phase is 'done'", ()),
         (merged_record(classes=[]), "corrupt record (classes is not an object)", ()),
         (merged_record(classes={"sysext": {}}), "record has no confext entry", ()),
         (
@@ -366,27 +454,34 @@ CLASSES = ("sysext", "confext")
         ),
         (
             merged_record(
+                classes={"sysext": {"hierarchies": {"/usr": {"result": "exploded"}}}, "confext": {}}
+            ),
+            "corrupt record (classes.sysext.hierarchies./usr.result is 'exploded'",
+            (),
+        ),
+        (
+            merged_record(
                 phase="failed",
                 classes={
                     "sysext": {"unreachable": ["/var/lib/extensions", "/var/lib//extensions/"]},
                     "confext": {
-                        "unreachable": ["/var/lib/confexts"],
+                        "unreachable": ["/var/lib/confexts", "//var/lib/confexts", "relative"],
                         "hierarchies": {"/etc": {"result": "failed"}},
                     },
                 },
             ),
             "record says phase 'failed'; confext failed on /etc",
-            ("/var/lib/confexts", "/var/lib/extensions"),
+            ("/var/lib/confexts", "/var/lib/extensions", "relative"),
         ),
     ],
 )
 def test_judge_record(text: Optional[str], force: str, mounts: tuple[str, ...]) -> None:
-    handoff = gen.judge_record(text, BOOT_ID, CLASSES)
+    handoff_ = gen.judge_record(text, BOOT_ID, CLASSES)
     if force:
-        assert handoff.force_reason.startswith(force)
+        assert handoff_.force_reason.startswith(force)
     else:
-        assert handoff.force_reason == ""
-    assert handoff.requires_mounts == mounts
+        assert handoff_.force_reason == ""
+    assert handoff_.requires_mounts == mounts
 
 
 def test_judge_record_only_looks_at_enabled_classes() -> None:
@@ -395,57 +490,322 @@ def test_judge_record_only_looks_at_enabled_classes() -> None:
     assert gen.judge_record(record, BOOT_ID, ("sysext",)).force_reason == "sysext failed on /usr"
 
 
+@pytest.mark.parametrize("boot", ["", "f" * 32])
+def test_unreachable_dirs_only_from_a_record_of_this_boot(boot: str) -> None:
+    record = merged_record(classes={"sysext": {"unreachable": ["/var/lib/extensions"]}, "confext": {}})
+    handoff_ = gen.judge_record(record, boot, CLASSES)
+    assert handoff_.requires_mounts == () and handoff_.force_reason
+
+
+# ---------------------------------------------------------------------------------------------
+# From record bytes to written files: whatever the record holds, the generator writes a complete
+# drop-in that systemd reads as written, or none, and never raises.
+
+
+class Recorder(gen.Log):
+    """The generator's log to stderr, and the level of each message."""
+
+    def __init__(self) -> None:
+        super().__init__(to_kmsg=False, max_level=gen.LOG_DEBUG)
+        self.levels: list[int] = []
+
+    def __call__(self, level: int, message: str) -> None:
+        self.levels.append(level)
+        super().__call__(level, message)
+
+
+def generate(record: bytes, cmdline: str) -> tuple[dict[str, bytes], Recorder, str]:
+    """Run the generator's decision and writing in this process (exceptions propagate) on a fake
+    root of the real root with `record`: every file it wrote, as bytes, and its log."""
+    log = Recorder()
+    files: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(prefix="sysextpy-gen-") as tmp, redirect_stderr(io.StringIO()) as err:
+        root = write_root(Path(tmp, "root"), cmdline)
+        (root / "run/sysextpy").mkdir(parents=True)
+        (root / "run/sysextpy/state.json").write_bytes(record)
+        out = Path(tmp, "out")
+        outputs = gen.decide(os.fspath(root), {"SYSTEMD_IN_INITRD": "0"}, log)
+        gen.write_outputs(os.fspath(out), outputs, log)
+        for path in out.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                files[os.fspath(path.relative_to(out))] = path.read_bytes()
+    return files, log, err.getvalue()
+
+
+def read_unit_file(data: bytes) -> list[tuple[str, str, str]]:
+    """(section, key, value) of every setting, read as systemd.syntax(7) says, refusing anything
+    systemd would refuse or read differently than it is written."""
+    assert data, "an empty file"
+    assert data.endswith(b"\n"), "a partial last line"
+    text = data.decode("utf-8")  # systemd refuses a unit file that is not UTF-8
+    found = []
+    section = ""
+    for line in text.split("\n")[:-1]:
+        assert len(line.encode()) < 1 << 14, "a line that grows with the record"  # systemd: 1 MiB
+        assert "\r" not in line and "\0" not in line, "a line break systemd sees"
+        assert not line.endswith("\\"), "a line that would continue onto the next"
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        if stripped.startswith("["):
+            assert stripped.endswith("]"), line
+            section = stripped[1:-1]
+            continue
+        key, eq, value = stripped.partition("=")
+        assert eq and section, line
+        found.append((section, key.strip(), value.strip()))
+    return found
+
+
+def mounts_waited_for(settings: list[tuple[str, str, str]]) -> set[str]:
+    paths = set()
+    for section, key, value in settings:
+        if key != "RequiresMountsFor":
+            continue
+        assert section == "Unit"
+        for word in shlex.split(value):  # systemd unquotes the words as a shell does
+            assert "%" not in word.replace("%%", ""), "a unit specifier"
+            paths.add(word.replace("%%", "%"))
+    return paths
+
+
+def normalised(path: str) -> str:
+    return "/" + posixpath.normpath(path).lstrip("/") if path.startswith("/") else path
+
+
+def distrust(text: str, classes: tuple[str, ...]) -> tuple[str, set[str]]:
+    """Independently of the generator: why a record cannot vouch for the merge by the plain rules
+    of the schema ("" when it can), and the unreachable directories its enabled classes list."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return "not JSON", set()
+    if not isinstance(data, dict) or data.get("schema") != 2 or data.get("bootId") != BOOT_ID:
+        return "not a schema 2 record of this boot", set()
+    why = "" if data.get("phase") == "merged" else "phase"
+    entries = data.get("classes")
+    if not isinstance(entries, dict):
+        return "classes", set()
+    listed = set()
+    for image_class in classes:
+        entry = entries.get(image_class)
+        if not isinstance(entry, dict):
+            why = why or f"no {image_class}"
+            continue
+        unreachable = entry.get("unreachable", [])
+        if isinstance(unreachable, list):
+            listed |= {normalised(p) for p in unreachable if isinstance(p, str)}
+        else:
+            why = why or "unreachable"
+        hierarchies = entry.get("hierarchies", {})
+        if not isinstance(hierarchies, dict) or any(
+            not isinstance(r, dict) or r.get("result") == "failed" for r in hierarchies.values()
+        ):
+            why = why or "a failed hierarchy"
+    return why, listed
+
+
+FORCE = ("Service", "Environment", "SYSEXTPY_FORCE_REFRESH=1")
+CMDLINE_CLASSES = {"": CLASSES, "systemd.sysext=0": ("confext",), "systemd.confext=0": ("sysext",)}
+
+
+def check_generated(record: bytes, cmdline: str) -> None:
+    files, log, err = generate(record, cmdline)
+    assert all(level > gen.LOG_ERR for level in log.levels), err
+    assert err.count("\n") == len(log.levels), "a message that spans lines"
+    assert all(len(line) < 2000 for line in err.splitlines())
+    assert all(data for data in files.values()), "an empty file"
+    settings = read_unit_file(files[HANDOFF]) if HANDOFF in files else []
+    assert set(files) <= {HANDOFF, "sysextpy.service.d/50-class.conf"}
+    assert all(s == FORCE or s[:2] == ("Unit", "RequiresMountsFor") for s in settings), settings
+    assert HANDOFF not in files or settings, "a drop-in that says nothing"
+    why, listed = distrust(record.decode("utf-8", "surrogateescape"), CMDLINE_CLASSES[cmdline])
+    waited = mounts_waited_for(settings)
+    assert waited <= listed, "a directory the record does not name"
+    if FORCE not in settings:
+        # The record vouches for the merge: it must, and no directory may have been left out.
+        assert why == "", why
+        assert waited == listed
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=20,
 )
-record_like = st.fixed_dictionaries(
-    {"schema": st.just(1), "bootId": st.just(BOOT_ID)},
-    optional={"phase": json_values | st.just("merged"), "classes": json_values},
+paths = st.one_of(
+    st.sampled_from(
+        [
+            "/var/lib/extensions",
+            "/var/lib//extensions/",
+            "//srv/x",
+            "/srv/a b",
+            "/srv/100%",
+            "/srv/%n",
+            "/",
+            "",
+            "relative",
+            "/a\nb",
+            '/a"b',
+            "/a\\",
+            "/x\udc80",
+            "/x\u2028y",
+            "/" + "n" * 256,
+            "/d" * 2100,
+        ]
+    ),
+    st.text(max_size=12).map(lambda t: "/" + t),
+    st.binary(max_size=12).map(lambda b: "/" + b.decode("utf-8", "surrogateescape")),
+    st.text(max_size=12),
+)
+hierarchy_results = st.fixed_dictionaries(
+    {"result": st.sampled_from([*handoff.RESULTS, "bogus"])},
+    optional={"mountId": st.none() | st.integers(), "dev": st.none() | st.text(max_size=5)},
+)
+class_entries = st.fixed_dictionaries(
+    {"unreachable": st.lists(paths, max_size=4)},
+    optional={
+        "hierarchies": st.dictionaries(
+            st.sampled_from(["/usr", "/etc"]) | st.text(max_size=8), hierarchy_results, max_size=3
+        ),
+        "fingerprint": st.none() | st.text(max_size=4),
+    },
+)
+# Mostly records of this schema and boot, so that what lies deeper is reached.
+records = st.fixed_dictionaries(
+    {
+        "schema": st.sampled_from([2, 2, 2, 2, 2, 2, 2.0, 1, 3, "2"]),
+        "bootId": st.sampled_from([BOOT_ID, BOOT_ID, BOOT_ID, BOOT_ID, BOOT_ID, "f" * 32]),
+        "phase": st.sampled_from(["merged", "merged", "merged", "merged", "merging", "failed", "bogus"]),
+        "classes": st.fixed_dictionaries({"sysext": class_entries, "confext": class_entries})
+        | st.fixed_dictionaries({}, optional={"sysext": class_entries, "confext": class_entries}),
+    },
+    optional={
+        "messages": st.lists(st.tuples(st.integers(0, 7), st.text(max_size=8)), max_size=2),
+        "confirm": st.none() | json_values,
+    },
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.one_of(json_values, record_like))
-def test_judge_record_never_raises(value: object) -> None:
-    handoff = gen.judge_record(json.dumps(value), BOOT_ID, CLASSES)
-    assert isinstance(handoff.force_reason, str)
-    assert all(isinstance(m, str) for m in handoff.requires_mounts)
+def one_field_of_any_type(record: dict[str, Any]) -> Any:
+    return st.tuples(st.sampled_from(sorted(record)), json_values).map(lambda kv: {**record, kv[0]: kv[1]})
+
+
+def encode_record(record: object, how: str) -> bytes:
+    if how == "ascii":  # lone surrogates as \udcXX escapes
+        return json.dumps(record).encode()
+    text = json.dumps(record, ensure_ascii=False)
+    try:
+        return text.encode("utf-8", how)  # surrogateescape: the byte each one stands for
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")  # bytes that are not UTF-8 either
+
+
+record_bytes = st.builds(
+    encode_record,
+    st.one_of(records, records, records, records.flatmap(one_field_of_any_type), json_values),
+    st.sampled_from(["ascii", "surrogateescape", "surrogatepass"]),
+)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        record_bytes,
+        record_bytes,
+        record_bytes,
+        record_bytes.flatmap(lambda b: st.integers(0, len(b)).map(lambda n: b[:n])),  # cut short
+        st.binary(max_size=64),
+    ),
+    st.sampled_from(sorted(CMDLINE_CLASSES)),
+)
+def test_any_record_gives_a_complete_dropin_or_none(record: bytes, cmdline: str) -> None:
+    check_generated(record, cmdline)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(json_values.map(json.dumps), st.text(max_size=40)))
 def test_load_json_agrees_with_json_loads(text: str) -> None:
+    """The record's parser reads JSON as the json package does, without importing it."""
     try:
         expected: object = json.loads(text)
     except ValueError:
         with pytest.raises(ValueError):
-            gen.load_json(text)
+            load_json(text)
         return
-    assert repr(gen.load_json(text)) == repr(expected)  # repr: NaN equals itself
+    assert repr(load_json(text)) == repr(expected)  # repr: NaN equals itself
+
+
+def big_record(**changes: Any) -> bytes:
+    return merged_record(**changes).encode()
 
 
 @pytest.mark.parametrize(
-    ("path", "word"),
+    "record",
     [
-        ("/var/lib/extensions", "/var/lib/extensions"),
-        ("/srv/my images", '"/srv/my images"'),
-        ("/srv/100%", "/srv/100%%"),
-        ("relative", None),
-        ("", None),
-        ("/a\nb", None),
-        ('/a"b', None),
-        ("/a\\b", None),
-        ("/a'b", None),
+        pytest.param(b"[" * 1_000_000, id="nested"),
+        pytest.param(b"\xff" * 1000, id="not-utf8"),
+        pytest.param(
+            big_record(classes={"sysext": {"hierarchies": {"x" * 2_000_000: {"result": "failed"}}}}),
+            id="long-hierarchy-name",
+        ),
+        pytest.param(big_record(phase="x" * 2_000_000), id="long-phase"),
+        pytest.param(
+            big_record(
+                classes={"sysext": {"unreachable": [f"/srv/{i:04}/" + "d" * 250 for i in range(5000)]}}
+            ),
+            id="many-unreachable",
+        ),
+        pytest.param(
+            big_record(classes={"sysext": {"unreachable": ["/" + "d/" * 5000]}, "confext": {}}),
+            id="long-path",
+        ),
     ],
 )
-def test_unit_path_word(path: str, word: Optional[str]) -> None:
+def test_records_larger_than_a_unit_file_line(record: bytes) -> None:
+    check_generated(record, "")
+
+
+@pytest.mark.parametrize(
+    ("path", "word", "problem"),
+    [
+        ("/var/lib/extensions", "/var/lib/extensions", ""),
+        ("/", "/", ""),
+        ("/srv/my images", '"/srv/my images"', ""),
+        ("/srv/100%", "/srv/100%%", ""),
+        ("/srv/é", "/srv/é", ""),
+        ("relative", None, "not an absolute path"),
+        ("", None, "not an absolute path"),
+        ("/a\udcffb", None, "not valid UTF-8"),
+        ("/a\nb", None, "control or unprintable characters"),
+        ("/a\tb", None, "control or unprintable characters"),
+        ("/a\x85b", None, "control or unprintable characters"),
+        ("/a\u2028b", None, "control or unprintable characters"),
+        ('/a"b', None, "quotes or backslashes"),
+        ("/a\\b", None, "quotes or backslashes"),
+        ("/a'b", None, "quotes or backslashes"),
+        ("/" + "n" * 255, "/" + "n" * 255, ""),
+        ("/" + "n" * 256, None, "too long for a path"),
+        ("/" + "é" * 128, None, "too long for a path"),  # 256 bytes
+        ("/d" * 2047, "/d" * 2047, ""),
+        ("/d" * 2048, None, "too long for a path"),
+    ],
+)
+def test_unit_path_word(path: str, word: Optional[str], problem: str) -> None:
     assert gen.unit_path_word(path) == word
+    assert gen.unit_path_problem(path) == problem
 
 
 def test_comment_text_cannot_start_a_setting() -> None:
     assert gen.comment_text("a\n[Service]\nExecStart=x") == "a?[Service]?ExecStart=x"
+    assert gen.comment_text("lone \udc80 surrogate") == "lone ? surrogate"
+    assert len(gen.comment_text("x" * 10_000)) < 2000
+
+
+def test_log_messages_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    gen.Log(to_kmsg=False, max_level=gen.LOG_DEBUG)(gen.LOG_ERR, "a\nb\udc80" + "c" * 10_000)
+    err = capsys.readouterr().err
+    assert err.startswith("sysextpy-generator: a?b?c") and err.count("\n") == 1 and len(err) < 2000
 
 
 def test_internal_error_falls_back_to_running_the_service(
