@@ -120,8 +120,9 @@ def _word(value: Any, words: tuple[str, ...], what: str) -> Any:
 
 def _all(value: Any, kind: type, what: str) -> list[Any]:
     """A list of `kind` only (a record holds long ones: checked without a call per item)."""
-    if not isinstance(value, list) or not set(map(type, value)) <= {kind}:
-        raise Corrupt(f"{what} is not a list of {_KIND_NAMES.get(kind, kind.__name__)}s")
+    _need(value, list, what)
+    if not set(map(type, value)) <= {kind}:
+        raise Corrupt(f"an entry of {what} is not {_KIND_NAMES.get(kind, kind.__name__)}")
     return value
 
 
