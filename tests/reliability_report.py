@@ -2,7 +2,8 @@
 
     SYSEXTPY_RELIABILITY_REPORT=/tmp/figures.jsonl .venv/bin/python -m pytest -q \\
         tests/test_properties.py tests/test_adversarial_chase.py tests/test_faults.py \\
-        tests/test_concurrency.py tests/test_special_files.py tests/test_refresh.py tests/test_quick.py
+        tests/test_concurrency.py tests/test_special_files.py tests/test_refresh.py tests/test_quick.py \\
+        tests/test_skip_soundness.py
     .venv/bin/python tests/reliability_report.py /tmp/figures.jsonl > tests/RELIABILITY.md
 
 Each line of the figures file is {"section", "name", "figures"} (tests/faults.py: report()).
@@ -111,8 +112,10 @@ CATALOGUE_TEXT = """
     e2e/test_boot.py::test_signed_verity_ddi_with_certificate_in_the_root
 26. a file edited in a directory extension
     test_refresh.py::test_each_change_refreshes
+    test_skip_soundness.py::test_a_skip_leaves_what_a_forced_refresh_builds
 27. an image replaced with the same size and mtime
     test_refresh.py::test_each_change_refreshes
+    test_skip_soundness.py::test_a_skip_leaves_what_a_forced_refresh_builds
 28. a retargeted current symlink
     test_refresh.py::test_each_change_refreshes
 29. an extension added or removed
@@ -121,6 +124,7 @@ CATALOGUE_TEXT = """
     test_refresh.py::test_setting_changes_refresh
 31. the record missing, corrupt, foreign, special
     test_refresh.py::test_untrusted_record_means_full_refresh
+    test_quick.py::test_an_altered_record_never_confirms_a_changed_root
     test_special_files.py::test_handoff_record
     test_properties.py::test_state_record
 32. record and mount table disagree
@@ -288,7 +292,8 @@ def render(sections: Mapping[str, Mapping[str, Mapping[str, Any]]], how: str) ->
     faults = sections.get("faults", {})
     conc = sections.get("concurrency", {})
     special = sections.get("special files", {})
-    observed = sections.get("observations", {})
+    skip = sections.get("skip soundness", {})
+    tampered = sections.get("record tampering", {})
 
     paths = trees.get("paths", {})
     escapes = paths.get("escapes", 0)
@@ -312,9 +317,12 @@ def render(sections: Mapping[str, Mapping[str, Mapping[str, Any]]], how: str) ->
         "exited cleanly; one overlay per hierarchy at the end.",
         f"- Special files: {_num(special_runs)} runs against a FIFO, a /dev/zero-like device, a "
         "socket or a terabyte-sized sparse file; none blocked.",
-        f"- Confirming on observations: {_num(sum(int(f.get('roots', 0)) for f in observed.values()))} "
-        "changed roots; confirmed although the fingerprint changed: "
-        f"{sum(int(f.get('confirmed_though_changed', 0)) for f in observed.values())}.",
+        f"- Skip soundness: {_num(sum(int(f.get('cases', 0)) for f in skip.values()))} changed roots "
+        "refreshed plainly and with --always-refresh=yes; skipped although the forced refresh built "
+        f"another state: {sum(int(f.get('skipped_though_different', 0)) for f in skip.values())}.",
+        f"- Altered records: {_num(sum(int(f.get('roots', 0)) for f in tampered.values()))} changed roots "
+        "with a record altered; confirmed although the root changed: "
+        f"{sum(int(f.get('confirmed_though_changed', 0)) for f in tampered.values())}.",
         "",
     ]
 
@@ -401,24 +409,32 @@ def render(sections: Mapping[str, Mapping[str, Mapping[str, Any]]], how: str) ->
         ]
     out += [""]
 
-    out += ["## Confirming on observations (tests/test_quick.py)", ""]
+    out += ["## Skip soundness (tests/test_skip_soundness.py)", ""]
     out += [
-        "A root is recorded (observe.py), changed, then judged twice: by taking the recorded",
-        "observations again, and by recomputing the fingerprints. A refresh may only skip on the",
-        "observations when the fingerprints are unchanged.",
+        "A root with directory and raw extensions of both classes is merged and changed, then",
+        "refreshed twice: plainly, and with --always-refresh=yes. The state each leaves (live merges,",
+        "extension lists, every visible file, rejected images, exit status) must be the same. The oracle",
+        "is the forced refresh, never the fingerprint.",
+        "",
+    ]
+    keys = ("cases", "skipped", "partly_skipped", "refreshed", "equal", "differ", "skipped_though_different")
+    out += _table(
+        ["change [class, kind]", *(k.replace("_", " ") for k in keys)],
+        [[n, *(_num(f.get(k, 0)) for k in keys)] for n, f in sorted(skip.items())],
+    )
+    out += [""]
+
+    out += ["## Altered records (tests/test_quick.py)", ""]
+    out += [
+        "After a merge the root is changed (an extension added, a file edited in place with its size",
+        "and mtime kept) and the handoff record altered; the refresh must not skip.",
         "",
     ]
     out += _table(
-        ["changes", "roots", "fingerprint changed", "observations differ", "confirmed though changed"],
+        ["alteration", "changed roots", "confirmed though changed"],
         [
-            [
-                n,
-                _num(f.get("roots", 0)),
-                _num(f.get("fingerprint_changed", 0)),
-                _num(f.get("observations_differ", 0)),
-                _num(f.get("confirmed_though_changed", 0)),
-            ]
-            for n, f in sorted(observed.items())
+            [n, _num(f.get("roots", 0)), _num(f.get("confirmed_though_changed", 0))]
+            for n, f in sorted(tampered.items())
         ],
     )
     out += [""]
