@@ -121,6 +121,16 @@ def decide(
     return True, "inputs and live merges match the record"
 
 
+def exit_status(record: HandoffRecord) -> int:
+    """A run's exit status from its record: 3 when an image was rejected, each one named."""
+    from .errors import EXIT_OK, EXIT_PARTIAL
+    from .log import log
+
+    for cls, name, reason in record.culprits():
+        log.warning("Rejected %s image %r: %s", cls, name, reason)
+    return EXIT_PARTIAL if record.rejected else EXIT_OK
+
+
 def confirmed_record(
     prior: HandoffRecord,
     classes: Sequence[str],
@@ -198,14 +208,13 @@ def confirm_refresh(
     except (SysextError, Uncertain, OSError) as e:
         return None, str(e)
 
-    from .errors import EXIT_OK, EXIT_PARTIAL
     from .log import log, setup_logging
 
     setup_logging()
     for priority, text in messages:
         log.log(priority, "%s", text)
     log.info("%s", SKIP_MESSAGE)
-    return (EXIT_PARTIAL if record.rejected else EXIT_OK), None
+    return exit_status(record), None
 
 
 def _confirmed(classes: tuple[str, ...], root: str, state: str, env: Mapping[str, str], t0: float) -> Any:

@@ -56,7 +56,7 @@ class Discovery:
     skipped: tuple[Skipped, ...]  # entries that did not become (winning) images, with the reason
     search_dirs: tuple[str, ...]
     missing_dirs: tuple[str, ...]  # search directories that do not exist inside the root
-    warnings: tuple[str, ...] = ()  # search directories that could not be used, and why
+    warnings: tuple[str, ...] = ()  # search directories and entries that could not be used, and why
 
 
 def _usec(seconds_ns: int) -> int:
@@ -187,6 +187,8 @@ def discover(view: LiveView, image_class: ImageClass, *, initrd: bool) -> Discov
             candidate, skip = _entry_to_candidate(view, image_class, search_dir, entry_name)
             if skip is not None:
                 skipped.append(skip)
+                if skip.verdict is Verdict.REJECTED:
+                    warnings.append(f"{search_dir}/{entry_name}: {skip.reason}")
                 continue
             assert candidate is not None
             winner = winners.get(candidate.name)

@@ -120,10 +120,10 @@ def _word(value: Any, words: tuple[str, ...], what: str) -> Any:
 
 def _all(value: Any, kind: type, what: str) -> list[Any]:
     """A list of `kind` only (a record holds long ones: checked without a call per item)."""
-    _need(value, list, what)
-    if not set(map(type, value)) <= {kind}:
+    items: list[Any] = _need(value, list, what)
+    if not set(map(type, items)) <= {kind}:
         raise Corrupt(f"an entry of {what} is not {_KIND_NAMES.get(kind, kind.__name__)}")
-    return value
+    return items
 
 
 def _strings(value: Any, what: str) -> list[str]:
@@ -418,6 +418,10 @@ class HandoffRecord:
     @property
     def rejected(self) -> bool:
         return any(entry.rejected for entry in self.classes.values())
+
+    def culprits(self) -> list[tuple[str, str, str]]:
+        """(class, name, reason) of every image or entry the record says was rejected."""
+        return [(c, name, reason) for c, entry in self.classes.items() for name, reason in entry.rejected]
 
     def to_json(self) -> dict[str, Any]:
         return {

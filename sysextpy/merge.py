@@ -16,8 +16,8 @@ import time
 from collections.abc import Mapping
 
 from . import __version__
-from .decide import INPUTS_CHANGED, SKIP_MESSAGE, confirmed_record, decide, forced
-from .errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, SysextError
+from .decide import INPUTS_CHANGED, SKIP_MESSAGE, confirmed_record, decide, exit_status, forced
+from .errors import EXIT_FAILURE, EXIT_OK, SysextError
 from .handoff import ClassEntry, Confirmation, HandoffRecord, HierarchyResult, bind, options_key
 from .live import exact_mount_check, format_dev, read_live_extra
 from .log import WARNING, log
@@ -255,7 +255,7 @@ def do_merge(opts: Options, env: Mapping[str, str], declined: Optional[str] = No
         )
         write_record(opts.state, done)
         log.info("%s", SKIP_MESSAGE)
-        return EXIT_PARTIAL if done.rejected else EXIT_OK
+        return exit_status(done)
 
     record = new_record(opts.verb.value, root, "merging", started)
     record.messages = a.messages
@@ -427,7 +427,7 @@ def _build_and_swap(
     write_record(opts.state, record)
     if errors:
         return EXIT_FAILURE
-    return EXIT_PARTIAL if plan.rejected else EXIT_OK
+    return exit_status(record)
 
 
 def _old_reloaders(root: Path, cs: ClassSettings, still_merged: set[str]) -> set[str]:

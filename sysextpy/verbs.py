@@ -121,6 +121,8 @@ def verb_list(opts: Options, settings: tuple[ClassSettings, ...], view: LiveView
     rows: list[dict[str, Any]] = []
     for cs in settings:
         found = discover(view, cs.image_class, initrd=initrd)
+        for warning in found.warnings:
+            log.warning("%s: %s", cs.image_class.value, warning)
         for c in found.candidates:
             rows.append(
                 {
