@@ -168,7 +168,7 @@ def _nonempty_dir(path: Path) -> bool:
         return False
 
 
-def _hierarchy_in_image(tree: Path, hierarchy: str) -> Optional[Path]:
+def hierarchy_in_image(tree: Path, hierarchy: str) -> Optional[Path]:
     """The image's copy of the hierarchy (the image is its own root), if it is a non-empty directory."""
     try:
         inner = resolve_in_root(tree, hierarchy)
@@ -186,7 +186,7 @@ def _overlay_options(settings: ClassSettings, mutable: bool) -> list[tuple[str, 
     return m.parse_mount_options(text) if text else []
 
 
-def _mount_attrs(settings: ClassSettings, read_only: bool) -> int:
+def mount_attrs(settings: ClassSettings, read_only: bool) -> int:
     attrs = m.MOUNT_ATTR_NODEV
     noexec = settings.image_class is ImageClass.CONFEXT
     if settings.image_class is ImageClass.CONFEXT:
@@ -336,7 +336,7 @@ def prepare_hierarchy(
         host_dir: Optional[Path] = target if exists else None
         layers: list[tuple[str, Path]] = []
         for v in merged:
-            inner = _hierarchy_in_image(image_tree(v.candidate, ws), hierarchy)
+            inner = hierarchy_in_image(image_tree(v.candidate, ws), hierarchy)
             if inner is not None:
                 layers.append((v.name, inner))
         layout = mutable_layout(root, settings, hierarchy, host_dir, ws)
@@ -404,7 +404,7 @@ def build_hierarchy(
             workdir=os.fspath(layout.work) if layout.work else None,
             source=cls.value,
             options=_overlay_options(settings, mutable=not read_only),
-            attrs=_mount_attrs(settings, read_only=read_only),
+            attrs=mount_attrs(settings, read_only=read_only),
         )
         dev = os.stat(staging).st_dev
         _write(meta / "dev", format_dev(dev) + "\n")

@@ -38,15 +38,15 @@ from __future__ import annotations
 import os
 import time
 
-from .handoff import NOT_MERGED, HandoffRecord
-from .live import format_dev, probe, read_live_extra
+from .handoff import ADOPTED, NOT_MERGED, HandoffRecord, sha256_hex
+from .live import format_dev, probe, read_live_extra, read_metadata
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any, Optional
 
-    from .handoff import Confirmation, ConfirmedBy, RecordCheck
+    from .handoff import ClassEntry, Confirmation, ConfirmedBy, RecordCheck
     from .live import MountCheck
 
 SKIP_MESSAGE = (
@@ -113,6 +113,18 @@ def decide(
                 return False, f"{h} holds a different merge than recorded"
             if res.dev != format_dev(st.st_dev):
                 return False, f"{h} is mounted anew since the record was written"
+        elif res.result == ADOPTED:
+            # An upstream merge kept as it was (adopt.py): the very mount, still upstream's, with
+            # the origin it had then.
+            if st is None or path is None:
+                return False, f"{h} is no longer merged"
+            origin = read_metadata(path, metadata_dir, "origin", 8 << 20)
+            if read_live_extra(path, metadata_dir) is not None or origin is None:
+                return False, f"{h} holds a different merge than recorded"
+            if sha256_hex(origin.encode("utf-8", "surrogateescape")) != res.origin:
+                return False, f"{h} holds a different merge than recorded"
+            if res.dev != format_dev(st.st_dev):
+                return False, f"{h} is mounted anew since the record was written"
         elif res.result in NOT_MERGED:
             if st is not None:
                 return False, f"{h} is merged but the record says it should not be"
@@ -132,9 +144,7 @@ def exit_status(record: HandoffRecord) -> int:
 
 
 def confirmed_record(
-    prior: HandoffRecord,
-    classes: Sequence[str],
-    unreachable: Mapping[str, list[str]],
+    entries: dict[str, ClassEntry],
     *,
     how: ConfirmedBy,
     verb: str,
@@ -146,9 +156,9 @@ def confirmed_record(
     messages: list[tuple[int, str]],
     declined: Optional[str] = None,
 ) -> HandoffRecord:
-    """The record of a run that changed nothing: every class as the prior record has it, each live
-    merge "unchanged"; `confirm` holds the observations this run took (never the prior run's, unless
-    taken again)."""
+    """The record of a run that changed nothing: each class's entry as it was confirmed (the prior
+    record's with each live merge "unchanged", or an adopted one); `confirm` holds the observations
+    this run took (never the prior run's, unless taken again)."""
     from . import __version__
     from .state import boot_id, in_initrd
 
@@ -161,7 +171,7 @@ def confirmed_record(
         in_initrd=in_initrd(),
         started=started,
         finished=finished,
-        classes={cls: prior.classes[cls].confirmed(unreachable.get(cls, [])) for cls in classes},
+        classes=entries,
         timings={"totalMs": round(total_ms, 3)},
         reload_done=False,
         reload_reason="nothing changed",
@@ -252,9 +262,7 @@ def _confirmed(classes: tuple[str, ...], root: str, state: str, env: Mapping[str
             return f"{cls}: {reason}"
         unreachable[cls] = unreachable_dirs(root, confirm.search_dirs.get(cls, []), quick_mount_check)
     record = confirmed_record(
-        prior,
-        classes,
-        unreachable,
+        {cls: prior.classes[cls].confirmed(unreachable[cls]) for cls in classes},
         how="observations",
         verb="refresh",
         root=root,

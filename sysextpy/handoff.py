@@ -68,8 +68,8 @@ if TYPE_CHECKING:
     from typing import Any, Final, Literal, Optional
 
     Phase = Literal["merging", "merged", "failed"]
-    Result = Literal["merged", "replaced", "unchanged", "unmerged", "untouched", "failed"]
-    ConfirmedBy = Literal["observations", "inputs"]
+    Result = Literal["merged", "replaced", "unchanged", "adopted", "unmerged", "untouched", "failed"]
+    ConfirmedBy = Literal["observations", "inputs", "adoption"]
 else:
     try:  # the built-in module: hashlib loads OpenSSL
         from _sha256 import sha256
@@ -91,11 +91,12 @@ REPLACED: Final = "replaced"
 UNCHANGED: Final = "unchanged"
 UNMERGED: Final = "unmerged"
 UNTOUCHED: Final = "untouched"
-RESULTS: Final = (MERGED, REPLACED, UNCHANGED, UNMERGED, UNTOUCHED, FAILED)
+ADOPTED: Final = "adopted"  # an upstream merge kept (adopt.py): its `origin` is recorded by digest
+RESULTS: Final = (MERGED, REPLACED, UNCHANGED, ADOPTED, UNMERGED, UNTOUCHED, FAILED)
 LIVE_RESULTS: Final = (MERGED, REPLACED, UNCHANGED)  # a merge of ours is there
 NOT_MERGED: Final = (UNMERGED, UNTOUCHED)  # nothing of ours is there
 
-CONFIRMERS: Final = ("observations", "inputs")
+CONFIRMERS: Final = ("observations", "inputs", "adoption")
 
 
 class Corrupt(ValueError):
@@ -143,7 +144,7 @@ def bind(inputs_digest: str, observations_digest: str) -> str:
 
 
 class HierarchyResult:
-    __slots__ = ("dev", "error", "mount_id", "result")
+    __slots__ = ("dev", "error", "mount_id", "origin", "result")
 
     def __init__(
         self,
@@ -151,18 +152,23 @@ class HierarchyResult:
         mount_id: Optional[int] = None,
         dev: Optional[str] = None,
         error: Optional[str] = None,
+        origin: Optional[str] = None,
     ) -> None:
         self.result: Result = result
         self.mount_id = mount_id
         self.dev = dev
         self.error = error
+        self.origin = origin  # an adopted merge: the sha256 of the `origin` upstream wrote
 
     @property
     def live(self) -> bool:
         return self.result in LIVE_RESULTS
 
     def to_json(self) -> dict[str, Any]:
-        return {"result": self.result, "mountId": self.mount_id, "dev": self.dev, "error": self.error}
+        data = {"result": self.result, "mountId": self.mount_id, "dev": self.dev, "error": self.error}
+        if self.origin is not None:
+            data["origin"] = self.origin
+        return data
 
     @classmethod
     def from_json(cls, data: Any, what: str) -> HierarchyResult:
@@ -172,6 +178,7 @@ class HierarchyResult:
             _maybe(data.get("mountId"), int, f"{what}.mountId"),
             _maybe(data.get("dev"), str, f"{what}.dev"),
             _maybe(data.get("error"), str, f"{what}.error"),
+            _maybe(data.get("origin"), str, f"{what}.origin"),
         )
 
 
@@ -232,7 +239,7 @@ class ClassEntry:
             hierarchies={
                 h: HierarchyResult(UNCHANGED, r.mount_id, r.dev, r.error) if r.live else r
                 for h, r in self.hierarchies.items()
-            },
+            },  # an adopted merge stays "adopted": it is still upstream's
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from .dissect import TrustContext
     from .handoff import RecordCheck
-    from .plan import Survey
+    from .plan import ClassPlan, Survey
     from .recording import RecordingView
     from .view import LiveView
 
@@ -185,6 +185,71 @@ def class_runs(
     return runs
 
 
+def _fill_verdicts(entry: ClassEntry, cp: ClassPlan) -> None:
+    """A class's merged, rejected and ignored images, as its record entry lists them."""
+    entry.merged = [v.name for v in cp.to_merge]
+    entry.rejected = [(v.name, v.reason) for v in cp.verdicts if v.verdict is Verdict.REJECTED]
+    entry.rejected += [
+        (s.name or os.fspath(s.entry), s.reason) for s in cp.skipped if s.verdict is Verdict.REJECTED
+    ]
+    entry.ignored = [(v.name, v.reason) for v in cp.verdicts if v.verdict is Verdict.IGNORED]
+
+
+def _adopt(opts: Options, a: Assessment, view: RecordingView, runs: list[ClassRun]) -> dict[str, ClassEntry]:
+    """The entries of the classes whose live merges systemd-sysext or systemd-confext made and that
+    this run keeps (adopt.py): those it would build as they are."""
+    from .adopt import adoption, upstream_merges
+    from .images import Workspace
+    from .plan import Survey, judge_all
+
+    todo = []
+    for run, disc in zip(runs, a.found.discoveries):
+        live = upstream_merges(opts.root, run.settings) if not run.skip else {}
+        if live:
+            todo.append((run, disc, live))
+    if not todo:
+        return {}
+    from .identity import extension_identity
+    from .view import LiveView
+
+    # upstream's identities are taken in the host's namespace: mount ids differ in the workspace
+    plain = LiveView(os.fspath(opts.root), {})
+    identities = {
+        (c.image_class.value, c.name): extension_identity(plain, c)
+        for _, disc, _ in todo
+        for c in disc.candidates
+    }
+    adopted: dict[str, ClassEntry] = {}
+    with Workspace(trust=a.trust) as ws:
+        sub = Survey(
+            root=a.found.root,
+            host=a.found.host,
+            initrd=a.found.initrd,
+            settings=tuple(run.settings for run, _, _ in todo),
+            discoveries=tuple(disc for _, disc, _ in todo),
+        )
+        plan = judge_all(opts, sub, view, ws, known=a.verdicts)
+        for (run, _, live), cp in zip(todo, plan.classes):
+            cls = run.image_class.value
+            tool = run.image_class.upstream_tool
+            where = ", ".join(live)
+            results, why = adoption(opts, view, cp, ws, live, identities)
+            if results is None or ws.retry:
+                log.info("%s: not adopting the merge %s made on %s: %s.", cls, tool, where, why)
+                continue
+            log.info("%s: adopted the merge %s made on %s: %s.", cls, tool, where, why)
+            entry = ClassEntry(
+                fingerprint=run.fingerprint,
+                inputs_digest=run.inputs_digest,
+                observations_digest=run.observations_digest,
+                unreachable=run.unreachable,
+                hierarchies=results,
+            )
+            _fill_verdicts(entry, cp)
+            adopted[cls] = entry
+    return adopted
+
+
 def _log_choice(chosen: list[str], ignored: int) -> None:
     if chosen:
         log.info("Using extensions %s.", ", ".join(f"'{n}'" for n in chosen))
@@ -237,13 +302,22 @@ def do_merge(opts: Options, env: Mapping[str, str], declined: Optional[str] = No
         log.debug("The recorded observations did not confirm the merge: %s.", declined)
     t_decided = time.monotonic()
 
-    if all(r.skip for r in runs):
-        assert check.record is not None  # a skip needs a usable record
+    adopted: dict[str, ClassEntry] = {}
+    if opts.verb is Verb.REFRESH and forced(opts.verb.value, opts.always_refresh, env) is None:
+        adopted = _adopt(opts, a, view, runs)
+
+    if all(r.skip or r.image_class.value in adopted for r in runs):
+        entries = {}
+        for run in runs:
+            cls = run.image_class.value
+            if cls in adopted:
+                entries[cls] = adopted[cls]
+            else:
+                assert check.record is not None  # a skip needs a usable record
+                entries[cls] = check.record.classes[cls].confirmed(run.unreachable)
         done = confirmed_record(
-            check.record,
-            [r.image_class.value for r in runs],
-            {r.image_class.value: r.unreachable for r in runs},
-            how="inputs",
+            entries,
+            how="adoption" if adopted else "inputs",
             verb=opts.verb.value,
             root=os.fspath(root),
             started=started,
@@ -262,7 +336,10 @@ def do_merge(opts: Options, env: Mapping[str, str], declined: Optional[str] = No
     record.declined = declined if opts.verb is Verb.REFRESH else None
     for run in runs:
         cls = run.image_class.value
-        if run.skip:
+        if cls in adopted:
+            record.classes[cls] = adopted[cls]
+            run.skip = True
+        elif run.skip:
             assert check.record is not None
             record.classes[cls] = check.record.classes[cls].confirmed(run.unreachable)
         else:
@@ -320,12 +397,7 @@ def _build_and_swap(
         for run, cp in zip(todo, plan.classes):
             merged = list(cp.to_merge)
             entry = record.classes[run.image_class.value]
-            entry.merged = [v.name for v in merged]
-            entry.rejected = [(v.name, v.reason) for v in cp.verdicts if v.verdict is Verdict.REJECTED]
-            entry.rejected += [
-                (s.name or os.fspath(s.entry), s.reason) for s in cp.skipped if s.verdict is Verdict.REJECTED
-            ]
-            entry.ignored = [(v.name, v.reason) for v in cp.verdicts if v.verdict is Verdict.IGNORED]
+            _fill_verdicts(entry, cp)
             _log_choice(
                 [v.name for v in merged], sum(1 for v in cp.verdicts if v.verdict is Verdict.IGNORED)
             )
