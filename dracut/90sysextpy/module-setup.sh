@@ -6,8 +6,13 @@
 # (which pulls the unit in unless rd.sysextpy=0), the sysextpy package, and a Python interpreter
 # with exactly the standard-library modules they import, computed here by python-closure.py.
 
-# dracut sets $initdir, $moddir, $hostonly and the $systemd*dir variables before calling us.
+# dracut sets $initdir, $moddir, $hostonly, $dracutsysrootdir and the $systemd*dir variables
+# before calling us.
 # shellcheck disable=SC2154
+#
+# The image may be built for another root (dracut --sysroot DIR): as in dracut's own modules, the
+# paths here are paths inside that root, files are read at "$dracutsysrootdir$path", and the inst
+# helpers copy from there. $dracutsysrootdir is empty for the running system.
 
 # The program sysextpy-sysroot.service runs (the launcher `make install` writes): the first word
 # of its ExecStart=, so that the unit and what is installed cannot disagree.
@@ -19,14 +24,14 @@ sysextpy_launcher() {
             printf '%s\n' "${_line%% *}"
             return 0
         fi
-    done < "$systemdsystemunitdir/sysextpy-sysroot.service"
+    done < "${dracutsysrootdir-}$systemdsystemunitdir/sysextpy-sysroot.service"
     return 1
 }
 
-# The interpreter a script runs: the first word after "#!" in its first line.
+# The interpreter a script of the root runs: the first word after "#!" in its first line.
 sysextpy_python() {
     local _shebang
-    read -r _shebang < "$1" || return 1
+    read -r _shebang < "${dracutsysrootdir-}$1" || return 1
     [[ $_shebang == '#!'/* ]] || return 1
     _shebang=${_shebang#'#!'}
     printf '%s\n' "${_shebang%% *}"
@@ -39,10 +44,53 @@ sysextpy_die() {
     exit 1
 }
 
+# An inst helper failed on programs or libraries. For another root that is mostly $DRACUT_LDD,
+# which dracut runs on every program it installs: the build host's ldd, by default, fails on a
+# root whose C library is newer than the host's.
+sysextpy_cannot_install() {
+    if [[ ${dracutsysrootdir-} ]]; then
+        sysextpy_die "cannot install $* from $dracutsysrootdir: with --sysroot, dracut finds libraries with" \
+            "\$DRACUT_LDD ('${DRACUT_LDD-ldd}'), which has to work on that root's programs (dracut(8))"
+    fi
+    sysextpy_die "cannot install $*"
+}
+
+# Where the program sysextpy_in_root runs sees the image being built.
+sysextpy_image_dir() {
+    if [[ ${dracutsysrootdir-} ]]; then
+        printf '%s\n' /tmp/sysextpy-initramfs
+    else
+        printf '%s\n' "$initdir"
+    fi
+}
+
+# Run a program of the root the image is built for. With --sysroot, chrooted into that root, so
+# that it is the root's interpreter with the root's standard library and libraries, whatever the
+# build host has; in a private mount namespace with /proc, /dev, a scratch /tmp and the image at
+# $(sysextpy_image_dir), so that nothing is written into the root and nothing stays mounted.
+sysextpy_in_root() {
+    if [[ -z ${dracutsysrootdir-} ]]; then
+        "$@"
+        return
+    fi
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    unshare --mount --propagation private -- /bin/sh -euc '
+        root=$1 initdir=$2 image=$3
+        shift 3
+        mount -t proc proc "$root/proc"
+        mount --rbind /dev "$root/dev"
+        mount -t tmpfs tmpfs "$root/tmp"
+        mkdir "$root$image"
+        mount --bind "$initdir" "$root$image"
+        exec chroot "$root" "$@"
+    ' sysextpy-in-root "$dracutsysrootdir" "$initdir" "$(sysextpy_image_dir)" "$@"
+}
+
 # Prerequisite check(s) for module.
 check() {
     local _launcher
-    if ! _launcher=$(sysextpy_launcher 2> /dev/null) || ! [[ -x "$(sysextpy_python "$_launcher")" ]]; then
+    if ! _launcher=$(sysextpy_launcher 2> /dev/null) \
+        || ! [[ -x ${dracutsysrootdir-}$(sysextpy_python "$_launcher") ]]; then
         dinfo "dracut module 'sysextpy' will not be installed: sysextpy-sysroot.service, the program" \
             "it runs or that program's interpreter is missing"
         return 1
@@ -66,28 +114,33 @@ installkernel() {
 
 # Install the required file(s) and directories for the module in the initramfs.
 install() {
-    local _launcher _python _generator _closure _file _package=""
+    local _launcher _python _generator _closure _file _image _package=""
     local -a _sources=() _libraries=() _modules=()
 
-    # The import closure is computed by running the interpreter, which only works for the root
-    # dracut runs in.
-    [[ -z ${dracutsysrootdir-} ]] || sysextpy_die "building for another root (--sysroot) is not supported"
+    # The import closure is computed by running the root's own interpreter: for another root
+    # (--sysroot), chrooted into it.
+    if [[ ${dracutsysrootdir-} && $EUID -ne 0 ]]; then
+        sysextpy_die "building for another root (--sysroot) needs root: the root's interpreter is run" \
+            "chrooted into $dracutsysrootdir to find the Python modules to install"
+    fi
     _launcher=$(sysextpy_launcher) || sysextpy_die "no ExecStart= in sysextpy-sysroot.service"
     _python=$(sysextpy_python "$_launcher") || sysextpy_die "no interpreter named in $_launcher"
     _generator="$systemdutildir/system-generators/sysextpy-generator"
 
-    inst_simple "$systemdsystemunitdir/sysextpy-sysroot.service" || sysextpy_die "cannot install the unit"
+    # Not inst_simple: it looks for its source on the build host, not in $dracutsysrootdir.
+    inst_multiple "$systemdsystemunitdir/sysextpy-sysroot.service" || sysextpy_die "cannot install the unit"
     # inst_script also installs the interpreters named in the first lines. Their libraries are
     # resolved now rather than in dracut's final pass, so that the self-check below can run them.
-    DRACUT_RESOLVE_DEPS=1 inst_script "$_generator" || sysextpy_die "cannot install $_generator"
-    DRACUT_RESOLVE_DEPS=1 inst_script "$_launcher" || sysextpy_die "cannot install $_launcher"
-    # Verity images are opened and their signatures checked with these, when the host has them.
+    DRACUT_RESOLVE_DEPS=1 inst_script "$_generator" || sysextpy_cannot_install "$_generator"
+    DRACUT_RESOLVE_DEPS=1 inst_script "$_launcher" || sysextpy_cannot_install "$_launcher"
+    # Verity images are opened and their signatures checked with these, when the root has them.
     inst_multiple -o veritysetup openssl
     if [[ $hostonly ]]; then
         inst_multiple -H -o "$systemdsystemconfdir/sysextpy-sysroot.service.d/*.conf"
     fi
 
-    _closure=$("$_python" -I "$moddir/python-closure.py" "$_launcher" "$_generator") \
+    # The helper comes on stdin: it is part of the module, which need not be inside the root.
+    _closure=$(sysextpy_in_root "$_python" -I - "$_launcher" "$_generator" < "$moddir/python-closure.py") \
         || sysextpy_die "cannot compute the Python modules to install"
     while IFS= read -r _file; do
         case $_file in
@@ -101,16 +154,17 @@ install() {
             _modules+=("sysextpy.${_file%.py}")
         fi
     done <<< "$_closure"
-    inst_multiple "${_libraries[@]}" || sysextpy_die "cannot install the Python extension modules"
+    inst_multiple "${_libraries[@]}" || sysextpy_cannot_install "the Python extension modules"
     # Extension modules are not executable, so neither inst_multiple nor dracut's final pass
     # looks at their libraries (libffi for _ctypes, ...): resolve them explicitly (-R).
-    inst_multiple -R "${_libraries[@]}" || sysextpy_die "cannot install the libraries of the extension modules"
+    inst_multiple -R "${_libraries[@]}" || sysextpy_cannot_install "the libraries of the extension modules"
     # Sources are data: no library or interpreter resolution for a "#!" line in the stdlib.
     DRACUT_RESOLVE_DEPS='' inst_multiple "${_sources[@]}" || sysextpy_die "cannot install the Python modules"
     # Hash-checked byte code: valid whatever file times the image ends up with, and no compiling
     # (or writing) on the boot path.
-    "$_python" -I -m compileall -q --invalidation-mode checked-hash -s "$initdir" -p / \
-        "${_sources[@]/#/$initdir}" > /dev/null || sysextpy_die "cannot compile the Python modules"
+    _image=$(sysextpy_image_dir)
+    sysextpy_in_root "$_python" -I -m compileall -q --invalidation-mode checked-hash -s "$_image" -p / \
+        "${_sources[@]/#/$_image}" > /dev/null || sysextpy_die "cannot compile the Python modules"
 
     sysextpy_self_check "$_launcher" "$_python" "$_generator" "${_modules[@]}"
 }
