@@ -33,8 +33,7 @@ SYSTEM_PYTHON = os.environ.get("SYSEXTPY_BENCH_PYTHON", "/usr/bin/python3")
 # How sysextpy is started: isolated (-I: no PYTHONPATH, no user site, no cwd on sys.path) and without
 # site (-S), as the boot path starts it; the package comes from this checkout.
 OURS_LAUNCHER = (
-    f"import sys; sys.path.insert(0, {os.fspath(REPO)!r}); "
-    "from sysextpy.cli import main; sys.exit(main())"
+    f"import sys; sys.path.insert(0, {os.fspath(REPO)!r}); from sysextpy.cli import main; sys.exit(main())"
 )
 # The same, straight to the full run (past the confirming refresh of decide.confirm_refresh).
 OURS_FULL_LAUNCHER = (

@@ -4,23 +4,34 @@ As root, pytest_configure moves the pytest process itself into a new mount names
 still single-threaded then), makes every mount private and puts a fresh tmpfs on /run. Nothing
 a test mounts can reach the host, and everything vanishes when pytest exits. Set
 SYSEXTPY_TEST_NO_UNSHARE=1 to skip this (mounting tests are then skipped).
+
+Host tools (mksquashfs, sfdisk, dracut, ...) come from the Debian packages of tests/packages. A
+test names the ones it runs with require_tools() or the `tools` marker: without them it skips,
+unless SYSEXTPY_REQUIRE_TOOLS=1 (`make test` as root, CI), where it fails: there everything in
+tests/packages was installed, so a missing tool is a missing install step, not a reason to skip.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NoReturn, Optional
 
 import pytest
 
 from sysextpy import mountapi
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = REPO_ROOT / "tests/packages"
+REQUIRE_TOOLS = os.environ.get("SYSEXTPY_REQUIRE_TOOLS", "").lower() in ("1", "yes", "true")
+# Where root's PATH finds mkfs.ext4, sfdisk, veritysetup: building an image into a file needs no
+# privilege, but a user's PATH on Debian does not have these directories.
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 # Why the session is (not) in a private mount namespace; None once it is.
 _no_mountns_reason: Optional[str] = "pytest_configure did not run"
@@ -46,7 +57,74 @@ def _enter_private_mount_namespace() -> Optional[str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     global _no_mountns_reason
+    path = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join(path + [d for d in SBIN_DIRS if d not in path])
     _no_mountns_reason = _enter_private_mount_namespace()
+
+
+# ---------------------------------------------------------------------------------------------
+# Host tools
+
+
+def _packages_by_tool() -> dict[str, str]:
+    """tests/packages: "package tool..." lines, read as tool -> package."""
+    found = {}
+    for line in PACKAGES.read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        found.update((tool, words[0]) for tool in words[1:])
+    return found
+
+
+def missing_prerequisite(what: str) -> NoReturn:
+    """Skip the test for want of `what`; under SYSEXTPY_REQUIRE_TOOLS=1, fail it instead."""
+    if REQUIRE_TOOLS:
+        pytest.fail(f"{what} (SYSEXTPY_REQUIRE_TOOLS=1: a missing prerequisite fails)", pytrace=False)
+    # Reported at the test, as a skip mark is, rather than at this line for every test.
+    raise pytest.skip.Exception(what, _use_item_location=True)
+
+
+def missing_tools(*names: str) -> list[str]:
+    """The host tools of `names` that are not there: each a command on PATH or an absolute path,
+    listed in tests/packages (so that `make test` installs it)."""
+    packages = _packages_by_tool()
+    unlisted = [name for name in names if name not in packages]
+    if unlisted:
+        pytest.fail(f"{', '.join(unlisted)}: not in {PACKAGES}; add its package there", pytrace=False)
+    return [name for name in names if not _tool_exists(name)]
+
+
+def _tool_exists(name: str) -> bool:
+    return os.path.exists(name) if os.path.isabs(name) else shutil.which(name) is not None
+
+
+def _lacking(missing: list[str]) -> NoReturn:
+    packages = _packages_by_tool()
+    wanted = " ".join(dict.fromkeys(packages[name] for name in missing))
+    missing_prerequisite(f"needs {', '.join(missing)} (Debian: {wanted}; `make test` as root installs it)")
+
+
+def require_tools(*names: str) -> None:
+    """Skip the calling test unless every host tool of `names` is there (see the module's
+    docstring); under SYSEXTPY_REQUIRE_TOOLS=1 fail it instead."""
+    missing = missing_tools(*names)
+    if missing:
+        _lacking(missing)
+
+
+def have_tools(*names: str) -> bool:
+    """Whether every host tool of `names` is there, for a test that runs fewer variants without
+    them. Under SYSEXTPY_REQUIRE_TOOLS=1 a missing one fails the test (at import: the module)."""
+    missing = missing_tools(*names)
+    if missing and REQUIRE_TOOLS:
+        _lacking(missing)
+    return not missing
+
+
+@pytest.hookimpl(tryfirst=True)  # before the fixtures are set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """@pytest.mark.tools("strace", ...): require_tools() before the test and its fixtures."""
+    for mark in item.iter_markers("tools"):
+        require_tools(*mark.args)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

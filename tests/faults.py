@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -50,10 +49,6 @@ MOUNT_SYSCALLS = (
 # requests are injection points.
 LOOP_IOCTLS = ("LOOP_CTL_GET_FREE", "LOOP_CONFIGURE", "LOOP_SET_FD", "LOOP_SET_STATUS64", "LOOP_CLR_FD")
 ERRNOS = ("ENOMEM", "EIO", "EBUSY", "EROFS")
-
-
-def have_strace() -> bool:
-    return shutil.which("strace") is not None
 
 
 def sysextpy_env(extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:

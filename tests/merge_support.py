@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
 import subprocess
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from sysextpy import mountapi
-from tests.conftest import loops_backed_below
+from tests.conftest import have_tools, loops_backed_below
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,9 +76,14 @@ def make_raw(kind: str, src: Path, image: Path) -> Path:
     return image
 
 
+# The host tool make_raw builds each kind of image with.
+RAW_TOOLS = {"squashfs": "mksquashfs", "erofs": "mkfs.erofs", "ext4": "mkfs.ext4"}
+
+
 def have_tool(kind: str) -> bool:
-    tool = {"squashfs": "mksquashfs", "erofs": "mkfs.erofs", "ext4": "mkfs.ext4"}[kind]
-    return shutil.which(tool) is not None or os.path.exists(f"/usr/sbin/{tool}")
+    """Whether the tool that builds `kind` images is there (conftest.have_tools: under
+    SYSEXTPY_REQUIRE_TOOLS=1 a missing one fails the test)."""
+    return have_tools(RAW_TOOLS[kind])
 
 
 class Runner:

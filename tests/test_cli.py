@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
-from conftest import REPO_ROOT, RunSysextpy
+from conftest import REPO_ROOT, RunSysextpy, require_tools
 
 from sysextpy import __version__, cli
 from sysextpy.errors import UsageError
@@ -299,20 +298,16 @@ def test_relative_hierarchy_env_is_a_runtime_error(sysextpy_cmd: RunSysextpy, tm
     assert "Traceback" not in result.stderr
 
 
-def _setpriv_nobody() -> Optional[list[str]]:
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        return None
+def _setpriv_nobody() -> list[str]:
     if os.geteuid() != 0:
         return []  # already unprivileged
-    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    require_tools("setpriv")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 @pytest.mark.parametrize("verb", ["merge", "unmerge", "refresh"])
 def test_mutating_verb_as_non_root_exits_1(verb: str) -> None:
     prefix = _setpriv_nobody()
-    if prefix is None:
-        pytest.skip("setpriv (util-linux) is not installed: cannot drop privileges for this test")
     # pytest's tmp_path is private to root; user nobody needs to reach this root.
     with tempfile.TemporaryDirectory(prefix="sysextpy-nobody-") as scratch:
         os.chmod(scratch, 0o755)

@@ -26,6 +26,7 @@ from sysextpy.dissect import TrustContext, candidate_root, dissect, image_root_h
 from sysextpy.errors import ImageError
 from sysextpy.gpt import LINUX_GENERIC, type_uuid
 from sysextpy.model import Candidate, ImageClass, ImageType
+from tests.conftest import require_tools
 
 HOST_RELEASE = "ID=debian\nVERSION_ID=12\n"
 NATIVE = ("x86-64", "x86")
@@ -34,16 +35,6 @@ HOME = uuid.UUID("933ac7e1-2eb4-4f13-b844-0e14e2aef915")
 
 # --------------------------------------------------------------------------------------------------
 # The image kit
-
-
-def have(*tools: str) -> bool:
-    return all(shutil.which(t) for t in tools)
-
-
-def need(*tools: str) -> None:
-    missing = [t for t in tools if not shutil.which(t)]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}")
 
 
 def sh(*argv: object, input: Optional[bytes] = None) -> str:
@@ -84,13 +75,13 @@ def make_fs(kind: str, src: Path, out: Path) -> Path:
     """A file system image of `src` (squashfs, erofs or ext4)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if kind == "squashfs":
-        need("mksquashfs")
+        require_tools("mksquashfs")
         sh("mksquashfs", src, out, "-quiet", "-noappend", "-all-root", "-no-progress")
     elif kind == "erofs":
-        need("mkfs.erofs")
+        require_tools("mkfs.erofs")
         sh("mkfs.erofs", "--all-root", "--quiet", out, src)
     elif kind == "ext4":
-        need("mkfs.ext4")
+        require_tools("mkfs.ext4")
         sh("mkfs.ext4", "-q", "-F", "-d", src, "-O", "^has_journal", "-b", "4096", out, "4M")
     else:
         raise ValueError(kind)
@@ -99,7 +90,7 @@ def make_fs(kind: str, src: Path, out: Path) -> Path:
 
 def verity_format(data: Path, hash_tree: Path) -> str:
     """Build the hash tree of `data` into `hash_tree`; the root hash in hex."""
-    need("veritysetup")
+    require_tools("veritysetup")
     out = sh("veritysetup", "format", data, hash_tree)
     for line in out.splitlines():
         if line.startswith("Root hash:"):
@@ -124,7 +115,7 @@ class Signer:
 
 
 def make_signer(directory: Path, cn: str = "test") -> Signer:
-    need("openssl")
+    require_tools("openssl")
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / f"{cn}.crt", directory / f"{cn}.key"
     sh(
@@ -178,7 +169,7 @@ MiB = 1 << 20
 
 def build_gpt(out: Path, parts: Sequence[PartSpec]) -> Path:
     """A GPT disk image (512-byte sectors) with `parts` in order, each 1 MiB aligned."""
-    need("sfdisk")
+    require_tools("sfdisk")
     lines = ["label: gpt"]
     offsets = []
     pos = MiB

@@ -4,9 +4,12 @@ inside the unpacked image against a fake /sysroot.
 The module and everything it installs come from `make install` into a temporary DESTDIR, which a
 child process lays over /usr with an overlay mount in its own private mount namespace: dracut
 then finds the units, the generator, the launcher, the package and the module where a
-distribution puts them, and nothing reaches the host's /usr. Needs root (mounts, chroot); dracut
-is installed from the distribution when missing (`apt-get install dracut-core`, never removing a
-package).
+distribution puts them, and nothing reaches the host's /usr. Needs root (mounts, chroot) and
+Debian's dracut-core (tests/packages).
+
+A second image is built the way an image builder builds one, for another root (`dracut
+--sysroot`): a Debian 13 root whose Python is not this host's, made with mmdebstrap and cached
+with the boot tests' artefacts (tests/e2e/harness.py), with the host's Python made unrunnable.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Optional
 
 import pytest
-from conftest import REPO_ROOT, check_no_leftovers
+from conftest import REPO_ROOT, check_no_leftovers, require_tools
+from e2e import harness
 from sample_root import build_sample_root
 
 # The interpreter the launcher names, and how its files are called.
@@ -54,30 +59,20 @@ def run(argv: list[str], timeout: float = 600, **kwargs: object) -> subprocess.C
     )
 
 
-def ensure_dracut() -> None:
-    """Install Debian's dracut-core (and only what it needs) if dracut is missing."""
-    if shutil.which("dracut") and shutil.which("lsinitrd"):
-        return
-    if not shutil.which("apt-get"):
-        pytest.skip("dracut is not installed and there is no apt-get to install it")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "dracut-core"]
-    simulated = run([*install[:2], "-s", *install[2:]], env=env)
-    if simulated.returncode != 0:
-        run(["apt-get", "update"], env=env)
-        simulated = run([*install[:2], "-s", *install[2:]], env=env)
-    if simulated.returncode != 0 or any(line.startswith("Remv") for line in simulated.stdout.splitlines()):
-        pytest.skip(f"cannot install dracut-core without removing packages:\n{simulated.stdout[-2000:]}")
-    result = run(install, env=env)
-    if result.returncode != 0 or not shutil.which("dracut"):
-        pytest.skip(f"installing dracut-core failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+def host_journal_module() -> Optional[str]:
+    """systemd-python's journal module as the launcher's interpreter finds it, None without it.
+    It is optional: the module installs it, and the logging package it imports, only when the
+    build host has it (Debian's python3-systemd), so what the image holds depends on that."""
+    journal = run(["/usr/bin/python3", "-I", "-c", "import systemd.journal as j; print(j.__file__)"])
+    return journal.stdout.strip() if journal.returncode == 0 else None
 
 
 class Initramfs:
-    def __init__(self, image: Path, listing: str, tree: Path) -> None:
+    def __init__(self, image: Path, listing: str, tree: Path, source: Path) -> None:
         self.image = image
         self.listing = listing
         self.tree = tree
+        self.source = source  # the root it was built from: / or dracut's --sysroot
 
     def paths(self) -> set[str]:
         """The paths lsinitrd lists (its `ls -l`-like lines end with the path, or `path -> target`)."""
@@ -87,6 +82,11 @@ class Initramfs:
             if len(fields) >= 9 and fields[0][:1] in "-dlcbps":
                 found.add(fields[8])
         return found
+
+
+def q(path: Path | str) -> str:
+    """`path` quoted for a shell script."""
+    return shlex.quote(os.fspath(path))
 
 
 def in_namespace(script: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -125,7 +125,17 @@ def build_image(dest: Path, image: Path) -> subprocess.CompletedProcess[str]:
 def needs_root_and_dracut() -> None:
     if os.geteuid() != 0:
         pytest.skip("builds an initramfs and chroots into it: needs root")
-    ensure_dracut()
+    require_tools("dracut", "lsinitrd", "cpio")
+
+
+def unpack_image(image: Path, source: Path) -> Initramfs:
+    listing = run(["lsinitrd", os.fspath(image)])
+    assert listing.returncode == 0, listing.stderr
+    tree = image.parent / "unpacked"
+    tree.mkdir()
+    unpack = run(["lsinitrd", "--unpack", os.fspath(image)], cwd=tree)
+    assert unpack.returncode == 0, unpack.stderr
+    return Initramfs(image, listing.stdout, tree, source)
 
 
 @pytest.fixture(scope="module")
@@ -137,13 +147,155 @@ def initramfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Initramfs]:
     build = build_image(work / "dest", image)
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
     assert "Including module: sysextpy" in build.stdout + build.stderr
-    listing = run(["lsinitrd", os.fspath(image)])
-    assert listing.returncode == 0, listing.stderr
-    tree = work / "unpacked"
-    tree.mkdir()
-    unpack = run(["lsinitrd", "--unpack", os.fspath(image)], cwd=tree)
-    assert unpack.returncode == 0, unpack.stderr
-    yield Initramfs(image, listing.stdout, tree)
+    yield unpack_image(image, Path("/"))
+
+
+# --------------------------------------------------------------------------- dracut --sysroot
+
+SYSROOT_SUITE = "trixie"
+# python3 and systemd for the module, openssl for signature checks, udev and kmod for dracut's
+# systemd modules.
+SYSROOT_PACKAGES = ("python3", "systemd", "udev", "kmod", "openssl")
+# Bumped whenever the recipe below changes in a way the package list does not show.
+SYSROOT_RECIPE = 1
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+# dracut 059 leaves its directory variables empty under --sysroot (its `-d $dracutsysrootdir$dir`
+# test passes for an empty $dir), so an image builder names them: Debian's layout.
+SYSROOT_DRACUT_CONF = """\
+systemdutildir=/usr/lib/systemd
+systemdutilconfdir=/etc/systemd
+systemdsystemunitdir=/usr/lib/systemd/system
+systemdsystemconfdir=/etc/systemd/system
+systemduser=/usr/lib/systemd/user
+systemduserconfdir=/etc/systemd/user
+systemdcatalog=/usr/lib/systemd/catalog
+systemdnetwork=/usr/lib/systemd/network
+systemdnetworkconfdir=/etc/systemd/network
+systemdntpunits=/usr/lib/systemd/ntp-units.d
+systemdntpunitsconfdir=/etc/systemd/ntp-units.d
+systemdportable=/usr/lib/systemd/portable
+systemdportableconfdir=/etc/systemd/portable
+udevdir=/usr/lib/udev
+udevconfdir=/etc/udev
+udevrulesdir=/usr/lib/udev/rules.d
+udevrulesconfdir=/etc/udev/rules.d
+tmpfilesdir=/usr/lib/tmpfiles.d
+tmpfilesconfdir=/etc/tmpfiles.d
+sysusers=/usr/lib/sysusers.d
+sysusersconfdir=/etc/sysusers.d
+sysctld=/usr/lib/sysctl.d
+sysctlconfdir=/etc/sysctl.d
+environment=/usr/lib/environment.d
+environmentconfdir=/etc/environment.d
+modulesload=/usr/lib/modules-load.d
+modulesloadconfdir=/etc/modules-load.d
+depmodd=/usr/lib/depmod.d
+depmodconfdir=/etc/depmod.d
+"""
+HOST_PYTHON_RAN = "sysextpy-test: the build host's python ran"
+
+
+def sysroot_tree() -> Path:
+    """A minimal Debian 13 root, built once with mmdebstrap and cached with the boot tests' roots
+    under a key made of its packages' versions (apt's view of the suite, refreshed weekly)."""
+    cache = harness.cache_dir()
+    with harness.cache_lock(cache):
+        # The private apt configuration the boot tests fetch newer kernels with.
+        apt = harness.Apt.private(
+            cache / "apt" / SYSROOT_SUITE,
+            [f"deb [signed-by={KEYRING}] {harness.debian_mirror()} {SYSROOT_SUITE} main"],
+        )
+        apt.ensure_lists()
+        versions = apt.candidates(SYSROOT_PACKAGES)
+        missing = sorted(name for name, version in versions.items() if version is None)
+        if missing:
+            raise harness.HarnessError(f"{SYSROOT_SUITE} has no {', '.join(missing)}")
+        sources = harness.root_sources(SYSROOT_SUITE)
+        kind_dir = cache / "sysroots"
+        directory = kind_dir / harness.digest(SYSROOT_RECIPE, SYSROOT_SUITE, sources, versions)
+        if not (directory / ".complete").exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
+            harness.run(
+                [
+                    "mmdebstrap",
+                    "--variant=minbase",
+                    "--include=" + ",".join(SYSROOT_PACKAGES),
+                    "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+                    "--dpkgopt=path-exclude=/usr/share/man/*",
+                    "--dpkgopt=path-exclude=/usr/share/doc/*",
+                    "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+                    "--dpkgopt=path-exclude=/usr/share/locale/*",
+                    SYSROOT_SUITE,
+                    directory / "tree",
+                    *sources,
+                ],
+                timeout=1800,
+            )
+            (directory / ".complete").write_text(json.dumps(versions) + "\n")
+        harness.prune(kind_dir, directory)
+        return directory / "tree"
+
+
+def build_sysroot_image(root: Path, work: Path, image: Path) -> subprocess.CompletedProcess[str]:
+    """dracut --sysroot, on `root` with sysextpy installed into it, as an image builder runs it.
+
+    The root seen by dracut is a read-only overlay (nothing may be written into it): sysextpy's
+    `make install`, on the running dracut's own files (under --sysroot dracut takes its modules
+    from the root, and they must match the dracut that runs), on the cached root. The build host's
+    python3 is replaced by a program that fails loudly, and PATH has nothing else.
+    """
+    install_tree(work / "sysextpy")
+    shutil.copytree("/usr/lib/dracut", work / "dracut/usr/lib/dracut", symlinks=True)
+    conf = work / "dracut.conf.d"
+    conf.mkdir()
+    (conf / "sysroot.conf").write_text(SYSROOT_DRACUT_CONF)
+    sysroot = work / "sysroot"
+    sysroot.mkdir()
+    # DRACUT_LDD for --sysroot (dracut(8)): the root's ldd, on the root's files. The host's cannot
+    # load programs built for a newer C library.
+    ldd = work / "ldd"
+    ldd.write_text(f'#!/bin/sh\nroot={q(sysroot)}\nexec chroot "$root" /usr/bin/ldd "${{1#"$root"}}"\n')
+    ldd.chmod(0o755)
+    host_python = work / "host-python"
+    host_python.write_text(f'#!/bin/sh\necho "{HOST_PYTHON_RAN}: $0 $*" >&2\nexit 97\n')
+    host_python.chmod(0o755)
+    tmp = work / "tmp"
+    tmp.mkdir()
+    layers = ":".join(os.fspath(layer) for layer in (work / "sysextpy", work / "dracut", root))
+    return in_namespace(
+        f"mount -t overlay sysextpy-sysroot -o ro,lowerdir={q(layers)} {q(sysroot)}\n"
+        f'for python in /usr/bin/python3*; do mount --bind {q(host_python)} "$python"; done\n'
+        f"export PATH=/usr/sbin:/usr/bin:/sbin:/bin DRACUT_LDD={q(ldd)}\n"
+        f"exec dracut --sysroot {q(sysroot)} --no-hostonly --no-kernel --add sysextpy --force \\\n"
+        f"    --conf /dev/null --confdir {q(conf)} --tmpdir {q(tmp)} {q(image)}\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def sysroot_initramfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Initramfs]:
+    needs_root_and_dracut()
+    require_tools("mmdebstrap")
+    try:
+        root = sysroot_tree()
+    except harness.HarnessError as e:
+        pytest.fail(f"cannot build the {SYSROOT_SUITE} root for dracut --sysroot: {e}")
+    work = tmp_path_factory.mktemp("dracut-sysroot")
+    image = work / "initramfs.img"
+    build = build_sysroot_image(root, work, image)
+    output = build.stdout + build.stderr
+    assert HOST_PYTHON_RAN not in output
+    assert build.returncode == 0, output[-6000:]
+    assert "Including module: sysextpy" in output
+    yield unpack_image(image, root)
+
+
+@pytest.fixture(params=["host", pytest.param("sysroot", marks=pytest.mark.slow)])
+def built_initramfs(request: pytest.FixtureRequest) -> Initramfs:
+    """Each image in turn: the one for this system, and the one built for another root."""
+    image = request.getfixturevalue("initramfs" if request.param == "host" else "sysroot_initramfs")
+    assert isinstance(image, Initramfs)
+    return image
 
 
 def test_image_lists_the_module(initramfs: Initramfs) -> None:
@@ -163,9 +315,9 @@ def test_image_lists_the_module(initramfs: Initramfs) -> None:
     # The libraries of extension modules are there too (dracut only resolves executables).
     assert any(p.startswith("usr/lib/") and "/libffi.so" in p for p in paths)
     # systemd-python (journal logging) comes along when the build host has it.
-    journal = run(["/usr/bin/python3", "-I", "-c", "import systemd.journal as j; print(j.__file__)"])
-    if journal.returncode == 0:
-        assert journal.stdout.strip().lstrip("/") in paths
+    journal = host_journal_module()
+    if journal is not None:
+        assert journal.lstrip("/") in paths
     # The unit is not enabled statically: the generator pulls it in.
     assert not any("initrd.target.wants/sysextpy" in p for p in paths)
 
@@ -179,29 +331,31 @@ def test_image_holds_the_import_closure_not_the_stdlib(initramfs: Initramfs) -> 
         "subprocess.py",
         "json/decoder.py",
         "ctypes/__init__.py",
-        "logging/__init__.py",
         "site.py",
     ):
         assert needed in names, needed
+    # sysextpy does not import logging; systemd.journal does, when the build host has it.
+    with_journal = host_journal_module() is not None
+    assert ("logging/__init__.py" in names) == with_journal, f"systemd.journal importable: {with_journal}"
     for unneeded in ("argparse.py", "unittest/__init__.py", "tkinter/__init__.py", "sqlite3/__init__.py"):
         assert unneeded not in names, unneeded
 
 
-def test_generator_runs_inside_the_initrd(initramfs: Initramfs) -> None:
+def test_generator_runs_inside_the_initrd(built_initramfs: Initramfs) -> None:
     # No $SYSTEMD_IN_INITRD: the image's own /etc/initrd-release has to say it.
     out = "/tmp/generator-test"
     result = run(
-        ["chroot", os.fspath(initramfs.tree), f"/{GENERATOR}", out], env={"PATH": os.environ["PATH"]}
+        ["chroot", os.fspath(built_initramfs.tree), f"/{GENERATOR}", out], env={"PATH": os.environ["PATH"]}
     )
     assert result.returncode == 0, result.stderr
-    link = initramfs.tree / out.lstrip("/") / "initrd.target.wants/sysextpy-sysroot.service"
+    link = built_initramfs.tree / out.lstrip("/") / "initrd.target.wants/sysextpy-sysroot.service"
     assert os.readlink(link) == "../sysextpy-sysroot.service"
-    shutil.rmtree(initramfs.tree / out.lstrip("/"))
+    shutil.rmtree(built_initramfs.tree / out.lstrip("/"))
 
 
-def test_plan_inside_the_initrd(initramfs: Initramfs, tmp_path: Path) -> None:
+def test_plan_inside_the_initrd(built_initramfs: Initramfs, tmp_path: Path) -> None:
     sysroot = build_sample_root(tmp_path / "sysroot", broken=False)
-    tree = shlex.quote(os.fspath(initramfs.tree))
+    tree = shlex.quote(os.fspath(built_initramfs.tree))
     result = in_namespace(
         f"mount --bind {shlex.quote(os.fspath(sysroot))} {tree}/sysroot\n"
         f"mount -t proc proc {tree}/proc\n"
@@ -217,11 +371,11 @@ def test_plan_inside_the_initrd(initramfs: Initramfs, tmp_path: Path) -> None:
 
 
 @pytest.mark.mounts
-def test_refresh_inside_the_initrd(initramfs: Initramfs, tmp_path: Path) -> None:
+def test_refresh_inside_the_initrd(built_initramfs: Initramfs, tmp_path: Path) -> None:
     """The initrd's real job, from inside the image: merge into /sysroot, write the record; then
     the generator, as the real root runs it, finds the record good and asks for no full refresh."""
     sysroot = build_sample_root(tmp_path / "sysroot", broken=False)
-    tree = shlex.quote(os.fspath(initramfs.tree))
+    tree = shlex.quote(os.fspath(built_initramfs.tree))
     result = in_namespace(
         f"mount --bind {shlex.quote(os.fspath(sysroot))} {tree}/sysroot\n"
         f"mount -t proc proc {tree}/proc\n"
@@ -241,7 +395,7 @@ def test_refresh_inside_the_initrd(initramfs: Initramfs, tmp_path: Path) -> None
     assert record["phase"] == "merged"
     assert record["classes"]["sysext"]["hierarchies"]["/usr"]["result"] == "merged"
     assert "tools" in record["classes"]["sysext"]["merged"]
-    assert f"{initramfs.tree}/sysroot/usr" in sections["mounts"].split()
+    assert f"{built_initramfs.tree}/sysroot/usr" in sections["mounts"].split()
     assert "hello-tools" in sections["usr/bin"].split()
     assert sections["generator"].split() == [
         ".",
@@ -250,6 +404,76 @@ def test_refresh_inside_the_initrd(initramfs: Initramfs, tmp_path: Path) -> None
     ]
     # The namespace is gone, and with it every mount; the loop devices went with them.
     check_no_leftovers(tmp_path)
+
+
+def root_python(root: Path) -> str:
+    """The interpreter a root's /usr/bin/python3 is, e.g. "python3.13"."""
+    return os.readlink(root / "usr/bin/python3")
+
+
+def read_in_root(root: Path, path: str) -> bytes:
+    """The bytes at `path` as a process chrooted into `root` reads them: an absolute symlink (Debian's
+    sitecustomize.py -> /etc/python3.13/...) points into `root`, not into the build host."""
+    for _ in range(40):
+        full = root / path.lstrip("/")
+        if not full.is_symlink():
+            return full.read_bytes()
+        target = os.readlink(full)
+        path = target if target.startswith("/") else os.path.join(os.path.dirname(path), target)
+    raise AssertionError(f"{path!r}: too many symbolic links in {root}")
+
+
+def same_in_image(image: Initramfs, path: str) -> bool:
+    return read_in_root(image.tree, path) == read_in_root(image.source, path)
+
+
+@pytest.mark.slow
+def test_sysroot_image_runs_the_roots_interpreter(sysroot_initramfs: Initramfs) -> None:
+    image = sysroot_initramfs
+    python = root_python(image.source)
+    assert python != f"python{PY_VERSION}", f"the {SYSROOT_SUITE} root has this host's Python: no test"
+    assert os.readlink(image.tree / "usr/bin/python3") == python
+    libc = next(image.source.glob("usr/lib/*/libc.so.6")).relative_to(image.source)
+    for path in (f"usr/bin/{python}", os.fspath(libc), "usr/bin/openssl"):
+        assert same_in_image(image, path), f"{path} is not the root's"
+    tree = os.fspath(image.tree)
+    version = run(["chroot", tree, "/usr/bin/sysextpy", "--version"])
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.startswith("sysextpy ")
+    # -v: the interpreter says which byte code it takes, and it has to be the image's own.
+    code = "import sys, sysextpy.cli; print('python%d.%d' % sys.version_info[:2], sysextpy.cli.__file__)"
+    probe = run(["chroot", tree, "/usr/bin/python3", "-I", "-v", "-c", code])
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    assert probe.stdout.split() == [python, f"/{PACKAGE}/cli.py"]
+    matched = {
+        line.split()[-1]
+        for line in probe.stderr.splitlines()
+        if line.startswith("# ") and " matches " in line
+    }
+    assert f"/{PACKAGE}/cli.py" in matched
+    assert any(path.startswith(f"/usr/lib/{python}/") for path in matched)
+    assert "stale" not in probe.stderr and "bad magic" not in probe.stderr
+
+
+@pytest.mark.slow
+def test_sysroot_image_holds_the_roots_stdlib(sysroot_initramfs: Initramfs) -> None:
+    image = sysroot_initramfs
+    python = root_python(image.source)
+    stdlib = f"usr/lib/{python}/"
+    paths = image.paths()
+    sources = sorted(p for p in paths if p.startswith(stdlib) and p.endswith(".py"))
+    extensions = sorted(p for p in paths if p.startswith(f"{stdlib}lib-dynload/"))
+    assert 50 < len(sources) < 250, len(sources)
+    for needed in ("os.py", "encodings/utf_8.py", "subprocess.py", "json/decoder.py", "ctypes/__init__.py"):
+        assert stdlib + needed in paths, needed
+    assert any("/_ctypes." in p for p in extensions), extensions
+    for path in [*sources, *extensions]:
+        assert same_in_image(image, path), f"{path} is not the root's"
+    # Nothing of the build host's Python, and byte code for the root's interpreter only.
+    assert not [p for p in paths if f"python{PY_VERSION}" in p or CACHE_TAG in p]
+    tag = "cpython-" + python[len("python") :].replace(".", "")
+    pycs = [p for p in paths if p.endswith(".pyc")]
+    assert pycs and all(p.endswith(f".{tag}.pyc") for p in pycs), pycs[:5]
 
 
 def test_closure_helper_follows_every_import(tmp_path: Path) -> None:

@@ -35,7 +35,6 @@ from tests.faults import (
     World,
     clean_failure,
     describe_points,
-    have_strace,
     injection_points,
     report,
     run_injected,
@@ -43,7 +42,7 @@ from tests.faults import (
     sysextpy_env,
 )
 
-needs_strace = pytest.mark.skipif(not have_strace(), reason="strace is needed to inject faults")
+needs_strace = pytest.mark.tools("strace")  # injects the faults
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import struct
 import subprocess
 import uuid
@@ -27,6 +26,7 @@ from sysextpy.gpt import (
     select_partitions,
     type_uuid,
 )
+from tests.conftest import require_tools
 
 SD_GPT_H = Path("/usr/include/systemd/sd-gpt.h")
 
@@ -97,8 +97,7 @@ def root(arch: str = "x86-64") -> uuid.UUID:
 
 
 def test_type_table_matches_systemd_header() -> None:
-    if not SD_GPT_H.exists():
-        pytest.skip(f"{SD_GPT_H} not installed (libsystemd-dev)")
+    require_tools(str(SD_GPT_H))
     text = SD_GPT_H.read_text()
     pattern = (
         r"#define SD_GPT_(ROOT|USR)_([A-Z0-9_]+?)(_VERITY_SIG|_VERITY)?\s+SD_ID128_MAKE\(([0-9a-f,]+)\)"
@@ -183,8 +182,7 @@ def test_empty_slots_keep_their_numbers() -> None:
 
 
 def test_parse_matches_sfdisk(tmp_path: Path) -> None:
-    if not shutil.which("sfdisk"):
-        pytest.skip("needs sfdisk")
+    require_tools("sfdisk")
     image = tmp_path / "disk.raw"
     image.write_bytes(b"\0" * (8 << 20))
     script = (

@@ -14,7 +14,9 @@ from typing import Optional
 
 import pytest
 
+from tests.conftest import require_tools
 from tests.merge_support import (
+    RAW_TOOLS,
     Runner,
     RunSysextpy,
     add_sysext,
@@ -40,8 +42,7 @@ def run(mountns: None, fake_root: Path, tmp_path: Path, sysextpy_cmd: RunSysextp
 
 
 def _need(kind: str) -> None:
-    if not have_tool(kind):
-        pytest.skip(f"no tool to build a {kind} image")
+    require_tools(RAW_TOOLS[kind])
 
 
 def _raw_sysext(tmp_path: Path, root: Path, kind: str, name: str, release: Optional[str] = None) -> Path:
@@ -117,9 +118,8 @@ def _truncated_squashfs(tmp_path: Path, image: Path) -> None:
 
 
 def test_broken_raw_images_are_rejected(run: Runner, fake_root: Path, tmp_path: Path) -> None:
+    require_tools("mksquashfs")  # for the truncated image
     good = [kind for kind in KINDS if have_tool(kind)]
-    if "squashfs" not in good:
-        pytest.skip("mksquashfs is needed for the truncated image")
     for kind in good:
         _raw_sysext(tmp_path, fake_root, kind, f"good-{kind}")
     add_sysext(fake_root, "good-dir", {"usr/share/good-dir/file": "dir\n"})

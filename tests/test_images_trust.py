@@ -23,7 +23,7 @@ from sysextpy.errors import ImageError
 from sysextpy.images import Workspace
 from sysextpy.model import ClassSettings, ImageClass, MutableMode, Options, Verb, Verdict
 from sysextpy.verity import dm_verity_available
-from tests.conftest import RunSysextpy
+from tests.conftest import RunSysextpy, have_tools, require_tools
 from tests.test_dissect import (
     MiB,
     PartSpec,
@@ -32,7 +32,6 @@ from tests.test_dissect import (
     build_gpt,
     candidate,
     extension_tree,
-    have,
     make_fs,
     make_signer,
     naked_image,
@@ -90,17 +89,16 @@ def run(mountns: None, fake_root: Path, tmp_path: Path, sysextpy_cmd: RunSysextp
 
 
 def need_image_tools() -> None:
-    if not have("mksquashfs", "sfdisk", "veritysetup", "openssl"):
-        pytest.skip("needs mksquashfs, sfdisk, veritysetup and openssl")
+    require_tools("mksquashfs", "sfdisk", "veritysetup", "openssl")
 
 
 def build_good_images(work: Path, root: Path, signer: Signer) -> dict[str, str]:
     """One image of every kind; returns name -> the file each one contributes under /usr/share."""
     ext = root / EXT
     naked_image(work, ext / "sq.raw", "sq")
-    if have("mkfs.erofs"):
+    if have_tools("mkfs.erofs"):
         naked_image(work, ext / "ero.raw", "ero", fs="erofs")
-    if have("mkfs.ext4"):
+    if have_tools("mkfs.ext4"):
         naked_image(work, ext / "ex.raw", "ex", fs="ext4")
     naked_image(work, ext / "sidecar.raw", "sidecar", hash_kind="roothash", signer=signer)
     naked_image(work, ext / "xattr.raw", "xattr", hash_kind="xattr-roothash")

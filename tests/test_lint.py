@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
-import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, missing_prerequisite, require_tools
 
 # The virtual environment's tools, next to the interpreter running the tests (not resolved: the
 # venv's python is a symlink to the system one).
@@ -21,7 +18,7 @@ SKIP_DIRS = {".venv", ".git", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__
 def tool(name: str) -> str:
     path = VENV_BIN / name
     if not path.exists():
-        pytest.skip(f"{name} is not installed next to {sys.executable} (run `make venv`)")
+        missing_prerequisite(f"{name} is not installed next to {sys.executable} (run `make venv`)")
     return os.fspath(path)
 
 
@@ -82,18 +79,11 @@ def shell_files() -> list[Path]:
     return sorted(found)
 
 
-def _shellcheck() -> Optional[str]:
-    return shutil.which("shellcheck")
-
-
 def test_shellcheck() -> None:
-    shellcheck = _shellcheck()
-    if shellcheck is None:
-        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    require_tools("shellcheck")
     files = shell_files()
-    if not files:
-        pytest.skip("no shell scripts in the repository yet")
-    result = run([shellcheck, "--external-sources", *(os.fspath(f.relative_to(REPO_ROOT)) for f in files)])
+    assert files, "no shell scripts found: is shell_files() looking in the right places?"
+    result = run(["shellcheck", "--external-sources", *(os.fspath(f.relative_to(REPO_ROOT)) for f in files)])
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -8,12 +7,11 @@ import pytest
 
 from sysextpy import mountapi
 from sysextpy.loopdev import LoopDevice, count_attached_loops
-from tests.conftest import loops_backed_below
+from tests.conftest import loops_backed_below, require_tools
 
 
 def _squashfs(base: Path, name: str = "img.raw") -> Path:
-    if shutil.which("mksquashfs") is None:
-        pytest.skip("mksquashfs is not installed")
+    require_tools("mksquashfs")
     tree = base / "tree"
     (tree / "usr/lib").mkdir(parents=True)
     (tree / "usr/lib/hello").write_text("hello from squashfs\n")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,13 +12,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conftest import REPO_ROOT, RunSysextpy, check_no_leftovers
+from conftest import REPO_ROOT, RunSysextpy, check_no_leftovers, have_tools
 from sample_root import build_sample_root, make_sysext
 
 from sysextpy.arch import native_architecture
 
 IS_ROOT = os.geteuid() == 0
-HAVE_SQUASHFS = shutil.which("mksquashfs") is not None
+HAVE_SQUASHFS = have_tools("mksquashfs")  # the example's raw image
 # The example carries an arm64-only extension and an arm64-only editor version.
 ON_ARM64 = native_architecture() == "arm64"
 
@@ -195,7 +194,7 @@ class Sample:
 
 
 def _build(base: Path, broken: bool) -> Path:
-    root = build_sample_root(base / "root", broken=broken)
+    root = build_sample_root(base / "root", broken=broken, raw=HAVE_SQUASHFS)
     make_sysext(root / "srv/store/abslinked", "abslinked", "ID=debian\nVERSION_ID=12\n")
     (root / "var/lib/extensions/abslinked").symlink_to("/srv/store/abslinked")
     return root

@@ -325,7 +325,7 @@ def _point_at(w: World, version: int) -> None:
         link.symlink_to(target)
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is needed to inject SIGKILL at syscalls")
+@pytest.mark.tools("strace")  # injects SIGKILL at syscalls
 def test_sigkill_at_every_step_loses_nothing(world: World) -> None:
     for v in (1, 2):
         sysext_tree(world.root / f"srv/alpha{v}", "alpha", {"usr/bin/alpha": f"alpha {v}\n"})

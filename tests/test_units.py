@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, require_tools
 
 UNITS = REPO_ROOT / "units"
 GENERATOR = REPO_ROOT / "generators" / "sysextpy-generator"
@@ -80,17 +80,30 @@ def install_into(destdir: Path, *extra: str) -> None:
 # systemd-analyze verify
 
 
-def verify(root: Path, units: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed")
+def verify(
+    root: Path, units: Sequence[str], man_path: Optional[Path] = None
+) -> subprocess.CompletedProcess[str]:
+    """`systemd-analyze verify` on units installed below `root`. With `man_path`, the man: pages
+    their Documentation= names must be found there too (--man=yes runs man(1), which looks only
+    in $MANPATH when it is set)."""
+    require_tools("systemd-analyze")
+    analyze = "systemd-analyze"
+    man = "no" if man_path is None else "yes"
+    env = None if man_path is None else {**os.environ, "MANPATH": os.fspath(man_path)}
     return subprocess.run(
-        [analyze, "verify", f"--root={root}", "--man=no", *(os.fspath(root / u.lstrip("/")) for u in units)],
+        [
+            analyze,
+            "verify",
+            f"--root={root}",
+            f"--man={man}",
+            *(os.fspath(root / u.lstrip("/")) for u in units),
+        ],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        env=env,
     )
 
 
@@ -241,8 +254,7 @@ def fake_unit(directory: Path, name: str, wanted_by: str = "") -> None:
 
 
 def start_jobs(directory: Path, target: str) -> set[str]:
-    if SYSTEMD is None or shutil.which("setpriv") is None:
-        pytest.skip("needs systemd and setpriv")
+    require_tools("/usr/lib/systemd/systemd", "setpriv")
     for path in directory.rglob("*"):
         if not path.is_symlink():
             path.chmod(0o755 if path.is_dir() else 0o644)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +24,7 @@ from sysextpy.verity import (
     verify_signature,
     veritysetup_open_argv,
 )
+from tests.conftest import require_tools
 from tests.test_dissect import make_fs, make_root, make_signer, naked_image, sign, trust, verity_format
 
 HASH = "5ca1ab1e" * 8
@@ -319,8 +319,7 @@ def test_verify_signature(
     garbage: bool,
     expected: str,
 ) -> None:
-    if not shutil.which("openssl"):
-        pytest.skip("needs openssl")
+    require_tools("openssl")
     good, other = signers
     by_name = {"good": good, "other": other}
     root = make_root(tmp_path)

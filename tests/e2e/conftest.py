@@ -15,6 +15,8 @@ from typing import Callable
 
 import pytest
 
+from tests.conftest import require_tools
+
 from . import harness
 
 # Per-boot timing lines, printed in the terminal summary ("Must show": boot and unit durations).
@@ -99,6 +101,7 @@ def environment(flavour: str) -> harness.Environment:
     """The cached kernel, root and initrd for one kernel flavour (built on first use)."""
     if flavour not in _environments:
         require_boot_path()
+        require_tools(*harness.TOOLS)
         try:
             _environments[flavour] = harness.prepare(flavour)
         except harness.HarnessError as e:

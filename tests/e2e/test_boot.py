@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any, Optional
 
 import pytest
+
+from tests.conftest import require_tools
 
 from . import harness
 from .conftest import MakeGuest
@@ -284,17 +285,14 @@ def test_rd_switch_off_leaves_the_merge_to_the_real_root(make_guest: MakeGuest) 
 
 
 def _image_kit() -> Any:
-    try:
-        from tests import test_dissect
-    except ImportError as e:  # the image kit lives with the dissection tests
-        pytest.skip(f"the DDI image kit (tests/test_dissect.py) is not importable: {e}")
+    from tests import test_dissect  # the image kit lives with the dissection tests
+
     return test_dissect
 
 
 def test_signed_verity_ddi_with_certificate_in_the_root(make_guest: MakeGuest) -> None:
     kit = _image_kit()
-    if not shutil.which("openssl") or not shutil.which("sfdisk"):
-        pytest.skip("needs openssl and sfdisk on the host to build a signed DDI")
+    require_tools("openssl", "sfdisk")  # on the host, to build a signed DDI
     guest = make_guest("verity")
     work = guest.ext_dir / "ddi"
     signer = kit.make_signer(work / "keys", cn="sysextpy-e2e")
@@ -316,3 +314,8 @@ def test_signed_verity_ddi_with_certificate_in_the_root(make_guest: MakeGuest) -
         # what stays visible is the dm-verity device under the merged /usr.
         verity = [d for d in report["dm"] if d["uuid"].startswith("CRYPT-VERITY-")]
         assert verity, f"no dm-verity device: {report['dm']}"
+        # The real root confirmed the signed image on the initrd's observations: the certificate,
+        # the signature and the image, taken again after switch-root, are what the initrd saw.
+        final = report["state"]
+        assert final.get("confirmedBy") == "observations", final.get("quickDeclined")
+        assert final["classes"]["sysext"]["hierarchies"]["/usr"]["result"] == "unchanged", final

@@ -12,7 +12,6 @@ import importlib.util
 import json
 import lzma
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,8 @@ from types import ModuleType
 from typing import Any, Callable
 
 import pytest
+
+from tests.conftest import require_tools
 
 from . import harness
 
@@ -50,8 +51,8 @@ COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
 
 @pytest.mark.parametrize("method", sorted(COMPRESSORS))
 def test_extract_vmlinux_finds_the_compressed_kernel_behind_decoys(method: str) -> None:
-    if method in ("zstd", "lz4") and shutil.which(method) is None:
-        pytest.skip(f"needs the {method} tool")
+    if method in ("zstd", "lz4"):
+        require_tools(method)
     image = SETUP_CODE + COMPRESSORS[method](FAKE_ELF) + b"\x00" * 64 + b"trailing data"
     assert harness.extract_vmlinux(image) == FAKE_ELF
 
