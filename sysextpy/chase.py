@@ -40,6 +40,8 @@ def normalize_root(root: StrPath) -> str:
     r = os.fspath(root)
     if r in ("", "/"):
         return "/"
+    if r[0] == "/" and r[-1] != "/" and "//" not in r and "/." not in r:
+        return r  # already tidy (a resolved path): the common case, spared normpath()
     r = os.path.normpath(os.path.abspath(r))
     # POSIX keeps a leading "//"; it means nothing special on Linux.
     return "/" + r.lstrip("/") if r != "/" else "/"

@@ -66,7 +66,6 @@ def class_settings(
 
 def assess(opts: Options, view: LiveView) -> Assessment:
     """Read every input of every class through `view`, mounting nothing."""
-    from .dissect import TrustContext
     from .fingerprint import class_inputs, host_inputs
     from .plan import is_tree, judge_tree, survey
 
@@ -76,6 +75,8 @@ def assess(opts: Options, view: LiveView) -> Assessment:
     messages.extend((WARNING, w) for d in found.discoveries for w in d.warnings)
     trust = None
     if any(c.type.is_file_backed for c in found.candidates):
+        from .dissect import TrustContext  # only disk images are dissected: trees need none of it
+
         trust = TrustContext.from_settings(opts, settings, view)
     verdicts: dict[tuple[str, str], ExtensionVerdict] = {}
     inputs: list[dict[str, Any]] = []

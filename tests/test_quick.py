@@ -333,3 +333,25 @@ def test_an_altered_record_is_never_confirmed_by_its_observations(merged: World,
     proc = merged("refresh")
     assert proc.returncode == 0, proc.stderr
     assert merged.record()["confirmedBy"] != "observations"
+
+
+def test_a_merge_of_trees_loads_no_image_code(
+    mountns: None, fake_root: Path, tmp_path: Path, sysextpy_cmd: RunSysextpy
+) -> None:
+    """Directory extensions need no dissecting: a merge of trees alone loads none of the code for
+    disk images (and none of what it imports: hashlib, uuid, tempfile)."""
+    add_sysext(fake_root, "alpha", {"usr/bin/alpha": "alpha\n"})
+    repo = os.fspath(Path(__file__).resolve().parent.parent)
+    images = ("sysextpy.dissect", "sysextpy.verity", "sysextpy.gpt", "sysextpy.loopdev", "hashlib", "uuid")
+    code = (
+        f"import sys; sys.path.insert(0, {repo!r}); from sysextpy.cli import main; rc = main(); "
+        f"print(sorted(m for m in sys.modules if m in {images!r})); sys.exit(rc)"
+    )
+    state = tmp_path / "state" / "state.json"
+    argv = [sys.executable, "-I", "-S", "-c", code, f"--root={fake_root}", f"--state={state}", "merge"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "[]"
+    finally:
+        sysextpy_cmd(f"--root={fake_root}", f"--state={state}", "unmerge")
