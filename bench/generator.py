@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
@@ -39,23 +38,37 @@ def fake_root(path: Path, initrd: bool, phase: str = "") -> Path:
         (path / "etc").mkdir()
         (path / "etc/initrd-release").write_text("")
     if phase:
-        hierarchy = {"result": "failed" if phase == "failed" else "merged", "mountId": 1, "error": None}
-        entry = {"fingerprint": "0" * 64, "merged": ["a"], "rejected": [], "ignored": [], "unreachable": []}
-        record = {
-            "schema": 1,
-            "bootId": BOOT_ID.replace("-", ""),
-            "phase": phase,
-            "classes": {
-                "sysext": {**entry, "hierarchies": {"/usr": hierarchy, "/opt": hierarchy}},
-                "confext": {
-                    **entry,
-                    "unreachable": ["/var/lib/confexts"],
-                    "hierarchies": {"/etc": hierarchy},
-                },
+        # A record as a merge writes it, through the one record type.
+        sys.path.insert(0, os.fspath(REPO))
+        from sysextpy.handoff import ClassEntry, HandoffRecord, HierarchyResult, bind
+
+        def entry(hierarchies: tuple[str, ...], unreachable: list[str]) -> ClassEntry:
+            result = HierarchyResult("failed" if phase == "failed" else "merged", 1, "0:42")
+            inputs, observations = "1" * 64, "2" * 64
+            return ClassEntry(
+                fingerprint=bind(inputs, observations),
+                inputs_digest=inputs,
+                observations_digest=observations,
+                merged=["a"],
+                unreachable=unreachable,
+                hierarchies={h: result for h in hierarchies},
+            )
+
+        record = HandoffRecord(
+            boot_id=BOOT_ID.replace("-", ""),
+            phase="failed" if phase == "failed" else "merged",
+            tool="sysextpy bench",
+            verb="refresh",
+            root="/sysroot",
+            in_initrd=True,
+            started=1,
+            classes={
+                "sysext": entry(("/usr", "/opt"), []),
+                "confext": entry(("/etc",), ["/var/lib/confexts"]),
             },
-        }
+        )
         (path / "run/sysextpy").mkdir(parents=True)
-        (path / "run/sysextpy/state.json").write_text(json.dumps(record, indent=2))
+        (path / "run/sysextpy/state.json").write_text(record.dumps())
     return path
 
 
