@@ -20,11 +20,14 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Callable, NoReturn, Optional
+from typing import TYPE_CHECKING, Callable, NoReturn, Optional
 
 import pytest
 
 from sysextpy import mountapi
+
+if TYPE_CHECKING:
+    from pyfakefs.fake_filesystem import FakeFilesystem
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = REPO_ROOT / "tests/packages"
@@ -209,6 +212,20 @@ def fake_root(tmp_path: Path) -> Iterator[Path]:
     (root / "etc/os-release").write_text(os_release)
     yield root
     check_no_leftovers(tmp_path)
+
+
+@pytest.fixture
+def fake_fs(fs: FakeFilesystem, monkeypatch: pytest.MonkeyPatch) -> FakeFilesystem:
+    """pyfakefs's `fs`, for the logic that only reads a root (LiveView and chase.resolve call `os`
+    when they read, so they read the fake file system): no root, no tmp_path, nothing on disk.
+
+    pyfakefs's stat results lack st_rdev (6.3), which view.Stat records; every kind of file
+    pyfakefs can make (regular, directory, symlink) has 0 there on Linux, so that is what they get.
+    Devices, FIFOs and sockets cannot be made in it: tests of those stay on tmp_path."""
+    from pyfakefs.helpers import FakeStatResult
+
+    monkeypatch.setattr(FakeStatResult, "st_rdev", 0, raising=False)
+    return fs
 
 
 RunSysextpy = Callable[..., "subprocess.CompletedProcess[str]"]

@@ -9,7 +9,7 @@
 Each line of the figures file is {"section", "name", "figures"} (tests/faults.py: report()).
 Figures reported more than once under one name (parametrised tests) are added up. The catalogue
 of cases below maps every case of the user-needs catalogue to the tests that cover it, or to the
-README's "Reliability" section where it explains why a case is not covered.
+page docs/reliability.md where it explains why a case is not covered.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 TESTS = Path(__file__).resolve().parent
-README = "README"
+EXPLAINED = "docs/reliability.md"
 
 # Each case: "N. what", then one line per test that covers it ("file::function", below tests/)
-# or README when the README's "Reliability" section says why it is not (fully) covered.
+# or docs/reliability.md when that page says why it is not (fully) covered.
 CATALOGUE_TEXT = """
  1. zero-byte image next to a good one
     test_images_raw.py::test_broken_raw_images_are_rejected
@@ -64,12 +64,12 @@ CATALOGUE_TEXT = """
     test_discover.py::test_empty_directory_masks_lower_images
     test_discover.py::test_dev_null_link_does_not_mask
     test_merge.py::test_shadowing_between_search_dirs
-    README
+    docs/reliability.md
 12. a dangling symlink in a search directory
     test_discover.py::test_entries_that_are_not_images
     test_discover.py::test_dev_null_link_without_dev_null_in_root_is_dangling
 13. host symlink against an extension directory
-    README
+    docs/reliability.md
 14. more than 100 extensions with long paths
     test_merge.py::test_498_extensions_fill_the_overlay
     test_apply.py::test_classic_option_string_too_long_is_refused
@@ -95,7 +95,7 @@ CATALOGUE_TEXT = """
     test_generator.py::test_golden
 21. first-boot writes to /etc after the confext merge
     test_mutable.py::test_mutable_modes
-    README
+    docs/reliability.md
 22. overlays survive switch-root; nothing leaks to other namespaces
     e2e/test_boot.py::test_happy_path_merged_in_initrd_and_confirmed
     test_merge.py::test_failed_assembly_leaves_target_untouched
@@ -106,7 +106,7 @@ CATALOGUE_TEXT = """
 24. the kernel command line switch
     test_generator.py::test_read_switches
     e2e/test_boot.py::test_rd_switch_off_leaves_the_merge_to_the_real_root
-    README
+    docs/reliability.md
 25. unchanged verity images: skip and say why
     test_refresh.py::test_unchanged_refresh_skips_and_touches_no_mount
     e2e/test_boot.py::test_signed_verity_ddi_with_certificate_in_the_root
@@ -131,7 +131,7 @@ CATALOGUE_TEXT = """
     test_refresh.py::test_live_merge_must_match_the_record
 33. /run full or read-only
     test_faults.py::test_unusable_handoff_directory
-    README
+    docs/reliability.md
 34. submounts kept
     test_merge.py::test_submounts_survive_merge_refresh_unmerge
     test_merge.py::test_submount_made_while_merged_survives_unmerge
@@ -143,9 +143,9 @@ CATALOGUE_TEXT = """
     test_mutable.py::test_mutable_overlay_options
 37. work directories
     test_mutable.py::test_mutable_dir_symlinked_to_hierarchy
-    README
+    docs/reliability.md
 38. a lower layer that is an overlay at the stacking limit
-    README
+    docs/reliability.md
 39. the overlay mount refused (EINVAL)
     test_merge.py::test_failed_assembly_leaves_target_untouched
     test_faults.py::test_each_syscall_failing_once
@@ -157,7 +157,7 @@ CATALOGUE_TEXT = """
     test_mutable.py::test_mutable_modes
 42. machine-id under a read-only confext
     test_merge.py::test_submounts_survive_merge_refresh_unmerge
-    README
+    docs/reliability.md
 43. readers during a forced refresh
     test_refresh.py::test_forced_refresh_leaves_no_gap
 44. one hierarchy fails, the others not
@@ -170,7 +170,7 @@ CATALOGUE_TEXT = """
 46. killed in the middle
     test_faults.py::test_sigkill_at_each_step
     test_refresh.py::test_sigkill_at_every_step_loses_nothing
-    README
+    docs/reliability.md
 47. unmerge and refresh while the trees are busy
     test_concurrency.py::test_busy_hierarchies
 48. an extension deleted while merged
@@ -185,12 +185,12 @@ CATALOGUE_TEXT = """
 52. a unit enabled through .wants
     e2e/test_boot.py::test_happy_path_merged_in_initrd_and_confirmed
 53. units of an unmerged extension stopped
-    README
+    docs/reliability.md
 54. sysext and confext changed: one reload
     test_refresh.py::test_one_reload_for_both_classes
     e2e/test_boot.py::test_extension_on_separate_var_is_swapped_in_atomically
 55. SELinux labels
-    README
+    docs/reliability.md
 56. an image policy rejection exits non-zero
     test_images_trust.py::test_image_policy_option
 57. status JSON
@@ -221,7 +221,7 @@ def missing_tests(catalogue: Iterable[tuple[int, str, tuple[str, ...]]] = CATALO
     missing = []
     for _, _, refs in catalogue:
         for ref in refs:
-            if ref == README:
+            if ref == EXPLAINED:
                 continue
             file, _, name = ref.partition("::")
             if file not in defined:
@@ -443,13 +443,13 @@ def render(sections: Mapping[str, Mapping[str, Mapping[str, Any]]], how: str) ->
         "## The catalogue of cases",
         "",
         "Every case of part (b) of the user-needs catalogue, and what covers it (test files under",
-        f"`tests/`; {README} says why a case is not, or not fully, covered).",
+        f"`tests/`; {EXPLAINED} says why a case is not, or not fully, covered).",
         "",
     ]
     out += _table(
         ["#", "case", "covered by"],
         [
-            [str(n), what, "<br>".join(f"`{r}`" if r != README else r for r in refs)]
+            [str(n), what, "<br>".join(f"`{r}`" if r != EXPLAINED else r for r in refs)]
             for n, what, refs in CATALOGUE
         ],
     )

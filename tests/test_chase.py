@@ -11,9 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sysextpy.chase import (
+    MISSING,
     canonical_root,
     exists_in_root,
     is_within_root,
+    join_root,
+    normalize_root,
+    resolve,
     resolve_in_root,
     root_relative,
 )
@@ -112,6 +116,8 @@ def test_resolves(root: Path, path: str, expected: str) -> None:
     assert resolve_in_root(root, path) == want
     assert resolve_in_root(root, path, missing_ok=True) == want
     assert exists_in_root(root, path)
+    # The pure resolver that resolve_in_root wraps: strings in, a string out.
+    assert resolve(normalize_root(root), path) == os.fspath(want)
 
 
 @pytest.mark.parametrize(
@@ -144,6 +150,14 @@ def test_errors(root: Path, path: str, err: int) -> None:
         resolve_in_root(root, path)
     assert exc.value.errno == err
     assert repr(path) in str(exc.value)
+    with pytest.raises(ResolveError) as pure:
+        resolve(normalize_root(root), path)
+    assert pure.value.errno == err
+    if err in MISSING:  # "not there", like os.path.exists
+        assert not exists_in_root(root, path)
+    else:
+        with pytest.raises(ResolveError):
+            exists_in_root(root, path)
 
 
 @pytest.mark.parametrize(
@@ -229,18 +243,94 @@ def test_unusable_root(root: Path, name: str, err: int) -> None:
     assert exc.value.errno == err
 
 
-def test_permission_error_keeps_its_errno(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_lstat = os.lstat
-
+def test_permission_error_keeps_its_errno(root: Path) -> None:
     def denying_lstat(p: str) -> os.stat_result:
         if p.endswith("/usr/lib"):
             raise PermissionError(errno.EACCES, "Permission denied", p)
-        return real_lstat(p)
+        return os.lstat(p)
 
-    monkeypatch.setattr(os, "lstat", denying_lstat)
     with pytest.raises(ResolveError) as exc:
-        resolve_in_root(root, "/usr/lib/os-release")
+        resolve(normalize_root(root), "/usr/lib/os-release", lstat=denying_lstat)
     assert exc.value.errno == errno.EACCES
+    assert "cannot look at '/usr/lib' (Permission denied)" in str(exc.value)
+    # Below the unreadable component nothing is "missing": missing_ok does not hide it.
+    with pytest.raises(ResolveError):
+        resolve(normalize_root(root), "/usr/lib/nothing", missing_ok=True, lstat=denying_lstat)
+
+
+def test_unreadable_link_keeps_its_errno(root: Path) -> None:
+    def denying_readlink(p: str) -> str:
+        raise PermissionError(errno.EACCES, "Permission denied", p)
+
+    with pytest.raises(ResolveError) as exc:
+        resolve(normalize_root(root), "/usr_link/lib", readlink=denying_readlink)
+    assert exc.value.errno == errno.EACCES
+    assert "cannot read link '/usr_link' (Permission denied)" in str(exc.value)
+
+
+def test_resolve_reads_only_through_what_it_is_given(root: Path) -> None:
+    seen: list[str] = []
+
+    def lstat(p: str) -> os.stat_result:
+        seen.append(p)
+        return os.lstat(p)
+
+    def readlink(p: str) -> str:
+        seen.append(f"readlink {p}")
+        return os.readlink(p)
+
+    r = normalize_root(root)
+    assert resolve(r, "/abs_passwd", lstat=lstat, readlink=readlink) == f"{r}/etc/passwd"
+    assert seen == [f"{r}/abs_passwd", f"readlink {r}/abs_passwd", f"{r}/etc", f"{r}/etc/passwd"]
+
+
+def test_resolve_does_not_check_the_root(root: Path) -> None:
+    # resolve() takes the root as given; a root that is a file fails at its first component.
+    assert resolve(normalize_root(root / "etc/passwd"), "/") == os.fspath(root / "etc/passwd")
+    with pytest.raises(ResolveError) as exc:
+        resolve(normalize_root(root / "etc/passwd"), "/x")
+    assert exc.value.errno == errno.ENOTDIR
+
+
+@pytest.mark.parametrize(
+    "spelled, normal",
+    [
+        ("", "/"),
+        ("/", "/"),
+        ("//", "/"),
+        ("/r", "/r"),
+        ("/r/", "/r"),
+        ("//r//s/", "/r/s"),
+        ("/r/./s/..", "/r"),
+        ("/r/../..", "/"),
+    ],
+)
+def test_normalize_root(spelled: str, normal: str) -> None:
+    assert normalize_root(spelled) == normal
+    if spelled:  # Path("") is ".", the working directory
+        assert normalize_root(Path(spelled)) == normal
+
+
+def test_normalize_root_of_a_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert normalize_root("sub/./root/") == os.path.join(os.getcwd(), "sub/root")
+
+
+@pytest.mark.parametrize(
+    "root_s, inner, joined",
+    [
+        ("/", "/x/y", "/x/y"),
+        ("/", "x", "/x"),
+        ("/", "/", "/"),
+        ("/r", "/x/y", "/r/x/y"),
+        ("/r", "x", "/r/x"),
+        ("/r", "/", "/r"),
+        ("/r", "", "/r"),
+        ("/r", "/x/../y", "/r/x/../y"),  # lexical: nothing is resolved or tidied
+    ],
+)
+def test_join_root(root_s: str, inner: str, joined: str) -> None:
+    assert join_root(root_s, inner) == joined
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")

@@ -1,4 +1,8 @@
-"""Discovery on tmp_path roots: search directories, names, suffixes, shadowing, masking, links."""
+"""Discovery: search directories, names, suffixes, shadowing, masking, links.
+
+The roots are on a fake file system (pyfakefs) whose host has files of its own where a link that
+left the root would find them; devices, FIFOs and names that are not UTF-8, which pyfakefs cannot
+make, are on tmp_path."""
 
 from __future__ import annotations
 
@@ -8,11 +12,14 @@ from pathlib import Path
 from typing import Optional, Union
 
 import pytest
+from pyfakefs import helpers
+from pyfakefs.fake_filesystem import FakeFilesystem
 
 from sysextpy.arch import native_architecture
 from sysextpy.discover import Discovery, discover, invalid_name_reason
 from sysextpy.model import Candidate, ImageClass, ImageType, Skipped, Verdict
 from sysextpy.osrelease import is_initrd_root
+from sysextpy.view import LiveView
 
 SYSEXT = ImageClass.SYSEXT
 CONFEXT = ImageClass.CONFEXT
@@ -46,7 +53,8 @@ def build(root: Path, tree: dict[str, Spec]) -> Path:
 
 
 def scan(root: Path, image_class: ImageClass = SYSEXT) -> Discovery:
-    return discover(root, image_class, initrd=is_initrd_root(root))
+    view = LiveView(os.fspath(root), {})
+    return discover(view, image_class, initrd=is_initrd_root(view))
 
 
 def found(d: Discovery) -> dict[str, tuple[str, str]]:
@@ -62,8 +70,26 @@ def _inner(d: Discovery, path: Path) -> str:
     return "/" + os.path.relpath(path, root)
 
 
-def scan_tree(tmp_path: Path, tree: dict[str, Spec], image_class: ImageClass = SYSEXT) -> Discovery:
-    root = build(tmp_path / "root", tree)
+@pytest.fixture
+def base(fake_fs: FakeFilesystem) -> Path:
+    """Where scan_tree() puts the root ("root" below it), on a fake file system whose host has
+    everything the links of these tests point to, and an initrd-release."""
+    for path in (
+        "/etc/os-release",
+        "/etc/initrd-release",
+        "/etc/hostname",
+        "/srv/images/gone.raw",
+        "/missing",
+    ):
+        fake_fs.create_file(path)
+    for path in ("/usr/share", "/srv/x", "/srv/versions/app-two", "/data/var/lib/extensions/x"):
+        fake_fs.create_dir(path)
+    fake_fs.create_dir("/srv/store/app.v/app_9")
+    return Path("/srv")
+
+
+def scan_tree(base: Path, tree: dict[str, Spec], image_class: ImageClass = SYSEXT) -> Discovery:
+    root = build(base / "root", tree)
     d = scan(root, image_class)
     _ROOTS[id(d)] = root
     return d
@@ -100,30 +126,31 @@ EVERY_DIR = sorted(set(SYSEXT_INITRD_DIRS + CONFEXT_DIRS + CONFEXT_INITRD_DIRS))
     ],
 )
 def test_search_directories(
-    tmp_path: Path, image_class: ImageClass, initrd: bool, searched: tuple[str, ...]
+    base: Path, image_class: ImageClass, initrd: bool, searched: tuple[str, ...]
 ) -> None:
     # One image in every directory either class could search, named after the directory.
     tree: dict[str, Spec] = {f"{d.lstrip('/')}/img{d.replace('/', '-')}": "dir" for d in EVERY_DIR}
     if initrd:
         tree["etc/initrd-release"] = "file"
-    d = scan_tree(tmp_path, tree, image_class)
+    d = scan_tree(base, tree, image_class)
     assert d.search_dirs == searched
     assert d.missing_dirs == ()
     assert [c.search_dir for c in d.candidates] == list(searched)
     assert [c.name for c in d.candidates] == [f"img{s.replace('/', '-')}" for s in searched]
     assert d.skipped == ()
+    assert d.warnings == ()
 
 
-def test_initrd_release_as_link_inside_root_counts(tmp_path: Path) -> None:
+def test_initrd_release_as_link_inside_root_counts(base: Path) -> None:
     d = scan_tree(
-        tmp_path,
+        base,
         {"usr/lib/initrd-release": "file", "etc/initrd-release": ("link", "/usr/lib/initrd-release")},
     )
     assert d.search_dirs == SYSEXT_INITRD_DIRS
 
 
-def test_missing_search_directories_are_recorded(tmp_path: Path) -> None:
-    d = scan_tree(tmp_path, {"run/extensions/a": "dir"})
+def test_missing_search_directories_are_recorded(base: Path) -> None:
+    d = scan_tree(base, {"run/extensions/a": "dir"})
     assert d.missing_dirs == ("/etc/extensions", "/var/lib/extensions")
     assert [c.name for c in d.candidates] == ["a"]
 
@@ -167,9 +194,9 @@ def test_missing_search_directories_are_recorded(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_shadowing_by_name(tmp_path: Path, tree: dict[str, Spec], winner: str, loser: str) -> None:
+def test_shadowing_by_name(base: Path, tree: dict[str, Spec], winner: str, loser: str) -> None:
     image_class = CONFEXT if any("confexts" in p for p in tree) else SYSEXT
-    d = scan_tree(tmp_path, tree, image_class)
+    d = scan_tree(base, tree, image_class)
     assert [c.name for c in d.candidates] == ["foo"]
     assert _inner(d, d.candidates[0].entry) == winner
     skipped = skipped_by_entry(d)
@@ -179,8 +206,8 @@ def test_shadowing_by_name(tmp_path: Path, tree: dict[str, Spec], winner: str, l
     assert skipped[loser].reason == f"shadowed by {os.fspath(d.candidates[0].entry)!r}"
 
 
-def test_empty_directory_masks_lower_images(tmp_path: Path) -> None:
-    d = scan_tree(tmp_path, {"etc/extensions/foo": "dir", "var/lib/extensions/foo.raw": "file"})
+def test_empty_directory_masks_lower_images(base: Path) -> None:
+    d = scan_tree(base, {"etc/extensions/foo": "dir", "var/lib/extensions/foo.raw": "file"})
     assert found(d) == {"foo": ("directory", "/etc/extensions/foo")}
     assert "shadowed by" in skipped_by_entry(d)["/var/lib/extensions/foo.raw"].reason
 
@@ -201,8 +228,8 @@ def test_dev_null_link_does_not_mask(tmp_path: Path, link_name: str) -> None:
     assert "does not mask" in reason
 
 
-def test_dev_null_link_without_dev_null_in_root_is_dangling(tmp_path: Path) -> None:
-    d = scan_tree(tmp_path, {"etc/extensions/foo": ("link", "/dev/null"), "var/lib/extensions/foo": "dir"})
+def test_dev_null_link_without_dev_null_in_root_is_dangling(base: Path) -> None:
+    d = scan_tree(base, {"etc/extensions/foo": ("link", "/dev/null"), "var/lib/extensions/foo": "dir"})
     assert found(d) == {"foo": ("directory", "/var/lib/extensions/foo")}
     assert (
         skipped_by_entry(d)["/etc/extensions/foo"].reason
@@ -233,7 +260,7 @@ def test_dev_null_link_without_dev_null_in_root_is_dangling(tmp_path: Path) -> N
     ],
 )
 def test_entry_names_and_suffixes(
-    tmp_path: Path,
+    base: Path,
     image_class: ImageClass,
     search_dir: str,
     entry: str,
@@ -241,7 +268,7 @@ def test_entry_names_and_suffixes(
     name: str,
     image_type: str,
 ) -> None:
-    d = scan_tree(tmp_path, {f"{search_dir}/{entry}": spec}, image_class)
+    d = scan_tree(base, {f"{search_dir}/{entry}": spec}, image_class)
     assert found(d) == {name: (image_type, f"/{search_dir}/{entry}")}
     assert d.skipped == ()
     candidate = d.candidates[0]
@@ -269,8 +296,8 @@ def test_entry_names_and_suffixes(
         ("gone", ("link", "../nowhere"), "dangling symlink to '../nowhere' (inside the root)"),
     ],
 )
-def test_entries_that_are_not_images(tmp_path: Path, entry: str, spec: Spec, reason: str) -> None:
-    d = scan_tree(tmp_path, {f"var/lib/extensions/{entry}": spec, "var/lib/extensions/ok": "dir"})
+def test_entries_that_are_not_images(base: Path, entry: str, spec: Spec, reason: str) -> None:
+    d = scan_tree(base, {f"var/lib/extensions/{entry}": spec, "var/lib/extensions/ok": "dir"})
     assert found(d) == {"ok": ("directory", "/var/lib/extensions/ok")}
     skipped = skipped_by_entry(d)
     assert list(skipped) == [f"/var/lib/extensions/{entry}"]
@@ -278,6 +305,7 @@ def test_entries_that_are_not_images(tmp_path: Path, entry: str, spec: Spec, rea
     assert reason in s.reason
     assert s.verdict is Verdict.IGNORED
     assert s.image_class is SYSEXT
+    assert d.warnings == ()  # entries that are not images are no problem
 
 
 def test_non_utf8_name_is_invalid(tmp_path: Path) -> None:
@@ -289,9 +317,9 @@ def test_non_utf8_name_is_invalid(tmp_path: Path) -> None:
     assert "name is not valid UTF-8" in d.skipped[0].reason
 
 
-def test_invalid_entry_does_not_claim_the_name(tmp_path: Path) -> None:
+def test_invalid_entry_does_not_claim_the_name(base: Path) -> None:
     d = scan_tree(
-        tmp_path,
+        base,
         {"etc/extensions/foo.raw": ("link", "/missing"), "var/lib/extensions/foo": "dir"},
     )
     assert found(d) == {"foo": ("directory", "/var/lib/extensions/foo")}
@@ -323,9 +351,9 @@ def test_invalid_name_reason(name: str, reason: Optional[str]) -> None:
         assert got is not None and reason in got
 
 
-def test_sysupdate_temporaries_are_ignored_silently(tmp_path: Path) -> None:
+def test_sysupdate_temporaries_are_ignored_silently(base: Path) -> None:
     d = scan_tree(
-        tmp_path,
+        base,
         {
             "var/lib/extensions/.sysupdate.foo.raw": "file",
             "var/lib/extensions/.sysupdate.bar": "dir",
@@ -352,9 +380,9 @@ def _foreign_arch() -> str:
     return "arm64" if native_architecture() != "arm64" else "x86-64"
 
 
-def test_versioned_directory_picks_the_newest_usable(tmp_path: Path) -> None:
+def test_versioned_directory_picks_the_newest_usable(base: Path) -> None:
     d = scan_tree(
-        tmp_path,
+        base,
         {
             "var/lib/extensions/editor.v/editor_1.0": "dir",
             "var/lib/extensions/editor.v/editor_1.2": "dir",
@@ -391,16 +419,16 @@ def test_versioned_directory_picks_the_newest_usable(tmp_path: Path) -> None:
     ],
 )
 def test_versioned_directory_suffixes_and_ranking(
-    tmp_path: Path, vdir: str, entries: dict[str, Spec], name: str, picked: str, image_type: str
+    base: Path, vdir: str, entries: dict[str, Spec], name: str, picked: str, image_type: str
 ) -> None:
     tree: dict[str, Spec] = {f"var/lib/extensions/{vdir}/{e}": s for e, s in entries.items()}
-    d = scan_tree(tmp_path, tree)
+    d = scan_tree(base, tree)
     assert found(d) == {name: (image_type, f"/var/lib/extensions/{vdir}/{picked}")}
 
 
-def test_versioned_directory_with_nothing_usable_is_skipped(tmp_path: Path) -> None:
+def test_versioned_directory_with_nothing_usable_is_skipped(base: Path) -> None:
     d = scan_tree(
-        tmp_path,
+        base,
         {
             f"var/lib/extensions/tool.v/tool_1_{_foreign_arch()}": "dir",
             "var/lib/extensions/tool.v/tool_2.raw": "file",
@@ -414,9 +442,9 @@ def test_versioned_directory_with_nothing_usable_is_skipped(tmp_path: Path) -> N
     assert "no usable tool_VERSION entry" in s.reason
 
 
-def test_versioned_directory_via_absolute_link_inside_root(tmp_path: Path) -> None:
+def test_versioned_directory_via_absolute_link_inside_root(base: Path) -> None:
     d = scan_tree(
-        tmp_path,
+        base,
         {
             "srv/store/app.v/app_1": "dir",
             "srv/store/app.v/app_2": ("link", "/srv/versions/app-two"),
@@ -448,11 +476,11 @@ def test_versioned_directory_via_absolute_link_inside_root(tmp_path: Path) -> No
     ],
 )
 def test_links_resolve_inside_the_root(
-    tmp_path: Path, target: str, tree: dict[str, Spec], expected: Optional[tuple[str, str]]
+    base: Path, target: str, tree: dict[str, Spec], expected: Optional[tuple[str, str]]
 ) -> None:
     entry = "img.raw" if expected is None or expected[0] == "raw" or target.endswith("os-release") else "img"
     full_tree: dict[str, Spec] = {**tree, f"var/lib/extensions/{entry}": ("link", target)}
-    d = scan_tree(tmp_path, full_tree)
+    d = scan_tree(base, full_tree)
     if expected is None:
         assert d.candidates == ()
         assert "dangling symlink" in skipped_by_entry(d)[f"/var/lib/extensions/{entry}"].reason
@@ -462,9 +490,9 @@ def test_links_resolve_inside_the_root(
         assert d.candidates[0].path.is_relative_to(root)
 
 
-def test_symlink_loop_is_rejected_and_scanning_goes_on(tmp_path: Path) -> None:
+def test_symlink_loop_is_rejected_and_scanning_goes_on(base: Path) -> None:
     d = scan_tree(
-        tmp_path,
+        base,
         {
             "var/lib/extensions/loop": ("link", "/var/lib/extensions/loop"),
             "var/lib/extensions/ok": "dir",
@@ -474,6 +502,7 @@ def test_symlink_loop_is_rejected_and_scanning_goes_on(tmp_path: Path) -> None:
     s = skipped_by_entry(d)["/var/lib/extensions/loop"]
     assert s.verdict is Verdict.REJECTED
     assert "cannot resolve inside the root" in s.reason
+    assert d.warnings == (f"/var/lib/extensions/loop: {s.reason}",)
 
 
 @pytest.mark.parametrize(
@@ -486,26 +515,47 @@ def test_symlink_loop_is_rejected_and_scanning_goes_on(tmp_path: Path) -> None:
         pytest.param({"etc/extensions": "file"}, id="file-itself"),
     ],
 )
-def test_search_dir_that_is_not_a_directory_is_rejected(tmp_path: Path, tree: dict[str, Spec]) -> None:
-    d = scan_tree(tmp_path, {**tree, "var/lib/extensions/ok": "dir", "run/extensions/early": "dir"})
+def test_search_dir_that_is_not_a_directory_is_rejected(
+    request: pytest.FixtureRequest, tree: dict[str, Spec]
+) -> None:
+    # A device node needs a real file system; the rest runs on the fake one.
+    place = request.getfixturevalue("tmp_path" if "null" in tree.values() else "base")
+    d = scan_tree(place, {**tree, "var/lib/extensions/ok": "dir", "run/extensions/early": "dir"})
     assert [c.name for c in d.candidates] == ["early", "ok"]
     (s,) = d.skipped
     assert s.entry == Path("/etc/extensions")
     assert s.verdict is Verdict.REJECTED
     assert "search directory cannot" in s.reason
     assert "/etc/extensions" not in d.missing_dirs
+    # Said as a warning, for the caller to log: discovery itself logs nothing.
+    assert d.warnings == (f"/etc/extensions: {s.reason}",)
 
 
-def test_search_dir_link_to_missing_dev_null_counts_as_missing(tmp_path: Path) -> None:
-    d = scan_tree(tmp_path, {"etc/extensions": ("link", "/dev/null"), "var/lib/extensions/ok": "dir"})
+def test_unreadable_search_dir_is_rejected_and_scanning_goes_on(base: Path) -> None:
+    root = build(base / "root", {"etc/extensions/hidden": "dir", "var/lib/extensions/ok": "dir"})
+    os.chmod(root / "etc/extensions", 0o311)  # can be passed through, not listed
+    helpers.set_uid(1000)  # pyfakefs checks permissions for users other than root
+    try:
+        d = scan(root)
+    finally:
+        helpers.reset_ids()
+    assert [c.name for c in d.candidates] == ["ok"]
+    (s,) = d.skipped
+    assert (s.entry, s.verdict) == (Path("/etc/extensions"), Verdict.REJECTED)
+    assert s.reason == "search directory cannot be read: Permission denied"
+    assert d.warnings == ("/etc/extensions: search directory cannot be read: Permission denied",)
+
+
+def test_search_dir_link_to_missing_dev_null_counts_as_missing(base: Path) -> None:
+    d = scan_tree(base, {"etc/extensions": ("link", "/dev/null"), "var/lib/extensions/ok": "dir"})
     assert [c.name for c in d.candidates] == ["ok"]
     assert "/etc/extensions" in d.missing_dirs
     assert d.skipped == ()
 
 
-def test_search_dir_reached_through_links_inside_root(tmp_path: Path) -> None:
+def test_search_dir_reached_through_links_inside_root(base: Path) -> None:
     d = scan_tree(
-        tmp_path,
+        base,
         {
             "var": ("link", "/data/var"),
             "data/var/lib/extensions/foo": "dir",
@@ -515,8 +565,8 @@ def test_search_dir_reached_through_links_inside_root(tmp_path: Path) -> None:
     assert _inner(d, d.candidates[0].entry) == "/var/lib/extensions/foo"
 
 
-def test_candidate_fields(tmp_path: Path) -> None:
-    d = scan_tree(tmp_path, {"run/extensions/foo.raw": "file"})
+def test_candidate_fields(base: Path) -> None:
+    d = scan_tree(base, {"run/extensions/foo.raw": "file"})
     root = _ROOTS[id(d)]
     (c,) = d.candidates
     assert c == Candidate(

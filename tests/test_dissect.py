@@ -25,7 +25,8 @@ import pytest
 from sysextpy.dissect import TrustContext, candidate_root, dissect, image_root_hash
 from sysextpy.errors import ImageError
 from sysextpy.gpt import LINUX_GENERIC, type_uuid
-from sysextpy.model import Candidate, ImageClass, ImageType
+from sysextpy.model import Candidate, ClassSettings, ImageClass, ImageType, MutableMode, Options
+from sysextpy.view import LiveView
 from tests.conftest import require_tools
 
 HOST_RELEASE = "ID=debian\nVERSION_ID=12\n"
@@ -318,7 +319,7 @@ def context(root: Path, **kw: object) -> TrustContext:
     kw.setdefault("dm_verity", False)
     kw.setdefault("kernel_signatures", False)
     kw.setdefault("architectures", NATIVE)
-    return TrustContext(root, env={}, **kw)  # type: ignore[arg-type]
+    return TrustContext(LiveView(os.fspath(root), {}), **kw)  # type: ignore[arg-type]
 
 
 def trust(root: Path, signer: Signer, name: str = "test.crt", where: str = "etc/verity.d") -> Path:
@@ -793,9 +794,10 @@ def test_image_root_hash_for_identity(tmp_path: Path, kind: str) -> None:
     else:
         naked_image(tmp_path / "w", out, "foo")
         expected = None
-    assert image_root_hash(root, candidate(root, out), {}) == expected
+    assert image_root_hash(LiveView(os.fspath(root), {}), candidate(root, out)) == expected
     if kind == "sidecar":
-        assert image_root_hash(root, candidate(root, out), {"SYSTEMD_DISSECT_VERITY_SIDECAR": "0"}) is None
+        off = LiveView(os.fspath(root), {"SYSTEMD_DISSECT_VERITY_SIDECAR": "0"})
+        assert image_root_hash(off, candidate(root, out)) is None
 
 
 def test_candidate_root_from_entry(tmp_path: Path) -> None:
@@ -817,3 +819,67 @@ def test_candidate_root_from_entry(tmp_path: Path) -> None:
         search_dir="/var/lib/extensions",
     )
     assert candidate_root(host) == Path("/")
+
+
+# --------------------------------------------------------------------------------------------------
+# The trust context asks the view, and only what it needs
+
+
+class Machine(LiveView):
+    """A view of a machine that can do what `can` says, noting what it was asked."""
+
+    def __init__(self, root: str, can: dict[str, bool]) -> None:
+        super().__init__(root, {})
+        self.can = can
+        self.asked: list[str] = []
+
+    def capability(self, name: str) -> bool:
+        self.asked.append(name)
+        return self.can[name]
+
+    def machine(self) -> str:
+        return "aarch64"
+
+
+@pytest.mark.parametrize(
+    "can, dm_verity, kernel_signatures, asked",
+    [
+        ({"dm-verity": True, "verity-signatures": True}, True, True, ["dm-verity", "verity-signatures"]),
+        ({"dm-verity": True, "verity-signatures": False}, True, False, ["dm-verity", "verity-signatures"]),
+        # without device-mapper the kernel checks no signature, whatever its module says
+        ({"dm-verity": False, "verity-signatures": True}, False, False, ["dm-verity", "verity-signatures"]),
+    ],
+)
+def test_trust_context_asks_the_machine_when_first_needed(
+    tmp_path: Path, can: dict[str, bool], dm_verity: bool, kernel_signatures: bool, asked: list[str]
+) -> None:
+    view = Machine(os.fspath(tmp_path), can)
+    ctx = TrustContext(view)
+    assert view.asked == []
+    assert ctx.architectures == ("arm64", "arm")  # the view's machine, not this host's
+    assert (ctx.kernel_signatures, ctx.dm_verity) == (kernel_signatures, dm_verity)
+    assert (ctx.kernel_signatures, ctx.dm_verity) == (kernel_signatures, dm_verity)
+    assert sorted(view.asked) == asked  # each once
+    given = TrustContext(Machine(os.fspath(tmp_path), {}), dm_verity=True, kernel_signatures=False)
+    assert (given.dm_verity, given.kernel_signatures) == (True, False)
+
+
+@pytest.mark.parametrize(
+    "initrd, root_given, rules", [(True, False, True), (True, True, False), (False, False, False)]
+)
+def test_trust_context_from_settings(tmp_path: Path, initrd: bool, root_given: bool, rules: bool) -> None:
+    root = make_root(tmp_path)
+    if initrd:
+        (root / "etc/initrd-release").write_text("")
+    opts = Options(root=root, root_given=root_given, image_policy="root=signed")
+    settings = tuple(
+        ClassSettings(cls, cls.default_hierarchies, MutableMode.NO, "default", policy, None, None)
+        for cls, policy in ((ImageClass.SYSEXT, "root=signed"), (ImageClass.CONFEXT, None))
+    )
+    ctx = TrustContext.from_settings(opts, settings, LiveView(os.fspath(root), {}))
+    assert ctx.initrd_without_root is rules
+    assert ctx.root == root
+    sysext = candidate(root, root / "var/lib/extensions/foo.raw")
+    assert ctx.policy_for(sysext)[1] == "image policy setting"
+    confext = candidate(root, root / ".extra/confext/foo.raw", cls=ImageClass.CONFEXT)
+    assert ctx.policy_for(confext)[1] == ("initrd rule for /.extra" if rules else "confext default")

@@ -19,10 +19,10 @@ import pytest
 
 from sysextpy import mountapi
 from sysextpy.dissect import TrustContext
-from sysextpy.errors import ImageError
+from sysextpy.errors import EXIT_OK, EXIT_PARTIAL, ImageError
 from sysextpy.images import Workspace
 from sysextpy.model import ClassSettings, ImageClass, MutableMode, Options, Verb, Verdict
-from sysextpy.verity import dm_verity_available
+from sysextpy.view import LiveView, dm_verity_available
 from tests.conftest import RunSysextpy, have_tools, require_tools
 from tests.test_dissect import (
     MiB,
@@ -121,7 +121,7 @@ def test_every_image_kind_is_found_identified_and_merged(run: Run, fake_root: Pa
     assert sorted((r["name"], r["type"]) for r in listed) == sorted((n, "raw") for n in files)
 
     code, images, log = run.plan()
-    assert code == 0, log
+    assert code == EXIT_OK, log
     assert {n: r["verdict"] for n, r in images.items()} == {n: "merge" for n in files}
     assert settle(tmp_path) == []  # plan mounts in a private namespace and leaves nothing
     # What dissection found is said for every image.
@@ -133,7 +133,7 @@ def test_every_image_kind_is_found_identified_and_merged(run: Run, fake_root: Pa
         assert "mounted WITHOUT verity although it has a root hash (dm-verity is not available" in log
 
     res = run("--class=sysext", "merge")
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == EXIT_OK, res.stderr
     for name, rel in files.items():
         assert (fake_root / rel).read_text() == f"hello from {name}\n", name
     # One loop device per mounted file system, each held by the merge alone.
@@ -144,7 +144,7 @@ def test_every_image_kind_is_found_identified_and_merged(run: Run, fake_root: Pa
         assert set(origin[name]) == {"path", "verityHash"}, name
     assert "verityHash" not in origin["sq"] and "verityHash" not in origin["plainddi"]
 
-    assert run("unmerge").returncode == 0
+    assert run("unmerge").returncode == EXIT_OK
     assert settle(tmp_path) == []
     assert not (fake_root / "usr/share/ddi").exists()
 
@@ -190,7 +190,7 @@ def test_broken_and_untrusted_images_are_rejected_alone(run: Run, fake_root: Pat
     broken["usrpart"] = "usr partition is present but policy usr=absent"
 
     code, images, log = run.plan()
-    assert code == 3, log
+    assert code == EXIT_PARTIAL, log
     for name, words in broken.items():
         assert images[name]["verdict"] == Verdict.REJECTED.value, (name, images[name])
         assert words in images[name]["reason"], (name, images[name]["reason"])
@@ -198,7 +198,7 @@ def test_broken_and_untrusted_images_are_rejected_alone(run: Run, fake_root: Pat
     assert settle(tmp_path) == []
 
     res = run("--class=sysext", "merge")
-    assert res.returncode == 3, res.stderr
+    assert res.returncode == EXIT_PARTIAL, res.stderr
     assert (fake_root / "usr/share/good/hello").read_text() == "hello from good\n"
     assert (fake_root / "usr/share/goodddi/hello").read_text() == "hello from goodddi\n"
     extensions = (fake_root / "usr/.systemd-sysext/extensions").read_text().split()
@@ -206,7 +206,7 @@ def test_broken_and_untrusted_images_are_rejected_alone(run: Run, fake_root: Pat
     # Only the two merged images hold loop devices; nothing was left attached for the rejected ones.
     held = settle(tmp_path, at_most=2)
     assert sorted(os.path.basename(b) for b in held) == ["good.raw", "goodddi.raw"]
-    assert run("unmerge").returncode == 0
+    assert run("unmerge").returncode == EXIT_OK
     assert settle(tmp_path) == []
 
 
@@ -242,7 +242,7 @@ def test_certificates_come_from_the_root_never_the_host(
 
     # ...but the root being merged does not: both images are rejected.
     code, images, _ = run.plan()
-    assert code == 3
+    assert code == EXIT_PARTIAL
     for name in ("ddi", "side"):
         assert images[name]["verdict"] == "rejected"
         assert (
@@ -255,11 +255,11 @@ def test_certificates_come_from_the_root_never_the_host(
     (fake_root / "etc/verity.d").mkdir()
     shutil.copy(signer.cert, fake_root / "etc/verity.d/test.pem")
     code, images, log = run.plan()
-    assert code == 3 and images["ddi"]["verdict"] == "rejected"
+    assert code == EXIT_PARTIAL and images["ddi"]["verdict"] == "rejected"
     assert "Certificate /etc/verity.d/test.pem" in log and "only *.crt is read" in log
     shutil.copy(signer.cert, fake_root / "etc/verity.d/test.crt")
     code, images, log = run.plan()
-    assert code == 0, log
+    assert code == EXIT_OK, log
     assert images["ddi"]["verdict"] == images["side"]["verdict"] == "merge"
     assert "signed by /etc/verity.d/test.crt" in log
     assert settle(tmp_path) == []
@@ -277,7 +277,7 @@ def test_symlinked_signature_side_car_inside_the_root(run: Run, fake_root: Path,
     (store / "app-1.roothash.p7s").rename(store / "sig.p7s")
     (store / "app-1.roothash.p7s").symlink_to("/srv/images/sig.p7s")
     code, images, log = run.plan()
-    assert code == 0, log
+    assert code == EXIT_OK, log
     assert images["app"]["verdict"] == "merge"
     assert "signed by /etc/verity.d/test.crt" in log
 
@@ -328,9 +328,10 @@ def test_image_policy_option(
         verb=Verb.PLAN, classes=(ImageClass.SYSEXT,), root=fake_root, root_given=True, image_policy=policy
     )
     settings = settings_for(policy)
-    found = survey(opts, settings, {})
-    with Workspace(trust=TrustContext.from_settings(opts, settings, {})) as ws:
-        plan = judge_all(opts, found, ws)
+    view = LiveView(os.fspath(fake_root), {})
+    found = survey(opts, settings, view)
+    with Workspace(trust=TrustContext.from_settings(opts, settings, view)) as ws:
+        plan = judge_all(opts, found, view, ws)
     (v,) = plan.classes[0].verdicts
     assert v.verdict.value == verdict, v.reason
     assert words in v.reason
@@ -363,7 +364,7 @@ def test_verity_activation_failure_leaves_nothing(
     tool.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
 
-    ctx = TrustContext(fake_root, env={}, dm_verity=True, kernel_signatures=False)
+    ctx = TrustContext(LiveView(os.fspath(fake_root), {}), dm_verity=True, kernel_signatures=False)
     with Workspace(trust=ctx) as ws:
         with pytest.raises(ImageError) as e:
             ws.mount_image(candidate(fake_root, ddi.path))
@@ -395,7 +396,7 @@ def test_kernel_keyring_gets_the_signature(
     tool.write_text(FAKE_VERITYSETUP.format(log=calls, open_status=1))
     tool.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    ctx = TrustContext(fake_root, env={}, dm_verity=True, kernel_signatures=True)
+    ctx = TrustContext(LiveView(os.fspath(fake_root), {}), dm_verity=True, kernel_signatures=True)
     with Workspace(trust=ctx) as ws:
         with pytest.raises(ImageError, match="dm-verity activation failed"):
             ws.mount_image(candidate(fake_root, ddi.path))
@@ -418,7 +419,7 @@ def test_usr_partition_needs_usr_in_the_root_file_system(
         fake_root / EXT / "both.raw",
         [PartSpec("root", root_fs.read_bytes()), PartSpec("usr", usr_fs.read_bytes())],
     )
-    with Workspace(trust=TrustContext(fake_root, env={}, dm_verity=False)) as ws:
+    with Workspace(trust=TrustContext(LiveView(os.fspath(fake_root), {}), dm_verity=False)) as ws:
         tree = ws.mount_image(candidate(fake_root, image))
         assert (tree / "usr/share/both/hello").read_text() == "hello from both\n"
         assert (tree / "usr/lib/extension-release.d/extension-release.both").exists()
@@ -433,7 +434,7 @@ def test_usr_partition_needs_usr_in_the_root_file_system(
         fake_root / EXT / "bare.raw",
         [PartSpec("root", bare.read_bytes()), PartSpec("usr", usr_fs.read_bytes())],
     )
-    with Workspace(trust=TrustContext(fake_root, env={}, dm_verity=False)) as ws:
+    with Workspace(trust=TrustContext(LiveView(os.fspath(fake_root), {}), dm_verity=False)) as ws:
         with pytest.raises(ImageError, match="has no /usr to mount the usr partition on"):
             ws.mount_image(candidate(fake_root, image))
     assert settle(tmp_path) == []

@@ -5,17 +5,20 @@ import os
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyfakefs.fake_filesystem import FakeFilesystem
 
+from sysextpy.discover import discover
 from sysextpy.errors import ImageError, SysextError
-from sysextpy.model import ImageClass
+from sysextpy.model import ImageClass, Verdict
 from sysextpy.osrelease import (
+    RELEASE_LIMIT,
     find_extension_release,
     image_base_name,
     image_has_os_release,
@@ -24,8 +27,9 @@ from sysextpy.osrelease import (
     load_host_release,
     parse_os_release,
     parse_os_release_verbose,
-    read_text_bounded,
 )
+from sysextpy.plan import host_info, judge
+from sysextpy.view import FileTooLarge, LiveView, NotRegularFile, read_text
 
 # --------------------------------------------------------------------------------------------------
 # parse_os_release
@@ -106,10 +110,12 @@ def test_parse_os_release_never_raises(text: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# read_text_bounded
+# Small files through a view: view.read() (typed errors) and view.read_text() (SysextError)
+
+HOST = LiveView("/", {})
 
 
-def _in_thread(func: Callable[[], object], timeout: float = 5.0) -> BaseException | None:
+def _in_thread(func: Callable[[], object], timeout: float = 5.0) -> Optional[BaseException]:
     """Run func in a daemon thread; fail if it blocks. Returns the exception it raised, if any."""
     outcome: list[Optional[BaseException]] = []
 
@@ -124,51 +130,58 @@ def _in_thread(func: Callable[[], object], timeout: float = 5.0) -> BaseExceptio
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     thread.join(timeout)
-    assert not thread.is_alive(), "read_text_bounded blocked"
+    assert not thread.is_alive(), "reading blocked"
     return outcome[0]
 
 
-def test_read_regular_file(tmp_path: Path) -> None:
-    path = tmp_path / "f"
-    path.write_text("ID=x\n")
-    assert read_text_bounded(path) == "ID=x\n"
+def test_read_regular_file(fake_fs: FakeFilesystem) -> None:
+    fake_fs.create_file("/f", contents="ID=x\n")
+    assert read_text(HOST, "/f") == "ID=x\n"
+    assert HOST.read("/f", 100) == b"ID=x\n"
 
 
-def test_read_replaces_invalid_utf8(tmp_path: Path) -> None:
-    path = tmp_path / "f"
-    path.write_bytes(b"A=\xff\xfe\n")
-    assert read_text_bounded(path) == "A=\ufffd\ufffd\n"
+def test_read_replaces_invalid_utf8(fake_fs: FakeFilesystem) -> None:
+    fake_fs.create_file("/f", contents=b"A=\xff\xfe\n")
+    assert read_text(HOST, "/f") == "A=\ufffd\ufffd\n"
 
 
-def test_read_follows_symlink_to_regular_file(tmp_path: Path) -> None:
-    (tmp_path / "real").write_text("x")
-    (tmp_path / "link").symlink_to("real")
-    assert read_text_bounded(tmp_path / "link") == "x"
+def test_read_follows_symlink_to_regular_file(fake_fs: FakeFilesystem) -> None:
+    fake_fs.create_file("/d/real", contents="x")
+    os.symlink("real", "/d/link")
+    assert read_text(HOST, "/d/link") == "x"
+
+
+# FIFOs, sockets and devices cannot be made in pyfakefs: these are real files.
 
 
 def test_read_refuses_fifo_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    error = _in_thread(lambda: read_text_bounded(fifo))
+    error = _in_thread(lambda: read_text(HOST, str(fifo)))
     assert isinstance(error, SysextError)
-    assert "FIFO" in str(error) and repr(str(fifo)) in str(error)
+    assert "it is a FIFO, not a regular file" in str(error) and repr(str(fifo)) in str(error)
+    typed = _in_thread(lambda: HOST.read(str(fifo), 100))
+    assert isinstance(typed, NotRegularFile) and typed.kind == "a FIFO"
 
 
 def test_read_refuses_fifo_behind_symlink(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "link").symlink_to("fifo")
-    error = _in_thread(lambda: read_text_bounded(tmp_path / "link"))
+    error = _in_thread(lambda: read_text(HOST, str(tmp_path / "link")))
     assert isinstance(error, SysextError) and "FIFO" in str(error)
 
 
-def test_read_refuses_directory(tmp_path: Path) -> None:
-    with pytest.raises(SysextError, match="a directory, not a regular file"):
-        read_text_bounded(tmp_path)
+def test_read_refuses_directory(fake_fs: FakeFilesystem) -> None:
+    fake_fs.create_dir("/d")
+    with pytest.raises(SysextError, match="'/d': it is a directory, not a regular file"):
+        read_text(HOST, "/d")
+    with pytest.raises(NotRegularFile):
+        HOST.read("/d", 100)
 
 
 def test_read_refuses_character_device() -> None:
     with pytest.raises(SysextError, match="character device"):
-        read_text_bounded(Path("/dev/null"))
+        read_text(HOST, "/dev/null")
 
 
 @pytest.fixture
@@ -183,51 +196,66 @@ def test_read_refuses_socket(short_dir: Path) -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))
-        error = _in_thread(lambda: read_text_bounded(path))
+        error = _in_thread(lambda: read_text(HOST, str(path)))
     finally:
         sock.close()
     assert isinstance(error, SysextError) and "socket" in str(error)
 
 
-def test_read_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(SysextError, match="Failed to open .*No such file"):
-        read_text_bounded(tmp_path / "nope")
+def test_read_missing_file(fake_fs: FakeFilesystem) -> None:
+    with pytest.raises(SysextError, match="Failed to read '/nope': No such file"):
+        read_text(HOST, "/nope")
+    with pytest.raises(FileNotFoundError):
+        HOST.read("/nope", 100)
 
 
 @pytest.mark.parametrize("size, ok", [(100, True), (101, False), (0, True)])
-def test_read_size_limit(tmp_path: Path, size: int, ok: bool) -> None:
-    path = tmp_path / "f"
-    path.write_bytes(b"x" * size)
+def test_read_size_limit(fake_fs: FakeFilesystem, size: int, ok: bool) -> None:
+    fake_fs.create_file("/f", contents=b"x" * size)
     if ok:
-        assert len(read_text_bounded(path, limit=100)) == size
-    else:
-        with pytest.raises(SysextError, match="101 bytes, more than the limit of 100"):
-            read_text_bounded(path, limit=100)
+        assert len(read_text(HOST, "/f", limit=100)) == size
+        return
+    with pytest.raises(SysextError, match="101 bytes, more than the limit of 100"):
+        read_text(HOST, "/f", limit=100)
+    with pytest.raises(FileTooLarge) as info:
+        HOST.read("/f", 100)
+    assert info.value.size == 101
 
 
-def test_read_default_limit_is_64k(tmp_path: Path) -> None:
-    path = tmp_path / "f"
-    path.write_bytes(b"x" * (64 * 1024 + 1))
+def test_read_default_limit_is_64k(fake_fs: FakeFilesystem) -> None:
+    fake_fs.create_file("/f", contents=b"x" * (64 * 1024 + 1))
     with pytest.raises(SysextError, match="more than the limit"):
-        read_text_bounded(path)
+        read_text(HOST, "/f")
 
 
 # --------------------------------------------------------------------------------------------------
 # Host data
 
+ROOT = "/srv/root"
+
+
+def view_of(root: Path, env: Optional[Mapping[str, str]] = None) -> LiveView:
+    return LiveView(os.fspath(root), env or {})
+
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "root"
-    (r / "etc").mkdir(parents=True)
-    (r / "usr/lib").mkdir(parents=True)
-    return r
+def root(fake_fs: FakeFilesystem) -> Path:
+    """An empty OS tree at ROOT on a fake file system whose own host files say ID=host: a
+    resolution that left the root would read them."""
+    fake_fs.create_file("/etc/os-release", contents="ID=host\n")
+    fake_fs.create_file("/usr/lib/os-release", contents="ID=host\n")
+    fake_fs.create_file("/etc/initrd-release", contents="")
+    fake_fs.create_file("/usr/lib/initrd-release", contents="")
+    root = Path(ROOT)  # made while pyfakefs is active: module-level paths are real ones
+    fake_fs.create_dir(root / "etc")
+    fake_fs.create_dir(root / "usr/lib")
+    return root
 
 
 def test_host_release_prefers_etc(root: Path) -> None:
     (root / "etc/os-release").write_text("ID=etc\nVERSION_ID=1\n")
     (root / "usr/lib/os-release").write_text("ID=usr\n")
-    release = load_host_release(root, {})
+    release = load_host_release(view_of(root))
     assert (release.id, release.version_id, release.source) == ("etc", "1", "/etc/os-release")
 
 
@@ -235,7 +263,7 @@ def test_host_release_falls_back_to_usr_lib(root: Path) -> None:
     (root / "usr/lib/os-release").write_text(
         'ID=debian\nID_LIKE="ubuntu  mint"\nVERSION_ID="12"\nSYSEXT_LEVEL=1.2\nCONFEXT_LEVEL=3\n'
     )
-    release = load_host_release(root, {})
+    release = load_host_release(view_of(root))
     assert release.id == "debian"
     assert release.id_like == ("ubuntu", "mint")
     assert release.version_id == "12"
@@ -246,15 +274,16 @@ def test_host_release_falls_back_to_usr_lib(root: Path) -> None:
 
 def test_host_release_missing(root: Path) -> None:
     with pytest.raises(SysextError, match="Failed to acquire 'os-release' data") as info:
-        load_host_release(root, {})
+        load_host_release(view_of(root))
     assert "'/etc/os-release' or '/usr/lib/os-release'" in str(info.value)
+    assert repr(str(root)) in str(info.value)
 
 
 def test_host_release_env_override_is_resolved_in_root(root: Path) -> None:
     (root / "etc/os-release").write_text("ID=etc\n")
     (root / "srv").mkdir()
     (root / "srv/my-release").write_text("ID=custom\n")
-    release = load_host_release(root, {"SYSTEMD_OS_RELEASE": "/srv/my-release"})
+    release = load_host_release(view_of(root, {"SYSTEMD_OS_RELEASE": "/srv/my-release"}))
     assert release.id == "custom"
     assert release.source == "/srv/my-release"
 
@@ -262,69 +291,71 @@ def test_host_release_env_override_is_resolved_in_root(root: Path) -> None:
 def test_host_release_env_override_has_no_fallback(root: Path) -> None:
     (root / "etc/os-release").write_text("ID=etc\n")
     with pytest.raises(SysextError, match="Failed to acquire 'os-release' data.*'/nope'"):
-        load_host_release(root, {"SYSTEMD_OS_RELEASE": "/nope"})
+        load_host_release(view_of(root, {"SYSTEMD_OS_RELEASE": "/nope"}))
 
 
-def test_host_release_env_override_cannot_escape_root(root: Path, tmp_path: Path) -> None:
-    outside = tmp_path / "outside-release"
+def test_host_release_env_override_cannot_escape_root(root: Path) -> None:
+    outside = root.parent / "outside-release"
     outside.write_text("ID=outside\n")
     with pytest.raises(SysextError, match="Failed to acquire"):
-        load_host_release(root, {"SYSTEMD_OS_RELEASE": str(outside)})
+        load_host_release(view_of(root, {"SYSTEMD_OS_RELEASE": str(outside)}))
 
 
 def test_host_release_absolute_symlink_is_rerooted(root: Path) -> None:
-    # On the host, /usr/lib/os-release is the test machine's own; it must not be what we read.
+    # The fake host's /usr/lib/os-release says ID=host: it must not be what is read.
     (root / "usr/lib/os-release").write_text("ID=inside\n")
     (root / "etc/os-release").symlink_to("/usr/lib/os-release")
-    release = load_host_release(root, {})
+    release = load_host_release(view_of(root))
     assert release.id == "inside"
     assert release.source == "/usr/lib/os-release"
 
 
-def test_host_release_dangling_symlink_falls_back(root: Path, tmp_path: Path) -> None:
-    outside = tmp_path / "outside"
+def test_host_release_dangling_symlink_falls_back(root: Path) -> None:
+    outside = root.parent / "outside"
     outside.write_text("ID=outside\n")
     (root / "etc/os-release").symlink_to(outside)  # re-rooted, so it dangles inside root
     (root / "usr/lib/os-release").write_text("ID=inside\n")
-    assert load_host_release(root, {}).id == "inside"
+    assert load_host_release(view_of(root)).id == "inside"
 
 
 @pytest.mark.parametrize("text", ["VERSION_ID=1\n", "ID=\n", "ID=''\n", "# ID=x\n"])
 def test_host_release_needs_id(root: Path, text: str) -> None:
     (root / "etc/os-release").write_text(text)
     with pytest.raises(SysextError, match="'ID' field not found or empty in '/etc/os-release'"):
-        load_host_release(root, {})
+        load_host_release(view_of(root))
 
 
-def test_host_release_fifo_is_an_error_not_a_hang(root: Path) -> None:
-    os.mkfifo(root / "etc/os-release")
-    error = _in_thread(lambda: load_host_release(root, {}))
+def test_host_release_fifo_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    os.mkfifo(tmp_path / "etc/os-release")
+    error = _in_thread(lambda: load_host_release(view_of(tmp_path)))
     assert isinstance(error, SysextError)
     assert "Failed to acquire 'os-release' data" in str(error) and "FIFO" in str(error)
 
 
 def test_is_initrd_root(root: Path) -> None:
-    assert not is_initrd_root(root)
+    assert not is_initrd_root(view_of(root))  # the fake host's /etc/initrd-release does not count
     (root / "usr/lib/initrd-release").write_text("")
     (root / "etc/initrd-release").symlink_to("/usr/lib/initrd-release")
-    assert is_initrd_root(root)
+    assert is_initrd_root(view_of(root))
 
 
-def test_is_initrd_root_ignores_host_target(root: Path, tmp_path: Path) -> None:
-    outside = tmp_path / "host-initrd-release"
+def test_is_initrd_root_ignores_host_target(root: Path) -> None:
+    outside = root.parent / "host-initrd-release"
     outside.write_text("")
     (root / "etc/initrd-release").symlink_to(outside)
-    assert not is_initrd_root(root)
+    assert not is_initrd_root(view_of(root))
 
 
-def test_image_has_os_release(tmp_path: Path) -> None:
-    image = tmp_path / "img"
+def test_image_has_os_release(fake_fs: FakeFilesystem) -> None:
+    fake_fs.create_file("/usr/lib/os-release", contents="ID=host\n")  # the fake host's, not the image's
+    image = Path("/img")
     (image / "usr/lib").mkdir(parents=True)
-    assert not image_has_os_release(image)
+    assert not image_has_os_release(view_of(image))
     (image / "etc").mkdir()
     (image / "etc/os-release").write_text("ID=x\n")
     (image / "usr/lib/os-release").symlink_to("/etc/os-release")
-    assert image_has_os_release(image)
+    assert image_has_os_release(view_of(image))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,66 +390,80 @@ def test_image_name_is_valid(name: str, valid: bool) -> None:
     assert image_name_is_valid(name) is valid
 
 
-def make_release(image: Path, image_class: ImageClass, file_name: str, text: str = "ID=_any\n") -> Path:
+STRICT = "user.extension-release.strict"
+IMAGE = "/img"
+
+
+@pytest.fixture
+def image(fake_fs: FakeFilesystem) -> Path:
+    """An image tree at IMAGE on a fake file system, whose host has release files of its own."""
+    for cls in ImageClass:
+        fake_fs.create_file(f"/{cls.release_dir}/extension-release.foo", contents="ID=host\n")
+    fake_fs.create_dir(IMAGE)
+    return Path(IMAGE)
+
+
+def make_release(
+    image: Path,
+    image_class: ImageClass,
+    file_name: str,
+    text: str = "ID=_any\n",
+    strict: Optional[bytes] = None,
+) -> Path:
+    """A release file in the image; `strict`: its user.extension-release.strict xattr."""
     path = image / image_class.release_dir / file_name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    if strict is not None:
+        os.setxattr(path, STRICT, strict)
     return path
 
 
-def fake_xattrs(values: dict[str, bytes]) -> Callable[[Path, str], Optional[bytes]]:
-    def get(path: Path, name: str) -> Optional[bytes]:
-        assert name == "user.extension-release.strict"
-        return values.get(path.name)
-
-    return get
-
-
 @pytest.mark.parametrize("image_class", [ImageClass.SYSEXT, ImageClass.CONFEXT])
-def test_primary_release_file(tmp_path: Path, image_class: ImageClass) -> None:
-    path = make_release(tmp_path, image_class, "extension-release.foo", "ID=debian\nVERSION_ID=12\n")
-    make_release(tmp_path, image_class, "extension-release.other")
-    lookup = find_extension_release(tmp_path, "foo", image_class)
-    assert lookup.found and lookup.path == path
+def test_primary_release_file(image: Path, image_class: ImageClass) -> None:
+    path = make_release(image, image_class, "extension-release.foo", "ID=debian\nVERSION_ID=12\n")
+    make_release(image, image_class, "extension-release.other")
+    lookup = find_extension_release(view_of(image), "foo", image_class)
+    assert lookup.found and lookup.path == str(path)
     assert lookup.as_dict() == {"ID": "debian", "VERSION_ID": "12"}
     assert lookup.fields == (("ID", "debian"), ("VERSION_ID", "12"))
     assert image_class.release_dir in lookup.reason
 
 
-def test_release_file_of_the_other_class_is_not_used(tmp_path: Path) -> None:
-    make_release(tmp_path, ImageClass.CONFEXT, "extension-release.foo")
-    lookup = find_extension_release(tmp_path, "foo", ImageClass.SYSEXT)
+def test_release_file_of_the_other_class_is_not_used(image: Path) -> None:
+    make_release(image, ImageClass.CONFEXT, "extension-release.foo")
+    lookup = find_extension_release(view_of(image), "foo", ImageClass.SYSEXT)
     assert not lookup.found
     assert "no usr/lib/extension-release.d/ directory" in lookup.reason
 
 
-def test_primary_absolute_symlink_is_rerooted(tmp_path: Path) -> None:
-    image = tmp_path / "img"
+def test_primary_absolute_symlink_is_rerooted(image: Path, fake_fs: FakeFilesystem) -> None:
+    fake_fs.create_file("/usr/lib/extension-release.d/real", contents="ID=host\n")
     make_release(image, ImageClass.SYSEXT, "real", "ID=inside\n")
     link = image / "usr/lib/extension-release.d/extension-release.foo"
     link.symlink_to("/usr/lib/extension-release.d/real")
-    lookup = find_extension_release(image, "foo", ImageClass.SYSEXT)
+    lookup = find_extension_release(view_of(image), "foo", ImageClass.SYSEXT)
     assert lookup.as_dict() == {"ID": "inside"}
-    assert lookup.path == image / "usr/lib/extension-release.d/real"
+    assert lookup.path == str(image / "usr/lib/extension-release.d/real")
 
 
-def test_parse_warnings_are_reported(tmp_path: Path) -> None:
-    make_release(tmp_path, ImageClass.SYSEXT, "extension-release.foo", "ID=_any\nnonsense\n")
-    lookup = find_extension_release(tmp_path, "foo", ImageClass.SYSEXT)
+def test_parse_warnings_are_reported(image: Path) -> None:
+    make_release(image, ImageClass.SYSEXT, "extension-release.foo", "ID=_any\nnonsense\n")
+    lookup = find_extension_release(view_of(image), "foo", ImageClass.SYSEXT)
     assert lookup.found and len(lookup.warnings) == 1 and "nonsense" in lookup.warnings[0]
 
 
 @pytest.mark.parametrize("name", ["foo_1.2", "foo+3", "foo_1.2+3.sysext.raw"])
-def test_fallback_accepts_base_name(tmp_path: Path, name: str) -> None:
-    path = make_release(tmp_path, ImageClass.SYSEXT, "extension-release.foo")
-    lookup = find_extension_release(tmp_path, name, ImageClass.SYSEXT, get_xattr=fake_xattrs({}))
-    assert lookup.path == path
+def test_fallback_accepts_base_name(image: Path, name: str) -> None:
+    path = make_release(image, ImageClass.SYSEXT, "extension-release.foo")
+    lookup = find_extension_release(view_of(image), name, ImageClass.SYSEXT)
+    assert lookup.path == str(path)
     assert "base name 'foo'" in lookup.reason
 
 
-def test_fallback_rejects_other_name_without_xattr(tmp_path: Path) -> None:
-    make_release(tmp_path, ImageClass.SYSEXT, "extension-release.foo-1.2")
-    lookup = find_extension_release(tmp_path, "foo", ImageClass.SYSEXT, get_xattr=fake_xattrs({}))
+def test_fallback_rejects_other_name_without_xattr(image: Path) -> None:
+    make_release(image, ImageClass.SYSEXT, "extension-release.foo-1.2")
+    lookup = find_extension_release(view_of(image), "foo", ImageClass.SYSEXT)
     assert not lookup.found and not lookup.ambiguous
     assert lookup.reason == (
         "extension-release.foo missing; found extension-release.foo-1.2 "
@@ -438,100 +483,99 @@ def test_fallback_rejects_other_name_without_xattr(tmp_path: Path) -> None:
         (b"", False, "'' is not a boolean"),
     ],
 )
-def test_fallback_strict_xattr(tmp_path: Path, value: bytes, accepted: bool, fragment: str) -> None:
-    path = make_release(tmp_path, ImageClass.CONFEXT, "extension-release.renamed")
-    getter = fake_xattrs({"extension-release.renamed": value})
-    lookup = find_extension_release(tmp_path, "foo", ImageClass.CONFEXT, get_xattr=getter)
+def test_fallback_strict_xattr(image: Path, value: bytes, accepted: bool, fragment: str) -> None:
+    path = make_release(image, ImageClass.CONFEXT, "extension-release.renamed", strict=value)
+    lookup = find_extension_release(view_of(image), "foo", ImageClass.CONFEXT)
     assert lookup.found is accepted
-    assert lookup.path == (path if accepted else None)
+    assert lookup.path == (str(path) if accepted else None)
     assert fragment in lookup.reason
 
 
-def test_fallback_xattr_read_error_rejects(tmp_path: Path) -> None:
-    make_release(tmp_path, ImageClass.SYSEXT, "extension-release.renamed")
+class UnreadableXattrs(LiveView):
+    """A view whose file system refuses to give extended attributes."""
 
-    def failing(path: Path, name: str) -> Optional[bytes]:
-        raise OSError(errno.EACCES, "Permission denied")
+    def getxattr(self, path: str, name: str) -> Optional[bytes]:
+        raise OSError(errno.EACCES, "Permission denied", path)
 
-    lookup = find_extension_release(tmp_path, "foo", ImageClass.SYSEXT, get_xattr=failing)
-    assert not lookup.found and "cannot read its user.extension-release.strict xattr" in lookup.reason
+
+def test_fallback_xattr_read_error_rejects(image: Path) -> None:
+    make_release(image, ImageClass.SYSEXT, "extension-release.renamed", strict=b"0")
+    lookup = find_extension_release(UnreadableXattrs(str(image), {}), "foo", ImageClass.SYSEXT)
+    assert not lookup.found
+    assert "cannot read its user.extension-release.strict xattr: Permission denied" in lookup.reason
 
 
 def test_fallback_with_real_xattr(tmp_path: Path) -> None:
+    # The kernel's xattrs, not pyfakefs's: LiveView.getxattr against a real file system.
     path = make_release(tmp_path, ImageClass.SYSEXT, "extension-release.renamed")
     try:
-        os.setxattr(path, "user.extension-release.strict", b"0")
+        os.setxattr(path, STRICT, b"0")
     except OSError as e:
         pytest.skip(f"the file system of {tmp_path} does not take user xattrs ({e.strerror})")
-    lookup = find_extension_release(tmp_path, "foo", ImageClass.SYSEXT)
-    assert lookup.path == path
-    os.setxattr(path, "user.extension-release.strict", b"1")
-    assert not find_extension_release(tmp_path, "foo", ImageClass.SYSEXT).found
+    lookup = find_extension_release(view_of(tmp_path), "foo", ImageClass.SYSEXT)
+    assert lookup.path == str(path)
+    os.setxattr(path, STRICT, b"1")
+    assert not find_extension_release(view_of(tmp_path), "foo", ImageClass.SYSEXT).found
 
 
-def test_fallback_ambiguous(tmp_path: Path) -> None:
-    make_release(tmp_path, ImageClass.SYSEXT, "extension-release.a")
-    make_release(tmp_path, ImageClass.SYSEXT, "extension-release.b")
-    getter = fake_xattrs({"extension-release.a": b"0", "extension-release.b": b"0"})
-    lookup = find_extension_release(tmp_path, "foo", ImageClass.SYSEXT, get_xattr=getter)
+def test_fallback_ambiguous(image: Path) -> None:
+    make_release(image, ImageClass.SYSEXT, "extension-release.a", strict=b"0")
+    make_release(image, ImageClass.SYSEXT, "extension-release.b", strict=b"0")
+    lookup = find_extension_release(view_of(image), "foo", ImageClass.SYSEXT)
     assert not lookup.found and lookup.ambiguous
     assert "extension-release.a" in lookup.reason and "extension-release.b" in lookup.reason
     assert "keep only one" in lookup.reason
 
 
-def test_fallback_base_name_plus_xattr_is_ambiguous(tmp_path: Path) -> None:
-    make_release(tmp_path, ImageClass.SYSEXT, "extension-release.foo")
-    make_release(tmp_path, ImageClass.SYSEXT, "extension-release.other")
-    getter = fake_xattrs({"extension-release.other": b"0"})
-    lookup = find_extension_release(tmp_path, "foo_2", ImageClass.SYSEXT, get_xattr=getter)
+def test_fallback_base_name_plus_xattr_is_ambiguous(image: Path) -> None:
+    make_release(image, ImageClass.SYSEXT, "extension-release.foo")
+    make_release(image, ImageClass.SYSEXT, "extension-release.other", strict=b"0")
+    lookup = find_extension_release(view_of(image), "foo_2", ImageClass.SYSEXT)
     assert lookup.ambiguous
 
 
-def test_only_one_accepted_among_rejected(tmp_path: Path) -> None:
-    make_release(tmp_path, ImageClass.SYSEXT, "extension-release.a")
-    path = make_release(tmp_path, ImageClass.SYSEXT, "extension-release.b", "ID=b\n")
-    getter = fake_xattrs({"extension-release.b": b"off"})
-    lookup = find_extension_release(tmp_path, "foo", ImageClass.SYSEXT, get_xattr=getter)
-    assert lookup.path == path and lookup.as_dict() == {"ID": "b"}
+def test_only_one_accepted_among_rejected(image: Path) -> None:
+    make_release(image, ImageClass.SYSEXT, "extension-release.a")
+    path = make_release(image, ImageClass.SYSEXT, "extension-release.b", "ID=b\n", strict=b"off")
+    lookup = find_extension_release(view_of(image), "foo", ImageClass.SYSEXT)
+    assert lookup.path == str(path) and lookup.as_dict() == {"ID": "b"}
 
 
-def test_relaxed_accepts_any_single_file(tmp_path: Path) -> None:
-    path = make_release(tmp_path, ImageClass.SYSEXT, "extension-release.whatever")
-    lookup = find_extension_release(
-        tmp_path, "foo", ImageClass.SYSEXT, strict=False, get_xattr=fake_xattrs({})
-    )
-    assert lookup.path == path and "relaxed" in lookup.reason
-    make_release(tmp_path, ImageClass.SYSEXT, "extension-release.second")
-    relaxed = find_extension_release(tmp_path, "foo", ImageClass.SYSEXT, strict=False)
+def test_relaxed_accepts_any_single_file(image: Path) -> None:
+    path = make_release(image, ImageClass.SYSEXT, "extension-release.whatever")
+    lookup = find_extension_release(view_of(image), "foo", ImageClass.SYSEXT, strict=False)
+    assert lookup.path == str(path) and "relaxed" in lookup.reason
+    make_release(image, ImageClass.SYSEXT, "extension-release.second")
+    relaxed = find_extension_release(view_of(image), "foo", ImageClass.SYSEXT, strict=False)
     assert relaxed.ambiguous
 
 
-def test_fallback_skips_symlinks_and_invalid_names(tmp_path: Path) -> None:
-    target = make_release(tmp_path, ImageClass.SYSEXT, "target-file")
+def test_fallback_skips_symlinks_and_invalid_names(image: Path) -> None:
+    target = make_release(image, ImageClass.SYSEXT, "target-file", strict=b"0")
     directory = target.parent
-    (directory / "extension-release.link").symlink_to("target-file")
+    (directory / "extension-release.link").symlink_to("target-file")  # its target's xattr says 0
     (directory / "extension-release..#tmp").write_text("ID=x\n")
     (directory / "extension-release.").write_text("ID=x\n")
     (directory / "extension-release.subdir").mkdir()
-    getter = fake_xattrs({"extension-release.link": b"0", "extension-release.subdir": b"0"})
-    lookup = find_extension_release(tmp_path, "foo", ImageClass.SYSEXT, get_xattr=getter)
+    os.setxattr(directory / "extension-release.subdir", STRICT, b"0")
+    lookup = find_extension_release(view_of(image), "foo", ImageClass.SYSEXT)
     assert not lookup.found
     assert "extension-release.link (not a regular file)" in lookup.reason
     assert "extension-release.subdir (not a regular file)" in lookup.reason
     assert ".#tmp" not in lookup.reason
 
 
-def test_empty_release_dir(tmp_path: Path) -> None:
-    (tmp_path / "usr/lib/extension-release.d").mkdir(parents=True)
-    lookup = find_extension_release(tmp_path, "foo", ImageClass.SYSEXT)
+def test_empty_release_dir(image: Path) -> None:
+    (image / "usr/lib/extension-release.d").mkdir(parents=True)
+    lookup = find_extension_release(view_of(image), "foo", ImageClass.SYSEXT)
     assert not lookup.found
     assert lookup.reason == (
         "extension-release.foo missing and no other extension-release.* file in usr/lib/extension-release.d/"
     )
 
 
-def test_invalid_image_name(tmp_path: Path) -> None:
-    lookup = find_extension_release(tmp_path, "../x", ImageClass.SYSEXT)
+def test_invalid_image_name(image: Path) -> None:
+    lookup = find_extension_release(view_of(image), "../x", ImageClass.SYSEXT)
     assert not lookup.found and "not a valid image name" in lookup.reason
 
 
@@ -539,14 +583,79 @@ def test_release_file_fifo_raises_instead_of_blocking(tmp_path: Path) -> None:
     directory = tmp_path / "usr/lib/extension-release.d"
     directory.mkdir(parents=True)
     os.mkfifo(directory / "extension-release.foo")
-    error = _in_thread(lambda: find_extension_release(tmp_path, "foo", ImageClass.SYSEXT))
-    assert isinstance(error, ImageError) and "FIFO" in str(error)
-    assert "image 'foo'" in str(error)
+    error = _in_thread(lambda: find_extension_release(view_of(tmp_path), "foo", ImageClass.SYSEXT))
+    assert isinstance(error, ImageError)
+    assert str(error) == (
+        "release file '/usr/lib/extension-release.d/extension-release.foo' is a FIFO, not a regular file"
+    )
 
 
-def test_release_file_symlink_loop_is_an_image_error(tmp_path: Path) -> None:
-    directory = tmp_path / "usr/lib/extension-release.d"
+def test_release_file_too_large(image: Path) -> None:
+    make_release(image, ImageClass.SYSEXT, "extension-release.foo", "#" * RELEASE_LIMIT + "\nID=x\n")
+    with pytest.raises(ImageError, match=f"has {RELEASE_LIMIT + 6} bytes, more than the limit"):
+        find_extension_release(view_of(image), "foo", ImageClass.SYSEXT)
+
+
+def test_release_file_symlink_loop_is_an_image_error(image: Path) -> None:
+    directory = image / "usr/lib/extension-release.d"
     directory.mkdir(parents=True)
     (directory / "extension-release.foo").symlink_to("extension-release.foo")
     with pytest.raises(ImageError, match="Cannot read the release data of image 'foo'"):
-        find_extension_release(tmp_path, "foo", ImageClass.SYSEXT)
+        find_extension_release(view_of(image), "foo", ImageClass.SYSEXT)
+
+
+# A release file is refused whole when any byte of it is NUL or not UTF-8, like upstream does: what
+# comes before the bad byte is not read as a partial file.
+BAD_BYTES = [
+    pytest.param(b"ID=debian\nVERSION_ID=12\0\n", "holds a NUL byte at offset 23", id="nul"),
+    pytest.param(b"\0ID=debian\n", "holds a NUL byte at offset 0", id="nul-first"),
+    pytest.param(b"ID=debian\n# caf\xe9\n", "holds bytes that are not UTF-8 at offset 15", id="latin-1"),
+    pytest.param(b"ID=debian\nVERSION_ID=\xff\n", "holds bytes that are not UTF-8 at offset 21", id="ff"),
+    pytest.param(
+        b"ID=debian\nX=\xed\xa0\x80\n", "holds bytes that are not UTF-8 at offset 12", id="surrogate"
+    ),
+    pytest.param(b"ID=debian\nX=\xe2\x82", "holds bytes that are not UTF-8 at offset 12", id="truncated"),
+]
+
+
+@pytest.mark.parametrize("data, message", BAD_BYTES)
+@pytest.mark.parametrize("name", ["foo", "foo_1"])  # the file named after it, or after its base name
+def test_release_file_with_bad_bytes_is_refused_whole(
+    image: Path, data: bytes, message: str, name: str
+) -> None:
+    path = image / "usr/lib/extension-release.d/extension-release.foo"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    with pytest.raises(ImageError) as info:
+        find_extension_release(view_of(image), name, ImageClass.SYSEXT)
+    assert str(info.value) == (
+        f"release file '/usr/lib/extension-release.d/extension-release.foo' {message}: "
+        "refusing the whole file"
+    )
+
+
+@pytest.mark.parametrize("data, message", BAD_BYTES)
+def test_release_file_with_bad_bytes_rejects_the_image_in_the_plan(
+    fake_fs: FakeFilesystem, data: bytes, message: str
+) -> None:
+    root = Path(ROOT)
+    fake_fs.create_file(root / "etc/os-release", contents="ID=debian\nVERSION_ID=12\n")
+    good = root / "var/lib/extensions/good/usr/lib/extension-release.d/extension-release.good"
+    fake_fs.create_file(good, contents="ID=debian\nVERSION_ID=12\n")
+    bad = root / "var/lib/extensions/bad/usr/lib/extension-release.d/extension-release.bad"
+    fake_fs.create_file(bad, contents=data)
+    view = view_of(root)
+    host = host_info(view)
+    good_one, bad_one = discover(view, ImageClass.SYSEXT, initrd=False).candidates[::-1]
+    assert (good_one.name, bad_one.name) == ("good", "bad")
+    assert judge(good_one, host, force=False, tree=view.image_view(os.fspath(good_one.path))).verdict is (
+        Verdict.MERGE
+    )
+    # Not even --force merges it: the file cannot be read, so nothing says what the image is.
+    for force in (False, True):
+        verdict = judge(bad_one, host, force=force, tree=view.image_view(os.fspath(bad_one.path)))
+        assert verdict.verdict is Verdict.REJECTED
+        assert verdict.reason == (
+            f"release file '/usr/lib/extension-release.d/extension-release.bad' {message}: "
+            "refusing the whole file"
+        )

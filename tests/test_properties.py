@@ -33,12 +33,13 @@ from sysextpy.cli import parse_args
 from sysextpy.compat import check_compatibility
 from sysextpy.config import parse_config, parse_mutable_mode
 from sysextpy.discover import invalid_name_reason
-from sysextpy.dissect import Evidence, decide_protection
+from sysextpy.dissect import Evidence, decide_protection, sniff_filesystem
 from sysextpy.errors import ImageError, MountError, ParseError, SysextError, UsageError
 from sysextpy.fingerprint import describe_changes, digest
 from sysextpy.gpt import GptError, known_architectures, parse_partition_table, select_partitions, type_uuid
+from sysextpy.handoff import SCHEMA, ClassEntry, Confirmation, HandoffRecord, HierarchyResult, parse_record
 from sysextpy.identity import format_origin
-from sysextpy.images import sniff_filesystem
+from sysextpy.live import parse_fstab_mount_points, unescape_fstab
 from sysextpy.model import HostInfo, HostRelease, ImageClass, component_name
 from sysextpy.mountapi import (
     classic_overlay_options,
@@ -57,8 +58,7 @@ from sysextpy.policy import (
     policies_equivalent,
 )
 from sysextpy.settings import parse_hierarchies
-from sysextpy.sources import parse_fstab_mount_points, unescape_fstab
-from sysextpy.state import SCHEMA, boot_id, class_fingerprint, parse_record, read_record, write_record
+from sysextpy.state import boot_id, read_record, write_record
 from sysextpy.status import parse_dev
 from sysextpy.util import parse_bool, parse_bool_or_none
 from sysextpy.verity import parse_root_hash, parse_verity_sig, parse_verity_superblock, pem_certificates
@@ -460,7 +460,7 @@ def test_log_level(text: str) -> None:
 
 BOOT = "0123456789abcdef0123456789abcdef"
 _record_like = st.fixed_dictionaries(
-    {"schema": st.just(1), "bootId": st.just(BOOT)},
+    {"schema": st.just(SCHEMA), "bootId": st.just(BOOT)},
     optional={
         "phase": json_values | st.sampled_from(["merged", "merging", "failed"]),
         "classes": json_values
@@ -506,14 +506,36 @@ def test_unit_words(text: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The handoff record (state.py) and the origin JSON
+# The handoff record (handoff.py, state.py) and the origin JSON
 
+# Each field valid or not, about as often: records of every kind, complete ones included.
 _state_record = st.fixed_dictionaries(
-    {"schema": st.sampled_from([SCHEMA, 0, "1", None])},
+    {
+        "schema": st.just(SCHEMA) | st.sampled_from([1, "2", None]),
+        "bootId": st.just(BOOT) | st.sampled_from(["", None]),
+        "phase": st.sampled_from(["merged", "merging", "failed"]) | st.none(),
+        "classes": st.dictionaries(
+            st.sampled_from(["sysext", "confext"]),
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "fingerprint": st.none() | any_text | json_values,
+                    "merged": st.lists(any_text, max_size=3) | json_values,
+                    "rejected": st.lists(
+                        st.fixed_dictionaries({"name": any_text, "reason": any_text}), max_size=2
+                    )
+                    | json_values,
+                    "hierarchies": st.dictionaries(any_text, st.just({"result": "merged"}) | json_values),
+                },
+            ),
+        )
+        | json_values,
+    },
     optional={
-        "bootId": st.sampled_from([BOOT, "", None]),
-        "phase": st.sampled_from(["merged", "merging", "failed", None]),
-        "classes": json_values,
+        "root": st.sampled_from(["/", "/sysroot"]) | json_values,
+        "started": st.integers() | json_values,
+        "messages": st.lists(st.tuples(st.integers(0, 7), any_text).map(list), max_size=2) | json_values,
+        "confirm": st.none() | json_values,
     },
 )
 
@@ -524,25 +546,91 @@ _state_record = st.fixed_dictionaries(
 def test_state_record(text: str) -> None:
     check = parse_record(text, BOOT)
     assert check.reason
-    if check.usable:
-        assert check.record is not None and check.record["phase"] == "merged"
-        assert check.record["bootId"] == BOOT and isinstance(check.record["classes"], dict)
-        for cls in ("sysext", "confext"):
-            fp = class_fingerprint(check.record, cls)
-            assert fp is None or isinstance(fp, str)
+    if check.record is None:
+        assert not check.usable
+        return
+    assert isinstance(check.record, HandoffRecord)
+    assert check.usable is (check.record.phase == "merged" and check.record.boot_id == BOOT)
+    for entry in check.record.classes.values():
+        assert isinstance(entry, ClassEntry)
+        assert entry.fingerprint is None or isinstance(entry.fingerprint, str)
+        assert all(isinstance(n, str) for n in entry.merged)
+        assert all(isinstance(h, HierarchyResult) for h in entry.hierarchies.values())
+    # What was read is a record of the schema: written out and read again, it is the same.
+    again = parse_record(check.record.dumps(), BOOT)
+    assert again.record is not None and again.record.to_json() == check.record.to_json()
+
+
+_digests = st.none() | st.text("0123456789abcdef", min_size=64, max_size=64)
+_class_entries = st.builds(
+    ClassEntry,
+    fingerprint=_digests,
+    inputs_digest=_digests,
+    observations_digest=_digests,
+    merged=st.lists(file_names, max_size=3),
+    rejected=st.lists(st.tuples(file_names, any_text), max_size=2),
+    ignored=st.lists(st.tuples(file_names, any_text), max_size=2),
+    unreachable=st.lists(any_text, max_size=2),
+    hierarchies=st.dictionaries(
+        any_text,
+        st.builds(
+            HierarchyResult,
+            st.sampled_from(
+                ["merged", "replaced", "unchanged", "adopted", "unmerged", "untouched", "failed"]
+            ),
+            st.none() | st.integers(0, 2**63),
+            st.none() | any_text,
+            st.none() | any_text,
+            st.none() | _digests,
+        ),
+        max_size=2,
+    ),
+)
+_confirmations = st.builds(
+    Confirmation,
+    key=st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+    classes=st.lists(st.sampled_from(["sysext", "confext"]), max_size=2),
+    hierarchies=st.dictionaries(st.sampled_from(["sysext", "confext"]), st.lists(any_text, max_size=2)),
+    search_dirs=st.dictionaries(st.sampled_from(["sysext", "confext"]), st.lists(any_text, max_size=2)),
+    observations=st.lists(json_values, max_size=4),
+    scopes=st.dictionaries(st.sampled_from(["sysext", "confext"]), st.lists(st.integers(0, 9), max_size=3)),
+)
+_records = st.builds(
+    HandoffRecord,
+    boot_id=st.just(BOOT),  # replaced by this boot's id in the test
+    phase=st.sampled_from(["merging", "merged", "failed"]),
+    tool=any_text,
+    verb=st.sampled_from(["merge", "refresh", "unmerge"]),
+    root=any_text,
+    in_initrd=st.booleans(),
+    started=st.integers(0, 2**63),
+    finished=st.none() | st.integers(0, 2**63),
+    classes=st.dictionaries(st.sampled_from(["sysext", "confext"]), _class_entries, max_size=2),
+    errors=st.lists(any_text, max_size=2),
+    timings=st.dictionaries(any_text, st.floats(allow_nan=False, allow_infinity=False), max_size=2),
+    reload_done=st.booleans(),
+    reload_reason=any_text,
+    confirmed_by=st.none() | st.sampled_from(["observations", "inputs", "adoption"]),
+    declined=st.none() | any_text,
+    messages=st.lists(st.tuples(st.integers(0, 7), any_text), max_size=2),
+    confirm=st.none() | _confirmations,
+)
 
 
 @FEW
-@given(st.dictionaries(st.text(max_size=8), json_values, max_size=5))
+@given(_records)
 @counted("handoff record (state): written and read back")
-def test_state_round_trip(extra: dict[str, Any]) -> None:
-    record = {**extra, "schema": SCHEMA, "bootId": boot_id(), "phase": "merged", "classes": {}}
+def test_state_round_trip(record: HandoffRecord) -> None:
+    record.boot_id = boot_id()
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "state.json"
+        path = Path(tmp) / "state" / "state.json"
         write_record(path, record)
         check = read_record(path)
-        assert check.usable, check.reason
-        assert check.record == json.loads(json.dumps(record))
+        assert check.record is not None, check.reason
+        assert check.usable is (record.phase == "merged"), check.reason
+        assert check.record.to_json() == json.loads(json.dumps(record.to_json()))
+        for cls, entry in record.classes.items():
+            assert check.record.classes[cls].bound() is entry.bound()
 
 
 @NORMAL
@@ -917,13 +1005,14 @@ def test_gpt_random(data: bytes, signature: bytes, at: int) -> None:
 
 
 def test_catalogue_map_is_complete_and_points_at_real_tests() -> None:
-    from tests.reliability_report import CATALOGUE, README, missing_tests
+    from tests.reliability_report import CATALOGUE, EXPLAINED, missing_tests
 
     assert [n for n, _, _ in CATALOGUE] == list(range(1, 58)), "every case of the catalogue, in order"
     assert all(refs for _, _, refs in CATALOGUE)
     assert missing_tests() == [], "the map names tests that do not exist"
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("\n## Reliability\n", 1)[-1]
+    section = (Path(__file__).resolve().parent.parent / "docs/reliability.md").read_text()
     for n, _, refs in CATALOGUE:
-        if README in refs:
-            assert f"- **{n}** " in section, f"case {n} is left to the README, which does not explain it"
+        if EXPLAINED in refs:
+            assert f"- **{n}** " in section, (
+                f"case {n} is left to docs/reliability.md, which does not explain it"
+            )

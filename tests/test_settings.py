@@ -1,17 +1,24 @@
-"""Effective per-class settings: hierarchies from the environment, and who wins for each setting."""
+"""Effective per-class settings: hierarchies from the environment, and who wins for each setting.
+
+The roots are on a fake file system (pyfakefs) whose host has a configuration of its own; the
+program itself runs on tmp_path."""
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
 import pytest
-from conftest import RunSysextpy
+from pyfakefs.fake_filesystem import FakeFilesystem
 
-from sysextpy.errors import SysextError
-from sysextpy.model import ImageClass, MutableMode, Options
-from sysextpy.settings import parse_hierarchies, resolve_settings
+from sysextpy.errors import EXIT_OK, SysextError
+from sysextpy.model import ClassSettings, ImageClass, MutableMode, Options
+from sysextpy.settings import class_hierarchies, parse_hierarchies, resolve_settings
+from sysextpy.view import LiveView
+from tests.conftest import RunSysextpy
 
 SYSEXT = ImageClass.SYSEXT
 CONFEXT = ImageClass.CONFEXT
@@ -62,6 +69,21 @@ def test_parse_hierarchies_errors(value: str, message: str) -> None:
     assert info.value.exit_code == 1
 
 
+@pytest.fixture
+def root(fake_fs: FakeFilesystem) -> Path:
+    """An empty root on a fake file system whose host configures both classes: settings that read
+    outside the root would show it."""
+    for cls in ImageClass:
+        body = f"[{cls.config_section}]\nMutable=ephemeral\nImagePolicy=root=absent\n"
+        fake_fs.create_file(f"/etc/systemd/{cls.config_name}", contents=body)
+    fake_fs.create_dir("/srv/root")
+    return Path("/srv/root")
+
+
+def settings(opts: Options, image_class: ImageClass, env: Mapping[str, str]) -> ClassSettings:
+    return resolve_settings(opts, image_class, LiveView(os.fspath(opts.root), env))
+
+
 @pytest.mark.parametrize(
     "image_class, env, hierarchies",
     [
@@ -74,14 +96,18 @@ def test_parse_hierarchies_errors(value: str, message: str) -> None:
     ],
 )
 def test_hierarchies_per_class(
-    tmp_path: Path, image_class: ImageClass, env: dict[str, str], hierarchies: tuple[str, ...]
+    root: Path, image_class: ImageClass, env: dict[str, str], hierarchies: tuple[str, ...]
 ) -> None:
-    assert resolve_settings(Options(root=tmp_path), image_class, env).hierarchies == hierarchies
+    assert class_hierarchies(image_class, LiveView(os.fspath(root), env)) == hierarchies
+    assert settings(Options(root=root), image_class, env).hierarchies == hierarchies
 
 
-def test_bad_hierarchies_fail_resolution(tmp_path: Path) -> None:
+def test_bad_hierarchies_fail_resolution(root: Path) -> None:
+    env = {"SYSTEMD_SYSEXT_HIERARCHIES": "relative"}
     with pytest.raises(SysextError, match="SYSTEMD_SYSEXT_HIERARCHIES"):
-        resolve_settings(Options(root=tmp_path), SYSEXT, {"SYSTEMD_SYSEXT_HIERARCHIES": "relative"})
+        settings(Options(root=root), SYSEXT, env)
+    with pytest.raises(SysextError, match="SYSTEMD_SYSEXT_HIERARCHIES"):
+        class_hierarchies(SYSEXT, LiveView(os.fspath(root), env))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -116,7 +142,7 @@ def write_config(root: Path, image_class: ImageClass, body: str, where: str = "e
     ],
 )
 def test_mutable_precedence(
-    tmp_path: Path,
+    root: Path,
     image_class: ImageClass,
     cli: Optional[MutableMode],
     env: Optional[str],
@@ -126,8 +152,8 @@ def test_mutable_precedence(
 ) -> None:
     prefix = image_class.env_prefix
     environ = {} if env is None else {f"{prefix}_MUTABLE_MODE": env}
-    config_file = write_config(tmp_path, image_class, f"Mutable={config}\n") if config is not None else ""
-    cs = resolve_settings(Options(root=tmp_path, mutable=cli), image_class, environ)
+    config_file = write_config(root, image_class, f"Mutable={config}\n") if config is not None else ""
+    cs = settings(Options(root=root, mutable=cli), image_class, environ)
     assert cs.mutable is mode
     assert cs.mutable_source == source.replace("{config}", config_file).replace("{prefix}", prefix)
     if env in ("bogus", "", "Auto"):
@@ -136,24 +162,25 @@ def test_mutable_precedence(
         assert cs.warnings == ()
 
 
-def test_the_other_class_environment_does_not_apply(tmp_path: Path) -> None:
+def test_the_other_class_environment_does_not_apply(root: Path) -> None:
     env = {"SYSTEMD_CONFEXT_MUTABLE_MODE": "yes", "SYSTEMD_CONFEXT_OVERLAYFS_MOUNT_OPTIONS": "x"}
-    cs = resolve_settings(Options(root=tmp_path), SYSEXT, env)
+    cs = settings(Options(root=root), SYSEXT, env)
     assert (cs.mutable, cs.overlay_options) == (MutableMode.NO, None)
 
 
-def test_config_warnings_are_passed_on(tmp_path: Path) -> None:
-    write_config(tmp_path, SYSEXT, "Mutable=sometimes\nFrobnicate=1\n")
-    cs = resolve_settings(Options(root=tmp_path), SYSEXT, {})
+def test_config_warnings_are_passed_on(root: Path) -> None:
+    write_config(root, SYSEXT, "Mutable=sometimes\nFrobnicate=1\n")
+    cs = settings(Options(root=root), SYSEXT, {})
     assert cs.mutable is MutableMode.NO
     assert len(cs.warnings) == 2
     assert any("ignoring Mutable=sometimes" in w for w in cs.warnings)
     assert any("unknown key Frobnicate=" in w for w in cs.warnings)
 
 
-def test_config_is_read_inside_the_root_only(tmp_path: Path) -> None:
-    write_config(tmp_path / "other", SYSEXT, "Mutable=yes\n")
-    assert resolve_settings(Options(root=tmp_path / "root"), SYSEXT, {}).mutable is MutableMode.NO
+def test_config_is_read_inside_the_root_only(root: Path) -> None:
+    write_config(root.parent / "other", SYSEXT, "Mutable=yes\n")
+    cs = settings(Options(root=root), SYSEXT, {})
+    assert (cs.mutable, cs.image_policy) == (MutableMode.NO, None)  # not the host's either
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,11 +198,11 @@ def test_config_is_read_inside_the_root_only(tmp_path: Path) -> None:
 )
 @pytest.mark.parametrize("image_class", [SYSEXT, CONFEXT])
 def test_image_policy_precedence(
-    tmp_path: Path, image_class: ImageClass, cli: Optional[str], config: Optional[str], policy: Optional[str]
+    root: Path, image_class: ImageClass, cli: Optional[str], config: Optional[str], policy: Optional[str]
 ) -> None:
     if config is not None:
-        write_config(tmp_path, image_class, f"ImagePolicy={config}\n")
-    cs = resolve_settings(Options(root=tmp_path, image_policy=cli), image_class, {})
+        write_config(root, image_class, f"ImagePolicy={config}\n")
+    cs = settings(Options(root=root, image_policy=cli), image_class, {})
     assert cs.image_policy == policy
 
 
@@ -194,17 +221,15 @@ def test_image_policy_precedence(
         ),
     ],
 )
-def test_overlay_options_unset_empty_set(
-    tmp_path: Path, env: dict[str, str], options: Optional[str]
-) -> None:
-    assert resolve_settings(Options(root=tmp_path), SYSEXT, env).overlay_options == options
+def test_overlay_options_unset_empty_set(root: Path, env: dict[str, str], options: Optional[str]) -> None:
+    assert settings(Options(root=root), SYSEXT, env).overlay_options == options
     confext_env = {k.replace("SYSEXT", "CONFEXT"): v for k, v in env.items()}
-    assert resolve_settings(Options(root=tmp_path), CONFEXT, confext_env).overlay_options == options
+    assert settings(Options(root=root), CONFEXT, confext_env).overlay_options == options
 
 
 @pytest.mark.parametrize("noexec", [None, True, False])
-def test_noexec_comes_from_the_command_line(tmp_path: Path, noexec: Optional[bool]) -> None:
-    cs = resolve_settings(Options(root=tmp_path, noexec=noexec), CONFEXT, {})
+def test_noexec_comes_from_the_command_line(root: Path, noexec: Optional[bool]) -> None:
+    cs = settings(Options(root=root, noexec=noexec), CONFEXT, {})
     assert cs.noexec is noexec
 
 
@@ -220,7 +245,7 @@ def test_program_precedence(tmp_path: Path, sysextpy_cmd: RunSysextpy) -> None:
 
     def modes(*args: str, env: Optional[dict[str, str]] = None) -> tuple[dict[str, str], str]:
         result = sysextpy_cmd(f"--root={root}", "plan", "--json=short", *args, env=env)
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == EXIT_OK, result.stderr
         doc = json.loads(result.stdout)
         return {c["class"]: c["mutable"] for c in doc["classes"]}, result.stderr
 

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from conftest import RunSysextpy
 
 from sysextpy import mountapi
+from sysextpy.errors import EXIT_OK, EXIT_PARTIAL
+from sysextpy.live import EXTRA_FILE, probe, read_live_extra, read_metadata
 from sysextpy.model import ImageClass
 from sysextpy.status import live_merge, parse_dev
+from tests.conftest import RunSysextpy
 
 SYSEXT = ImageClass.SYSEXT
 CONFEXT = ImageClass.CONFEXT
@@ -108,6 +110,81 @@ def test_copied_tree_is_not_merged(fake_root: Path) -> None:
     assert live_merge(fake_root, SYSEXT, "/usr") == (usr, None)
 
 
+# --------------------------------------------------------------------------------------------------
+# Metadata reached through a link is never read: in a copied tree `.systemd-sysext`, or a file in
+# it, may be a link anywhere, out of the root too.
+
+META = SYSEXT.metadata_dir
+
+
+def metadata_tree(tmp_path: Path, hierarchy: Path, link: Optional[str]) -> Path:
+    """A metadata directory for `hierarchy` whose files name its own device, list "outside" and
+    hold a sysextpy.json. `link`: None (all inside), "dir" (the directory is an absolute link out of
+    the root, to such a directory) or "files" (each file is an absolute link out of the root)."""
+    outside = tmp_path / "outside" / META
+    outside.mkdir(parents=True)
+    files = {"dev": dev_text(os.stat(hierarchy).st_dev), "extensions": "outside\n", EXTRA_FILE: '{"x": 1}\n'}
+    for name, text in files.items():
+        (outside / name).write_text(text)
+    meta = hierarchy / META
+    if link == "dir":
+        meta.symlink_to(outside)
+    else:
+        meta.mkdir()
+        for name in files:
+            if link == "files":
+                (meta / name).symlink_to(outside / name)
+            else:
+                (meta / name).write_text((outside / name).read_text())
+    # Followed, the links lead to what a live merge of this hierarchy would hold: the test can fail.
+    assert parse_dev((meta / "dev").read_text()) == os.stat(hierarchy).st_dev
+    return outside
+
+
+def always_mounted(path: str, st: os.stat_result) -> bool:
+    return True
+
+
+@pytest.mark.parametrize("link", [None, "dir", "files"])
+def test_metadata_through_a_link_is_never_read(tmp_path: Path, link: Optional[str]) -> None:
+    root = tmp_path / "root"
+    usr = root / "usr"
+    usr.mkdir(parents=True)
+    metadata_tree(tmp_path, usr, link)
+    # The mount check says yes: only the metadata decides.
+    path, st = probe(root, META, "/usr", always_mounted)
+    assert path == os.fspath(usr)
+    texts = [read_metadata(os.fspath(usr), META, name) for name in ("dev", "extensions")]
+    if link is None:  # the control: the same files, not links, are read
+        assert st is not None and st.st_dev == os.stat(usr).st_dev
+        assert texts == [dev_text(os.stat(usr).st_dev), "outside\n"]
+        assert read_live_extra(os.fspath(usr), META) == {"x": 1}
+    else:
+        assert st is None
+        assert texts == [None, None]
+        assert read_live_extra(os.fspath(usr), META) is None
+
+
+@pytest.mark.parametrize("link", [None, "dir", "files"])
+def test_live_merge_never_reads_metadata_through_a_link(
+    fake_root: Path, mountns: None, tmp_path: Path, link: Optional[str]
+) -> None:
+    """A mount point (a tmpfs) whose metadata is reached through links out of the root that name
+    its own device is not a merge."""
+    usr = fake_root / "usr"
+    mountapi.mount("tmpfs", usr, "tmpfs", 0, "mode=0755")
+    try:
+        metadata_tree(tmp_path, usr, link)
+        path, merge = live_merge(fake_root, SYSEXT, "/usr")
+        assert path == usr
+        if link is None:
+            assert merge is not None and merge.extensions == ("outside",)
+        else:
+            assert merge is None
+    finally:
+        mountapi.umount2(usr)
+
+
 @pytest.mark.parametrize("dev", ["0:1\n", "garbage\n", ""])
 def test_dev_mismatch_is_not_merged(fake_root: Path, mountns: None, tmp_path: Path, dev: str) -> None:
     usr = fake_root / "usr"
@@ -145,7 +222,7 @@ def test_status_verb_reports_the_merge(
     with overlay(fake_root / "usr", tmp_path / "meta", SYSEXT, ["editor", "tools"]):
         since = os.stat(fake_root / "usr").st_mtime_ns // 1000
         result = sysextpy_cmd(f"--root={fake_root}", "status", "--json=short")
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == EXIT_OK, result.stderr
         assert json.loads(result.stdout) == [
             {"hierarchy": "/etc", "extensions": [], "since": None, "class": "confext", **UNMERGED},
             {"hierarchy": "/opt", "extensions": [], "since": None, "class": "sysext", **UNMERGED},
@@ -160,7 +237,7 @@ def test_status_verb_reports_the_merge(
             },
         ]
         text = sysextpy_cmd(f"--root={fake_root}", "status", "--class=sysext")
-        assert text.returncode == 0
+        assert text.returncode == EXIT_OK
         lines = text.stdout.splitlines()
         assert lines[0].split() == ["HIERARCHY", "EXTENSIONS", "SINCE", "CLASS", "MUTABLE"]
         assert lines[1].split() == ["/opt", "none", "sysext"]
@@ -179,7 +256,7 @@ def test_status_names_paths_mode_and_rejected_images(
     state = f"--state={tmp_path / 'state.json'}"
     try:
         merged = sysextpy_cmd(f"--root={root}", state, "merge")
-        assert merged.returncode == 3, merged.stderr  # the sample carries two broken images
+        assert merged.returncode == EXIT_PARTIAL, merged.stderr  # the sample carries two broken images
         result = sysextpy_cmd(f"--root={root}", state, "status", "--json=short")
         rows = {r["hierarchy"]: r for r in json.loads(result.stdout)}
         usr = rows["/usr"]

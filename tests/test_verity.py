@@ -5,14 +5,19 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
 import pytest
+from pyfakefs.fake_filesystem import FakeFilesystem
 
 from sysextpy.dissect import check_hash_tree
 from sysextpy.errors import ImageError, ParseError
 from sysextpy.verity import (
+    RootHash,
+    Sidecars,
+    Signature,
     VerityActivation,
     find_certificates,
     find_sidecars,
@@ -24,8 +29,9 @@ from sysextpy.verity import (
     verify_signature,
     veritysetup_open_argv,
 )
+from sysextpy.view import LiveView
 from tests.conftest import require_tools
-from tests.test_dissect import make_fs, make_root, make_signer, naked_image, sign, trust, verity_format
+from tests.test_dissect import make_root, make_signer, sign, trust, verity_format
 
 HASH = "5ca1ab1e" * 8
 
@@ -144,68 +150,82 @@ def test_hash_tree_check(tmp_path: Path, size: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Side-cars
+# Side-cars: what find_sidecars reads is names, xattrs and small files, never the image, so these
+# run on a fake file system (pyfakefs) whose host has side-cars of its own where a link that left
+# the root would find them. Real images with side-cars are dissected in test_dissect.py.
+
+FAKE_ROOT = "/srv/root"
+EXT = "var/lib/extensions"
 
 
-def test_side_cars_and_xattrs(tmp_path: Path) -> None:
-    root = make_root(tmp_path)
-    img, root_hash = naked_image(
-        tmp_path / "w", root / "var/lib/extensions/foo.raw", "foo", hash_kind="roothash"
+@pytest.fixture
+def fake_root(fake_fs: FakeFilesystem) -> Path:
+    fake_fs.create_file(f"/{EXT}/foo.roothash", contents="ab" * 32)
+    fake_fs.create_file("/srv/sigs/foo.p7s", contents=b"host signature")
+    fake_fs.create_file(f"{FAKE_ROOT}/{EXT}/foo.raw", contents=b"an image")
+    return Path(FAKE_ROOT)
+
+
+def sidecars_of(root: Path, image: Path, env: Optional[Mapping[str, str]] = None) -> Sidecars:
+    return find_sidecars(LiveView(os.fspath(root), env or {}), os.fspath(image))
+
+
+def test_side_cars_and_xattrs(fake_root: Path) -> None:
+    img = fake_root / EXT / "foo.raw"
+    (fake_root / EXT / "foo.roothash").write_text(HASH.upper() + "\n")
+    (fake_root / EXT / "foo.verity").write_bytes(b"a hash tree")
+    side = sidecars_of(fake_root, img)
+    assert side.root_hash == RootHash(
+        bytes.fromhex(HASH), "root", "side-car '/var/lib/extensions/foo.roothash'"
     )
-    side = find_sidecars(root, img, {})
-    assert (
-        side.root_hash is not None
-        and side.root_hash.hex == root_hash
-        and side.root_hash.designator == "root"
-    )
-    assert side.hash_tree == root / "var/lib/extensions/foo.verity"
+    assert side.hash_tree == fake_root / EXT / "foo.verity"
     assert side.signature is None
     # An xattr beats the side-car file; a root hash beats a usr hash.
-    os.setxattr(img, "user.verity.usrhash", HASH.encode())
-    assert find_sidecars(root, img, {}).root_hash.designator == "root"  # type: ignore[union-attr]
-    os.setxattr(img, "user.verity.roothash", HASH.encode())
-    found = find_sidecars(root, img, {}).root_hash
+    other = "c0ffee00" * 8
+    os.setxattr(img, "user.verity.usrhash", other.encode())
+    assert sidecars_of(fake_root, img).root_hash.designator == "root"  # type: ignore[union-attr]
+    os.setxattr(img, "user.verity.roothash", other.encode())
+    found = sidecars_of(fake_root, img).root_hash
     assert (
-        found is not None and found.hex == HASH and found.source == "extended attribute user.verity.roothash"
+        found is not None
+        and found.hex == other
+        and found.source == "extended attribute user.verity.roothash"
     )
-    assert sidecar_root_hash(img, {}, root) == HASH
-    assert sidecar_root_hash(img, {"SYSTEMD_DISSECT_VERITY_SIDECAR": "0"}, root) is None
+    view = LiveView(os.fspath(fake_root), {})
+    assert sidecar_root_hash(view, os.fspath(img)) == other
+    off = LiveView(os.fspath(fake_root), {"SYSTEMD_DISSECT_VERITY_SIDECAR": "0"})
+    assert sidecar_root_hash(off, os.fspath(img)) is None
+    assert find_sidecars(off, os.fspath(img)) == Sidecars()
 
 
-def test_usrhash_side_car_and_its_signature(tmp_path: Path) -> None:
-    root = make_root(tmp_path)
-    signer = make_signer(tmp_path / "keys")
-    img, root_hash = naked_image(
-        tmp_path / "w", root / "var/lib/extensions/foo.raw", "foo", hash_kind="usrhash", signer=signer
-    )
-    side = find_sidecars(root, img, {})
+def test_usrhash_side_car_and_its_signature(fake_root: Path) -> None:
+    img = fake_root / EXT / "foo.raw"
+    (fake_root / EXT / "foo.usrhash").write_text(HASH)
+    (fake_root / EXT / "foo.usrhash.p7s").write_bytes(b"usr signature")
+    (fake_root / EXT / "foo.roothash.p7s").write_bytes(b"root signature")  # the other kind: second
+    side = sidecars_of(fake_root, img)
     assert side.root_hash is not None and side.root_hash.designator == "usr"
-    assert (
-        side.signature is not None
-        and side.signature.source == "side-car '/var/lib/extensions/foo.usrhash.p7s'"
-    )
+    assert side.signature == Signature(b"usr signature", "side-car '/var/lib/extensions/foo.usrhash.p7s'")
 
 
-def test_side_cars_follow_links_inside_the_root(tmp_path: Path) -> None:
-    root = make_root(tmp_path)
-    signer = make_signer(tmp_path / "keys")
-    store = root / "srv/store"
+def test_side_cars_follow_links_inside_the_root(fake_root: Path) -> None:
+    store = fake_root / "srv/store"
     store.mkdir(parents=True)
-    img, root_hash = naked_image(
-        tmp_path / "w", store / "foo-1.raw", "foo", hash_kind="roothash", signer=signer
-    )
-    assert root_hash is not None
+    img = store / "foo-1.raw"
+    img.write_bytes(b"an image")
+    (store / "foo-1.roothash").write_text(HASH)
     # The image is the resolved path; its p7s side-car is a link with an absolute target, which
-    # must be read inside the root, not from the host's /srv.
-    real = root / "srv/sigs/foo.p7s"
+    # must be read inside the root, not from the (fake) host's /srv.
+    real = fake_root / "srv/sigs/foo.p7s"
     real.parent.mkdir(parents=True)
-    (store / "foo-1.roothash.p7s").rename(real)
+    real.write_bytes(b"signature inside")
     (store / "foo-1.roothash.p7s").symlink_to("/srv/sigs/foo.p7s")
-    side = find_sidecars(root, img, {})
-    assert side.signature is not None and side.signature.data == real.read_bytes()
-    # A dangling link (target missing inside the root) means no signature.
+    side = sidecars_of(fake_root, img)
+    assert side.signature is not None and side.signature.data == b"signature inside"
+    assert side.signature.source == "side-car '/srv/sigs/foo.p7s'"
+    # A dangling link (target missing inside the root) means no signature, not the host's.
     real.unlink()
-    assert find_sidecars(root, img, {}).signature is None
+    assert sidecars_of(fake_root, img).signature is None
 
 
 @pytest.mark.parametrize(
@@ -215,25 +235,35 @@ def test_side_cars_follow_links_inside_the_root(tmp_path: Path) -> None:
         ("foo.roothash", b"ab" * 16 + b"\n", None),
         ("foo.roothash", b"ab" * 8 + b"\n", "at least 16 are needed"),
         ("foo.roothash.p7s", b"", "is empty"),
+        ("foo.roothash", b"a" * (1 << 20) + b"\n", "is implausibly large"),
     ],
 )
-def test_unusable_side_cars(tmp_path: Path, name: str, content: bytes, message: Optional[str]) -> None:
-    root = make_root(tmp_path)
-    img, _ = naked_image(tmp_path / "w", root / "var/lib/extensions/foo.raw", "foo", hash_kind="roothash")
-    (root / "var/lib/extensions" / name).write_bytes(content)
+def test_unusable_side_cars(fake_root: Path, name: str, content: bytes, message: Optional[str]) -> None:
+    img = fake_root / EXT / "foo.raw"
+    (fake_root / EXT / "foo.roothash").write_text(HASH)
+    (fake_root / EXT / name).write_bytes(content)
     if message is None:
-        assert find_sidecars(root, img, {}).root_hash is not None
+        assert sidecars_of(fake_root, img).root_hash is not None
         return
     with pytest.raises(ImageError, match=message):
-        find_sidecars(root, img, {})
-    assert sidecar_root_hash(img, {}, root) is None  # identity never fails
+        sidecars_of(fake_root, img)
+    # identity never fails
+    assert sidecar_root_hash(LiveView(os.fspath(fake_root), {}), os.fspath(img)) is None
 
 
-def test_side_cars_only_for_raw_names(tmp_path: Path) -> None:
-    root = make_root(tmp_path)
-    img = make_fs("squashfs", tmp_path, root / "var/lib/extensions/foo.img")
-    Path(str(img)[:-4] + ".roothash").write_text(HASH)
-    assert find_sidecars(root, img, {}).root_hash is None
+def test_side_car_that_is_not_a_regular_file(fake_root: Path) -> None:
+    (fake_root / EXT / "foo.roothash").mkdir()
+    with pytest.raises(
+        ImageError, match="side-car '/var/lib/extensions/foo.roothash' is not a regular file"
+    ):
+        sidecars_of(fake_root, fake_root / EXT / "foo.raw")
+
+
+def test_side_cars_only_for_raw_names(fake_root: Path) -> None:
+    img = fake_root / EXT / "foo.img"
+    img.write_bytes(b"an image")
+    (fake_root / EXT / "foo.roothash").write_text(HASH)
+    assert sidecars_of(fake_root, img).root_hash is None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -252,7 +282,7 @@ def test_certificate_directories(tmp_path: Path) -> None:
     (root / "etc/verity.d/dir.crt").mkdir()
     (root / "etc/verity.d/empty.crt").write_text("")
     (root / "etc/verity.d/junk.crt").write_text("no certificate here\n")
-    search = find_certificates(root)
+    search = find_certificates(LiveView(os.fspath(root), {}))
     assert [(x.name, x.fingerprint.hex()) for x in search.certificates] == [
         ("/etc/verity.d/one.crt", a.fingerprint),
         ("/run/verity.d/two.crt", b.fingerprint),
@@ -280,13 +310,13 @@ def test_certificate_links_resolve_inside_the_root(tmp_path: Path) -> None:
     (root / "run").mkdir()
     (root / "run/verity.d").mkdir()
     (root / "run/verity.d/b.crt").symlink_to("/srv/certs/a.crt")
-    search = find_certificates(root)
+    search = find_certificates(LiveView(os.fspath(root), {}))
     assert [x.name for x in search.certificates] == ["/etc/verity.d/a.crt", "/run/verity.d/b.crt"]
     assert all(x.path.is_relative_to(root) for x in search.certificates)
 
 
 def test_no_certificate_directories(tmp_path: Path) -> None:
-    search = find_certificates(make_root(tmp_path))
+    search = find_certificates(LiveView(os.fspath(make_root(tmp_path)), {}))
     assert search.certificates == () and search.ignored == ()
 
 
@@ -330,7 +360,7 @@ def test_verify_signature(
         sig.write_bytes(os.urandom(200))
     else:
         sign(signed_hash, good, sig)  # type: ignore[arg-type]
-    check = verify_signature(HASH, sig.read_bytes(), find_certificates(root))
+    check = verify_signature(HASH, sig.read_bytes(), find_certificates(LiveView(os.fspath(root), {})))
     assert check.reason.startswith(expected)
     assert check.trusted is expected.startswith("signed by /")
     if check.trusted:
@@ -341,5 +371,7 @@ def test_missing_openssl_means_untrusted(tmp_path: Path, signers: tuple[object, 
     good, _ = signers
     root = make_root(tmp_path)
     trust(root, good, "good.crt")  # type: ignore[arg-type]
-    check = verify_signature(HASH, b"x", find_certificates(root), openssl=str(tmp_path / "no-openssl"))
+    check = verify_signature(
+        HASH, b"x", find_certificates(LiveView(os.fspath(root), {})), openssl=str(tmp_path / "no-openssl")
+    )
     assert not check.trusted and "cannot check the signature" in check.reason

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+from pyfakefs.fake_filesystem import FakeFilesystem
 
-from sysextpy.chase import canonical_root
 from sysextpy.errors import ResolveError
 from sysextpy.model import ImageClass
+from sysextpy.view import LiveView
 from sysextpy.vpick import (
+    Picked,
     VersionedName,
     best_candidate,
     parse_versioned_name,
@@ -203,15 +205,24 @@ def test_best_candidate_ignores_input_order() -> None:
     assert {w.filename for w in winners if w} == {"foo_2_x86.raw"}
 
 
-# --- pick_version on real trees ---------------------------------------------------------------------
+# --- pick_version on trees of a fake file system (block devices on a real one) ----------------------
+
+ROOT = "/srv/root"
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = canonical_root(tmp_path) / "root"
-    (r / "var/lib/extensions").mkdir(parents=True)
-    (r / "store").mkdir()
-    return r
+def root(fake_fs: FakeFilesystem) -> Path:
+    # The fake host has a /store of its own beside the root: a link that left the root would find it.
+    fake_fs.create_file("/store/gone.img")
+    fake_fs.create_file("/srv/outside.img")
+    root = Path(ROOT)  # made while pyfakefs is active: module-level paths are real ones
+    fake_fs.create_dir(root / "var/lib/extensions")
+    fake_fs.create_dir(root / "store")
+    return root
+
+
+def pick(root: Path, vdir: Path, basename: str, suffix: str, native: str = "x86-64") -> Optional[Picked]:
+    return pick_version(LiveView(os.fspath(root), {}), os.fspath(vdir), basename, suffix, native=native)
 
 
 def vdir(root: Path, name: str, entries: dict[str, object]) -> Path:
@@ -244,7 +255,7 @@ def test_picks_newest_raw_file(root: Path) -> None:
             "README": ("->", "/nowhere"),  # dangling, but not a candidate, so never resolved
         },
     )
-    picked = pick_version(root, d, "foo", ".raw", native="x86-64")
+    picked = pick(root, d, "foo", ".raw")
     assert picked is not None
     assert picked.path == d / "foo_2.raw"
     assert picked.name.version == "2"
@@ -252,7 +263,17 @@ def test_picks_newest_raw_file(root: Path) -> None:
 
 def test_native_argument_changes_the_pick(root: Path) -> None:
     d = vdir(root, "foo.raw.v", {"foo_1.raw": "", "foo_9_arm64.raw": ""})
-    picked = pick_version(root, d, "foo", ".raw", native="arm64")
+    picked = pick(root, d, "foo", ".raw", native="arm64")
+    assert picked is not None and picked.name.filename == "foo_9_arm64.raw"
+
+
+def test_native_defaults_to_the_machine_the_view_reports(root: Path) -> None:
+    class Arm64(LiveView):
+        def machine(self) -> str:
+            return "aarch64"
+
+    d = vdir(root, "foo.raw.v", {"foo_1.raw": "", "foo_9_arm64.raw": "", "foo_8_x86-64.raw": ""})
+    picked = pick_version(Arm64(os.fspath(root), {}), os.fspath(d), "foo", ".raw")
     assert picked is not None and picked.name.filename == "foo_9_arm64.raw"
 
 
@@ -264,7 +285,7 @@ def test_symlinked_entries_resolve_inside_the_root(root: Path) -> None:
         "foo.raw.v",
         {"foo_5.raw": ("->", "/store/foo-5.img"), "foo_6.raw": ("->", "../../../../store/foo-6.img")},
     )
-    picked = pick_version(root, d, "foo", ".raw", native="x86-64")
+    picked = pick(root, d, "foo", ".raw")
     assert picked is not None
     assert picked.path == root / "store/foo-6.img"
     assert picked.name.filename == "foo_6.raw"
@@ -275,24 +296,24 @@ def test_symlinked_vdir(root: Path) -> None:
     real.mkdir()
     (real / "foo_1.raw").write_text("")
     os.symlink("/store/foo.raw.v", root / "var/lib/extensions/foo.raw.v")
-    picked = pick_version(root, real, "foo", ".raw", native="x86-64")
+    picked = pick(root, real, "foo", ".raw")
     assert picked is not None and picked.path == real / "foo_1.raw"
 
 
 def test_dangling_candidate_fails_the_whole_pick(root: Path) -> None:
     d = vdir(root, "foo.raw.v", {"foo_1.raw": "", "foo_2.raw": ("->", "/store/gone.img")})
     with pytest.raises(ResolveError) as exc:
-        pick_version(root, d, "foo", ".raw", native="x86-64")
+        pick(root, d, "foo", ".raw")
     assert exc.value.errno == errno.ENOENT
 
 
 def test_link_out_of_the_root_does_not_escape(root: Path) -> None:
     # The target exists on the host next to the root, but not inside it.
-    outside = root.parent / "outside.img"
-    outside.write_text("")
-    d = vdir(root, "foo.raw.v", {"foo_1.raw": ("->", "../../../../outside.img")})
+    d = vdir(root, "foo.raw.v", {"foo_1.raw": ("->", "../../../../../outside.img")})
+    assert os.path.realpath(d / "foo_1.raw") == os.fspath(root.parent / "outside.img")
+    assert os.path.exists(d / "foo_1.raw")
     with pytest.raises(ResolveError) as exc:
-        pick_version(root, d, "foo", ".raw", native="x86-64")
+        pick(root, d, "foo", ".raw")
     assert exc.value.errno == errno.ENOENT
 
 
@@ -309,7 +330,7 @@ def test_directories(root: Path) -> None:
             "foo_6.raw": "",  # without a suffix this is version "6.raw"... and a file, dropped
         },
     )
-    picked = pick_version(root, d, "foo", "", native="x86-64")
+    picked = pick(root, d, "foo", "")
     assert picked is not None
     assert picked.name.filename == "foo_5"
     assert picked.path == root / "store"
@@ -317,40 +338,44 @@ def test_directories(root: Path) -> None:
 
 def test_wrong_types_only_gives_none(root: Path) -> None:
     d = vdir(root, "foo.raw.v", {"foo_1.raw": None, "foo_2.raw": None})
-    assert pick_version(root, d, "foo", ".raw", native="x86-64") is None
+    assert pick(root, d, "foo", ".raw") is None
 
 
 def test_empty_vdir_gives_none(root: Path) -> None:
     d = vdir(root, "foo.raw.v", {})
-    assert pick_version(root, d, "foo", ".raw", native="x86-64") is None
+    assert pick(root, d, "foo", ".raw") is None
 
 
 def test_tries_exhausted_loses(root: Path) -> None:
     d = vdir(root, "foo.raw.v", {"foo_3+0-3.raw": "", "foo_2+1-2.raw": ""})
-    picked = pick_version(root, d, "foo", ".raw", native="x86-64")
+    picked = pick(root, d, "foo", ".raw")
     assert picked is not None
     assert (picked.name.version, picked.name.tries_left, picked.name.tries_done) == ("2", 1, 2)
 
 
-def test_block_device(root: Path) -> None:
-    d = vdir(root, "foo.raw.v", {"foo_1.raw": ""})
+def test_block_device(tmp_path: Path) -> None:
+    # A real device node: pyfakefs has none.
+    root = tmp_path / "root"
+    d = root / "var/lib/extensions/foo.raw.v"
+    d.mkdir(parents=True)
+    (d / "foo_1.raw").write_text("")
     try:
         os.mknod(d / "foo_2.raw", stat.S_IFBLK | 0o600, os.makedev(7, 0))
     except PermissionError:
         pytest.skip("creating a block device node needs root")
-    picked = pick_version(root, d, "foo", ".raw", native="x86-64")
+    picked = pick(root, d, "foo", ".raw")
     assert picked is not None and picked.name.filename == "foo_2.raw"
 
 
-def test_vdir_must_be_below_the_root(root: Path, tmp_path: Path) -> None:
-    other = tmp_path / "elsewhere.raw.v"
+def test_vdir_must_be_below_the_root(root: Path) -> None:
+    other = Path("/elsewhere.raw.v")
     other.mkdir()
     with pytest.raises(ResolveError) as exc:
-        pick_version(root, other, "elsewhere", ".raw", native="x86-64")
+        pick(root, other, "elsewhere", ".raw")
     assert exc.value.errno == errno.ECHRNG
 
 
 def test_unreadable_vdir(root: Path) -> None:
     with pytest.raises(ResolveError) as exc:
-        pick_version(root, root / "var/lib/extensions/missing.raw.v", "missing", ".raw", native="x86-64")
+        pick(root, root / "var/lib/extensions/missing.raw.v", "missing", ".raw")
     assert exc.value.errno == errno.ENOENT
