@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 # sysextpy: the two commands of the README, plus install and the linters.
 PYTHON ?= /usr/bin/python3
 VENV ?= .venv

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """`list` on roots with 10 and 100 directory sysexts: sysextpy against systemd-sysext (new and Debian's).
 
 Also times `--version` of each tool: the fixed cost of starting it, which every other number includes.

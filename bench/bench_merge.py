@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """merge, forced refresh and unmerge with 1 to 500 directory extensions: sysextpy against upstream.
 
 Each fake root carries N directory sysexts and N directory confexts. Two comparisons per size:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The refresh after switch-root: the no-op confirmation, and what a forced refresh does to readers.
 
 1. No-op refresh of both classes with N sysexts + N confexts (N = 10, 100), after a merge:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Shared pieces of the benchmarks: the tools under test, timing, fake roots, namespaces, output.
 
 Every benchmark compares sysextpy with upstream systemd-sysext on the same machine, in the same

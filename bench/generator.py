@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """sysextpy-generator's start-up cost, and what the dracut module adds to an initramfs.
 
     /usr/bin/python3 bench/generator.py [--runs N] [--no-initrd]

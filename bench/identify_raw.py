@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Identifying 100 raw images: sysextpy's fingerprint path against systemd-sysext's refresh decision.
 
 1. In-process: discovery plus `identity.extension_identity()` for 100 `.raw` squashfs images, with

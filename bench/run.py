@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Run every benchmark and print a report: `make bench` (as root). See bench/README.md.
 
 Each benchmark is its own script, started with this interpreter; each prints its tables and writes

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """`python -m sysextpy` and the `sysextpy` console script."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Adopting a merge that systemd-sysext or systemd-confext made: keeping it, without a remount,
 when it is what this run would build.
 

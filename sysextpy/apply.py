@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Execute a plan: the only module that mounts on the host.
 
 Everything is assembled in a private Workspace first: images are mounted, each hierarchy's new

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Architecture names in systemd's vocabulary (`x86-64`, `arm64`, ...).
 
 They appear in `.v/` entry names (`foo_1.2_x86-64.raw`) and in `ARCHITECTURE=` of

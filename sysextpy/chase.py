@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Root-confined path resolution, like systemd's chase() with a root ("resolve in root").
 
 Everything sysext looks at inside `--root` (search directories, their entries, `.v/` entries,

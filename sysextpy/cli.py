@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Command line: parse argv into Options, dispatch to the verb, map errors to exit codes.
 
 The parser is hand-written on purpose: it accepts upstream's spellings (options before or after

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Whether an extension's release data fits the host, in systemd's order of checks (spec §4.3)."""
 
 from __future__ import annotations

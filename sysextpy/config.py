@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """sysext.conf / confext.conf and their drop-ins (spec §8): `[SysExt]` or `[ConfExt]` with Mutable= and
 ImagePolicy=. Nothing here raises for bad configuration: every problem becomes a warning.
 

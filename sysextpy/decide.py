@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Skip or refresh: the one decision, for the confirming refresh and the full run alike, and the
 record of a run that changed nothing.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Discovery: search directories inside the root -> named candidate images.
 
 Follows upstream's rules (shadowing by name in precedence order, `.raw` and class suffixes, `.v/`

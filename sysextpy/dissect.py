@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Dissect one raw image: what to mount, from where, with which protection, and why.
 
 The result is an ImagePlan that images.Workspace executes (loop devices, dm-verity, mounts). Every

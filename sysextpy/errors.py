@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The one error model: every expected failure is a SysextError with a message a person can act on."""
 
 from __future__ import annotations

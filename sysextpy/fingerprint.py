@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The inputs of a class's merge: everything that decides what `refresh --always-refresh=yes`
 would build, gathered through the view of the root (view.py) without mounting anything.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """sysextpy-generator: pull sysextpy's units into the boot and hand the initrd's result on.
 
 systemd runs this very early, before any unit is loaded: in the initrd, and again in the real root

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """GUID partition tables, parsed from bytes, and the Discoverable Partitions choice of what to use.
 
 Nothing here opens files: the table is read through a `read(offset, length)` callable, so the same

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The handoff record: what a run did, for the next run and for the generator. One type, one
 parser, one serialiser; state.py reads and writes it where it lives.
 

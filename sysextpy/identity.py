@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Per-extension identity and the `origin` record, with upstream's keys and rules.
 
 Computed in the host's mount namespace and without mounting anything, so that the same inputs

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Raw images and the private workspace they are mounted in.
 
 A `Workspace` is a private mount namespace of this process with a tmpfs scratch area. Images

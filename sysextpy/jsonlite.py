@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """JSON in and out through the C parts of the standard `json` package, without importing it.
 
 `import json` pulls in `re` and `enum`, which cost more than a whole confirming refresh should.

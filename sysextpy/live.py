@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Live merges and mounts: is a hierarchy merged right now, what does its metadata say, and which
 search directories cannot be seen yet?
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Logging: stderr for people, `<N>`-prefixed lines or journal fields when running under systemd.
 
 A small logger of our own rather than the stdlib's `logging`: importing that (with traceback,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Loop devices without losetup: /dev/loop-control plus LOOP_CONFIGURE (or its older two-step form).
 
 Devices are attached with LO_FLAGS_AUTOCLEAR: the kernel detaches them once the last user (our

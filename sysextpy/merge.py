@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """merge, unmerge and refresh: the lock, the inputs, the decision, the workspace, the swap, the record.
 
 A run reads everything that decides its merge through one recording view of the root (view.py):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The vocabulary: enums and frozen dataclasses shared by every module."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The one ctypes module: mount-related syscalls Python lacks, mountinfo parsing, feature probes.
 
 Syscall wrappers are named after the syscall they wrap and raise OSError(errno, message, path);

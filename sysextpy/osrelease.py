@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """os-release and extension-release files: the parser, safe reading, and where to find them.
 
 The parser is pure (text in, values out). Everything that touches the file system reads through a

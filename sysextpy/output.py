@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Tables and JSON on stdout. Human messages go through logging to stderr, never here."""
 
 from __future__ import annotations

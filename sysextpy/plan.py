@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Plan: discover + read metadata + judge every image -> an immutable Plan. No side effects.
 
 Everything is read through a view of the root (view.py): a directory extension's tree through the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Image policy strings, systemd.image-policy(7): grammar, defaults and queries (pure).
 
     policy := "" | "-" | "*" | "~" | rule (":" rule)*

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The recording view: a live view of the root (view.py) that writes down every answer it gives
 as a typed observation, and answers with exactly what it wrote down.
 

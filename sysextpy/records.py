@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """`record`: dataclass semantics without dataclasses' import and class-creation cost.
 
 The boot path runs this program on every boot, and the no-op refresh must cost less than

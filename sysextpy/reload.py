@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The single service-manager reload, after all classes are done."""
 
 from __future__ import annotations

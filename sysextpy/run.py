@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The one place that starts subprocesses."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Effective per-class settings: command line > environment > configuration files > defaults."""
 
 from __future__ import annotations

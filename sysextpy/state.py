@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Where the handoff record lives: its directory, the one writer, the one reader, and the lock.
 
 The record itself (its schema, parsing and serialising) is handoff.py. Its directory,

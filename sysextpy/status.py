@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """What is merged where: read the metadata directories of live merges inside the root (live.py
 tells a live merge from a copied tree)."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Small value parsers shared by the CLI, the config files and the release-file code."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Verb implementations: each turns Options into output and an exit status."""
 
 from __future__ import annotations

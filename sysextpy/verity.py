@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """dm-verity for extension images: root hashes, signatures, trusted certificates, activation.
 
 Where a root hash comes from, best first: the `user.verity.roothash`/`usrhash` extended attributes

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Version ordering exactly as systemd's `strverscmp_improved()` (UAPI version format specification).
 
 Used to pick the newest entry of a `.v/` directory and to order extensions by name. Deliberately a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """One view of the root: every read that decides a merge goes through it.
 
 The code that decides what a merge looks like (settings, the configuration search, discovery,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """`.v/` directories: pick the best `BASENAME_VERSION[_ARCH][+LEFT[-DONE]]SUFFIX` entry.
 
 Name parsing and ranking are pure; only `pick_version` touches the file system. The rules follow

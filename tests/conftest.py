@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Shared fixtures. Mounting tests run inside one private mount namespace for the whole session.
 
 As root, pytest_configure moves the pytest process itself into a new mount namespace (pytest is

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The main job, end to end, on the built-in example (`make demo`, as root).
 
 Runs inside a private mount namespace (the Makefile starts it with `unshare -m`): a sample root

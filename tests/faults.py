@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Shared helpers for the reliability tests: syscall fault injection with strace, the census of
 mounts and loop devices, and the figures the tests report.
 

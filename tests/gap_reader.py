@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Open files over and over until a stop file appears; print "<opens> <failures>".
 
 Used by `make demo` and the refresh tests to show that a swap never leaves /etc or /usr

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Helpers for the real-mount merge tests: building extensions, running verbs, reading mounts.
 
 Everything here works on a fake root (the `fake_root` fixture) inside the test session's private

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: LGPL-2.1-or-later
 # Install the packages of tests/packages that are missing: as root, with apt-get, never removing a
 # package. As another user, or where there is no apt-get, only say which are missing (the tests
 # that need them then skip). Run by `make test` (`make prerequisites`).

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Render tests/RELIABILITY.md from the figures a test run reported.
 
     SYSEXTPY_RELIABILITY_REPORT=/tmp/figures.jsonl .venv/bin/python -m pytest -q \\

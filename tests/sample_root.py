@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The built-in example: a small Debian-like root with a dozen extensions covering every verdict.
 
 Used by the tests and by `make demo`. Run as a script to build one: `python3 tests/sample_root.py DIR`.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The state a merge leaves in a fake root, in a form two runs can be compared by.
 
 A snapshot holds, for every hierarchy of both classes inside the root (/usr and /opt for sysext,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Root-confined resolution against adversarial trees: directories, files, relative and absolute
 symlinks, `..` chains that try to climb out, links to themselves and to each other.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """apply's overlay mounting on kernels without `lowerdir+` (Linux < 6.8): the classic option string."""
 
 from __future__ import annotations

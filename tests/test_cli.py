@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The command line contract: parsing tables through cli.parse_args, exit codes through the real program."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Concurrency: eight runs at once on one root, and merges racing images being replaced.
 
 Every run must exit cleanly (0, or a documented refusal), and afterwards each hierarchy carries

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Discovery: search directories, names, suffixes, shadowing, masking, links.
 
 The roots are on a fake file system (pyfakefs) whose host has files of its own where a link that

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Dissecting raw images: which partition, which root hash, which protection, which verdict.
 
 The first half of this file is the image kit the trust tests share: it builds squashfs/erofs/ext4

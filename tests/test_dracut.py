@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The dracut module: build a real initramfs with Debian's dracut, list it, and run sysextpy from
 inside the unpacked image against a fake /sysroot.
 

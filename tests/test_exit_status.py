@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Exit status 3 always names its culprits: every image or entry that made a run exit 3 is named
 on stderr with its reason, by the run that rejected it and by every refresh that skips after it;
 `list` warns about such entries too. And a release file that is not plain UTF-8 text is refused

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Faults: SIGKILL at every mount-related syscall of merge and unmerge, each of those syscalls
 failing once (ENOMEM, EIO, EBUSY, EROFS), and a full handoff directory.
 

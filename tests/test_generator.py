@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """sysextpy-generator: golden fake-root trees, the pure decisions, and the start-up budget.
 
 Golden cases live in tests/generator/NN-name/: `root/` is the fake root the generator reads

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """GPT parsing from bytes and the Discoverable Partitions choice of partitions."""
 
 from __future__ import annotations

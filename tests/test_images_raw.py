@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Naked file system images (`NAME.raw`: squashfs, erofs, ext4) merged through loop devices.
 
 Broken images are rejected one by one (exit 3) while the good ones merge; no loop device

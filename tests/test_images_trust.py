@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Raw images end to end: every kind discovered, identified and merged; untrusted and broken images
 rejected alone (exit 3); certificates only from the root; no loop device or mount left behind.
 

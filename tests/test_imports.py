@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The package's shape: no import cycle, and no process-wide patching.
 
 Every import statement counts, also those inside functions (the package imports lazily to keep the

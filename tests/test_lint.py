@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Linters are tests too: ruff (check and format), mypy --strict, shellcheck."""
 
 from __future__ import annotations

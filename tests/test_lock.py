@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Mutating runs are serialised by a lock next to the state file; a waiter gives up after
 SYSEXTPY_LOCK_TIMEOUT seconds, and a run that waited works on what the first one left."""
 

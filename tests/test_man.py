@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The manual pages: they build, man(1) renders them without a warning, sysextpy(8) documents
 every option and verb the command line knows, and `make install` puts them where man(1) and
 `systemd-analyze verify --man=yes` find the pages the units name in Documentation=.

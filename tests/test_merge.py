@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """merge, unmerge and refresh of directory extensions on real overlay mounts in a fake root.
 
 Every test runs inside the session's private mount namespace (`fake_root` checks that nothing is

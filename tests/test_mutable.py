@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The six mutable modes on real overlay mounts: upper/work directories, imports, errors.
 
 Reference: spec/sysext-behaviour.md §5.2-5.4. The persistent mutable directory of hierarchy H is

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """`plan`, `list` and `status` on the built-in example root: every verdict, every reason, exit codes."""
 
 from __future__ import annotations

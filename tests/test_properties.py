@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Properties of every parser and pure function, against generated input (hypothesis).
 
 The rule for parsers: whatever the input, the result is a value or the project's own error

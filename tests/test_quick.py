@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The confirming refresh (quick.py) on real mounts: which path a refresh takes, what it records,
 and that no record, however it was altered, confirms a root that changed.
 

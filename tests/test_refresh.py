@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """refresh: the skip, what counts as a change, the handoff record, the gap, crashes, reloads.
 
 All real mounts, inside the test session's private mount namespace, against fake roots.

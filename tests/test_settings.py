@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Effective per-class settings: hierarchies from the environment, and who wins for each setting.
 
 The roots are on a fake file system (pyfakefs) whose host has a configuration of its own; the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The skip rule against its oracle: a `refresh` that skips leaves exactly the state that a forced
 refresh (`refresh --always-refresh=yes`) builds from the same inputs.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Special files where sysextpy expects a small regular file or an image: a FIFO, a character
 device that never ends (like /dev/zero), a socket, and a sparse file of a terabyte.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Where the handoff record lives: its directory, the one writer, the reader, the lock file."""
 
 from __future__ import annotations

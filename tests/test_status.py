@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """status.live_merge against real overlays in a fake root: only a mount point whose metadata names its
 own device is a live merge."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The units and `make install`: systemd-analyze verify, the directives the boot path relies on, the
 boot transaction systemd computes with them (sysextpy's units against upstream's), and the layout
 `make install` produces.

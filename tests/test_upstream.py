@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """sysextpy and systemd-sysext v262 keep each other's merges.
 
 A refresh of either, after the other merged exactly what it would merge, changes no mount: v262

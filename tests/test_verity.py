@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Root hashes, side-cars, verity-sig JSON, hash trees, certificates and signature checks."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The view of the root (view.py): what a recording view answers, and what taking its observations
 again notices.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """List the files the initrd needs to run sysextpy: its package and the Python modules it imports.
 
 Run at image build time by module-setup.sh, with the interpreter the initrd will run, as

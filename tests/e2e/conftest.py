@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Fixtures for the end-to-end tests: cached boot artefacts and one guest per test.
 
 The tests boot QEMU and take minutes, so they run only when asked for: with SYSEXTPY_E2E=1 in

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """End-to-end harness: boot a real kernel with a dracut initramfs that carries sysextpy.
 
 Everything expensive is built once and cached (default /var/cache/sysextpy-e2e, or

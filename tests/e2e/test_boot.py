@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Boot scenarios: a real kernel, a dracut initramfs with sysextpy, a Debian root, under QEMU.
 
 Each test is one boot. The guest reports what it saw (units, journal, handoff record, mounts,

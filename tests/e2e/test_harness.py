@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The end-to-end harness's own logic, without booting anything: kernel unpacking, result
 parsing, the boot loop (against a fake qemu on PATH) and the guest-side report's pure parts.
 

@@ -1,4 +1,5 @@
 #!/usr/bin/python3 -I
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Guest-side probes for the end-to-end tests; results go to /run/sysextpy-e2e/NAME.json.
 
   probe.py read NAME PATH...   record once what PATH... look like right now (an early unit's view)

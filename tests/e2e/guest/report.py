@@ -1,4 +1,5 @@
 #!/usr/bin/python3 -I
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Guest side of the end-to-end tests: collect what happened during this boot and send it home.
 
 Runs once the boot has settled (after multi-user.target, or when an emergency target was
