@@ -267,8 +267,8 @@ def judge_all(
                     continue
                 verdicts.append(judge(c, found.host, force=opts.force, tree=tree))
         for v in verdicts:
-            # Rejections are named once more, as warnings, at the end of a run (decide.exit_status).
-            level = log.debug if v.verdict is Verdict.MERGE else log.info
+            # Rejections are named, as warnings, at the end of a run (decide.exit_status).
+            level = log.info if v.verdict is Verdict.IGNORED else log.debug
             level("%s %s: %s (%s)", cs.image_class.value, v.name, v.verdict.value, v.reason)
         class_plans.append(ClassPlan(settings=cs, discovery=disc, verdicts=tuple(verdicts)))
     return Plan(root=found.root, host=found.host, initrd=found.initrd, classes=tuple(class_plans))
