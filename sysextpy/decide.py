@@ -140,7 +140,7 @@ def exit_status(record: HandoffRecord) -> int:
     from .log import log
 
     for cls, name, reason in record.culprits():
-        log.warning("Rejected %s image %r: %s", cls, name, reason)
+        log.warning("%s %s: rejected (%s)", cls, name, reason)
     return EXIT_PARTIAL if record.rejected else EXIT_OK
 
 

@@ -31,12 +31,12 @@ def test_a_symlink_loop_in_a_search_directory_is_named(run: Runner, fake_root: P
     (fake_root / "var/lib/extensions/loop").symlink_to("loop")
     merge = run("merge")
     assert merge.returncode == 3
-    assert "Rejected sysext image" in merge.stderr and "/var/lib/extensions/loop" in merge.stderr
+    assert "sysext /" in merge.stderr and "/var/lib/extensions/loop: rejected (" in merge.stderr
     assert "symlink loop" in merge.stderr
     again = run("refresh")
     assert again.returncode == 3 and SKIPPED in again.stderr
     assert json.loads(run.state.read_text())["confirmedBy"] == "observations"
-    assert "Rejected sysext image" in again.stderr and "/var/lib/extensions/loop" in again.stderr
+    assert "/var/lib/extensions/loop: rejected (" in again.stderr
     listed = run("list")
     assert listed.returncode == 0
     assert "/var/lib/extensions/loop" in listed.stderr and "symlink loop" in listed.stderr
@@ -64,6 +64,6 @@ def test_a_release_file_that_is_not_text_is_refused_whole(
     assert row["verdict"] == "rejected" and why in row["reason"], row
     merge = run("merge")
     assert merge.returncode == 3
-    assert "Rejected sysext image 'odd'" in merge.stderr and why in merge.stderr
+    assert "sysext odd: rejected (" in merge.stderr and why in merge.stderr
     assert (fake_root / "usr/share/good/file").exists() and not (fake_root / "usr/share/odd").exists()
     assert os.path.exists(fake_root / "usr/.systemd-sysext/extensions")
