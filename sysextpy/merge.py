@@ -201,12 +201,16 @@ def _adopt(opts: Options, a: Assessment, view: RecordingView, runs: list[ClassRu
     """The entries of the classes whose live merges systemd-sysext or systemd-confext made and that
     this run keeps (adopt.py): those it would build as they are."""
     from .adopt import adoption, upstream_merges
+    from .fingerprint import unverifiable
     from .images import Workspace
     from .plan import Survey, judge_all
 
     todo = []
     for run, disc in zip(runs, a.found.discoveries):
-        live = upstream_merges(opts.root, run.settings) if not run.skip else {}
+        # A class that could be skipped needs no adopting, one with a block device cannot be.
+        live = (
+            upstream_merges(opts.root, run.settings) if not run.skip and not unverifiable(run.inputs) else {}
+        )
         if live:
             todo.append((run, disc, live))
     if not todo:
@@ -291,10 +295,13 @@ def do_merge(opts: Options, env: Mapping[str, str], declined: Optional[str] = No
     check = read_record(opts.state)
 
     runs = class_runs(opts, a, check, confirm, env)
+    adopted: dict[str, ClassEntry] = {}
+    if opts.verb is Verb.REFRESH and forced(opts.verb.value, opts.always_refresh, env) is None:
+        adopted = _adopt(opts, a, view, runs)
     for run in runs:
         if run.skip:
             log.debug("%s: no change (%s)", run.image_class.value, run.reason)
-        elif opts.verb is Verb.REFRESH:
+        elif opts.verb is Verb.REFRESH and run.image_class.value not in adopted:
             log.info("%s: refreshing: %s", run.image_class.value, run.reason)
             for change in run.changes:
                 log.info("%s: %s", run.image_class.value, change)
@@ -303,10 +310,6 @@ def do_merge(opts: Options, env: Mapping[str, str], declined: Optional[str] = No
         # boot took the long way.
         log.debug("The recorded observations did not confirm the merge: %s.", declined)
     t_decided = time.monotonic()
-
-    adopted: dict[str, ClassEntry] = {}
-    if opts.verb is Verb.REFRESH and forced(opts.verb.value, opts.always_refresh, env) is None:
-        adopted = _adopt(opts, a, view, runs)
 
     if all(r.skip or r.image_class.value in adopted for r in runs):
         entries = {}
