@@ -234,37 +234,41 @@ def tree_digest_now(top: str) -> str:
     stack = [(top, "")]
     scandir, readlink, kind_of = os.scandir, os.readlink, stat.S_IFMT
     link, directory_kind = stat.S_IFLNK, stat.S_IFDIR
+    append = lines.append
     while stack:
         directory, rel = stack.pop()
         try:
             with scandir(directory) as it:
                 entries = list(it)
         except OSError as e:
-            lines.append(f"{rel}\0error:{e.errno}\n")
+            append(f"{rel}\0error:{e.errno}\n")
             continue
         if len(entries) > 1:
             entries.sort(key=_NAME)
         count += len(entries)
         if count > TREE_ENTRY_LIMIT:
-            lines.append("\0truncated\n")
+            append("\0truncated\n")
             break
         for entry in entries:
             path = f"{rel}/{entry.name}"
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as e:
-                lines.append(f"{path}\0error:{e.errno}\n")
+                append(f"{path}\0error:{e.errno}\n")
                 continue
             mode = st.st_mode
+            kind = kind_of(mode)
+            if kind == directory_kind:
+                stack.append((entry.path, path))
+                append(f"{path}\0{mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0\n")
+                continue
             extra = ""
-            if kind_of(mode) == link:
+            if kind == link:
                 try:
                     extra = readlink(entry.path)
                 except OSError:
                     extra = "?"
-            elif kind_of(mode) == directory_kind:
-                stack.append((entry.path, path))
-            lines.append(f"{path}\0{mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{extra}\n")
+            append(f"{path}\0{mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{extra}\n")
     h.update("".join(lines).encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
