@@ -83,8 +83,9 @@ def newest_input(view: RecordingView, image_class: str, entries: list[str]) -> t
         if ctime > newest:
             newest, where = ctime, path
 
-    for i in view.observations_of(image_class):
-        kind, *args = view.observations[i]
+    kept = view.kept()
+    for n in view.observations_of(image_class, kept):
+        kind, *args = view.observations[kept[n]]
         path = view.absolute(args[0]) if kind in (*_FILE_KINDS, "tree") else None
         if path is None:
             continue

@@ -97,6 +97,7 @@ def assess(opts: Options, view: LiveView) -> Assessment:
 
 def confirmation(opts: Options, a: Assessment, view: RecordingView) -> Confirmation:
     """What this run's inputs were read from, as the next refresh takes it again."""
+    kept = view.kept()
     return Confirmation(
         key=options_key(
             force=opts.force,
@@ -107,8 +108,8 @@ def confirmation(opts: Options, a: Assessment, view: RecordingView) -> Confirmat
         classes=[cs.image_class.value for cs in a.settings],
         hierarchies={cs.image_class.value: list(cs.hierarchies) for cs in a.settings},
         search_dirs={d.image_class.value: list(d.search_dirs) for d in a.found.discoveries},
-        observations=list(view.observations),
-        scopes={cs.image_class.value: view.observations_of(cs.image_class.value) for cs in a.settings},
+        observations=[view.observations[i] for i in kept],
+        scopes={cs.image_class.value: view.observations_of(cs.image_class.value, kept) for cs in a.settings},
     )
 
 

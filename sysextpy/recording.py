@@ -34,6 +34,7 @@ class RecordingView(LiveView):
         self.scope = ""  # "": every class's
         self._scopes: list[set[str]] = []  # per observation, the scopes that asked for it
         self._index: dict[tuple[Any, ...], int] = {}
+        self._implied: set[int] = set()
         self._bytes: dict[tuple[Any, ...], Optional[bytes]] = {}
 
     def _note(self, key: tuple[Any, ...], value: Any) -> None:
@@ -52,9 +53,15 @@ class RecordingView(LiveView):
     def scoped(self, scope: str) -> _Scope:
         return _Scope(self, scope)
 
-    def observations_of(self, scope: str) -> list[int]:
-        """The indices of the observations a scope (a class) depends on: its own and everyone's."""
-        return [i for i, scopes in enumerate(self._scopes) if scope in scopes or "" in scopes]
+    def kept(self) -> list[int]:
+        """The indices of the observations worth taking again: all but those another one implies
+        (a stat of a directory whose tree is observed: the tree's digest holds its fields)."""
+        return [i for i in range(len(self.observations)) if i not in self._implied]
+
+    def observations_of(self, scope: str, kept: list[int]) -> list[int]:
+        """Positions in `kept` (kept()) of the observations a scope (a class) depends on: its own
+        and everyone's."""
+        return [n for n, i in enumerate(kept) if scope in self._scopes[i] or "" in self._scopes[i]]
 
     def _answer(self, kind: str, path: str) -> Any:
         value = self._take(kind, self.relative(path))
@@ -124,7 +131,12 @@ class RecordingView(LiveView):
         return [(shown, self.absolute(rel)) for shown, rel in found], list(warnings)
 
     def tree_digest(self, path: str) -> str:
-        value: str = self._take("tree", self.relative(path))
+        rel = self.relative(path)
+        value: str = self._take("tree", rel)
+        for kind in ("st", "lst"):
+            i = self._index.get((kind, rel))
+            if i is not None and not is_error(self.observations[i][-1]):
+                self._implied.add(i)  # the tree's digest holds every field of its top's stat
         return value
 
     def file_identity(self, path: str, located: bool) -> dict[str, Any]:

@@ -221,15 +221,17 @@ def _read_regular(path: str, limit: int, *, allow_growth: bool = False) -> bytes
 
 def tree_digest_now(top: str) -> str:
     """sha256 over (relative path, mode, size, mtime, ctime, link target) of `top` and every entry
-    below it. File contents are not read: any change to a file changes its ctime, which nobody can
-    set back, and the directory's own entry covers renames and new files."""
+    below it (of `top` itself every field a Stat records). File contents are not read: any change
+    to a file changes its ctime, which nobody can set back, and the directory's own entry covers
+    renames and new files."""
     h = sha256()
     try:
         st = os.lstat(top)
     except OSError as e:
         h.update(f"\0error:{e.errno}\n".encode())
         return h.hexdigest()
-    lines = [f"\0{st.st_mode:o}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n"]
+    # The top's own stat() fields, all of them: a stat() of the tree is then implied by its digest.
+    lines = [f"\0{st.st_mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_rdev}\n"]
     count = 0
     stack = [(top, "")]
     scandir, readlink, kind_of = os.scandir, os.readlink, stat.S_IFMT
