@@ -44,7 +44,7 @@ from .live import format_dev, probe, read_live_extra, read_metadata
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
     from typing import Any, Optional
 
     from .handoff import ClassEntry, Confirmation, ConfirmedBy, RecordCheck
@@ -136,12 +136,19 @@ def decide(
 
 def exit_status(record: HandoffRecord) -> int:
     """A run's exit status from its record: 3 when an image was rejected, each one named."""
+    return culprits_status(record.culprits())
+
+
+def culprits_status(culprits: Iterable[tuple[str, str, str]]) -> int:
+    """Name each rejected image (class, name, reason) as a warning; 3 when there was one, else 0."""
     from .errors import EXIT_OK, EXIT_PARTIAL
     from .log import log
 
-    for cls, name, reason in record.culprits():
+    named = 0
+    for cls, name, reason in culprits:
         log.warning("%s %s: rejected (%s)", cls, name, reason)
-    return EXIT_PARTIAL if record.rejected else EXIT_OK
+        named += 1
+    return EXIT_PARTIAL if named else EXIT_OK
 
 
 def confirmed_record(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from .errors import EXIT_OK, EXIT_PARTIAL, SysextError
+from .errors import SysextError
 from .log import log
 from .model import ClassSettings, JsonMode, Options, Verb, Verdict
 from .output import emit_json, emit_table, format_usec
@@ -185,6 +185,7 @@ def plan_rows(plan: Any) -> list[dict[str, Any]]:
 
 def verb_plan(opts: Options, env: Mapping[str, str]) -> int:
     """Every image's verdict and what refresh would do, decided as refresh decides; nothing changes."""
+    from .decide import culprits_status
     from .merge import assess, class_runs, confirmation
     from .plan import judge_all
     from .recording import RecordingView
@@ -257,7 +258,11 @@ def verb_plan(opts: Options, env: Mapping[str, str]) -> int:
                 print(f"\n{cp.image_class.value}: would merge {names} into {where}")
     if plan.host.release_error:
         log.error("%s", plan.host.release_error)
-    return EXIT_PARTIAL if any(r["verdict"] == Verdict.REJECTED.value for r in rows) else EXIT_OK
+    return culprits_status(
+        (r["class"], r["name"] or r["entry"], r["reason"])
+        for r in rows
+        if r["verdict"] == Verdict.REJECTED.value
+    )
 
 
 def run_verb(opts: Options, env: Mapping[str, str], declined: Optional[str] = None) -> int:
