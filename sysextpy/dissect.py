@@ -388,12 +388,16 @@ def _image_size(fd: int) -> int:
     return os.lseek(fd, 0, os.SEEK_END)
 
 
-def dissect(candidate: Candidate, ctx: TrustContext) -> ImagePlan:
-    """Decide how to mount one raw image; ImageError when it is broken, untrusted or refused."""
+def dissect(candidate: Candidate, ctx: TrustContext, image_fd: Optional[int] = None) -> ImagePlan:
+    """Decide how to mount one raw image (read from `image_fd` where it is held open, see pins.py);
+    ImageError when it is broken, untrusted or refused."""
     path = candidate.path
     policy, source = ctx.policy_for(candidate)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        if image_fd is not None:
+            fd = os.dup(image_fd)
+        else:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError as e:
         raise ImageError(f"cannot open image {os.fspath(path)!r}: {e.strerror}") from e
     try:
@@ -750,8 +754,12 @@ def image_root_hash(view: LiveView, candidate: Candidate) -> Optional[str]:
     found = sidecar_root_hash(view, os.fspath(candidate.path))
     if found is not None or candidate.type is not ImageType.RAW:
         return found
+    pin = view.file_pin(os.fspath(candidate.path))
     try:
-        fd = os.open(candidate.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        if pin is not None:
+            fd = os.dup(pin.fd)
+        else:
+            fd = os.open(candidate.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError:
         return None
     try:

@@ -21,18 +21,22 @@ if TYPE_CHECKING:
     from .view import LiveView
 
 
-def crtime_usec(path: Path) -> int:
+def crtime_usec(path: Path, fd: Optional[int] = None) -> int:
+    """The birth time of `path` (or of the file open as `fd`), in microseconds, or 0."""
     from . import mountapi as m
 
     best = 0
     try:
-        st = m.statx(m.AT_FDCWD, path, 0, m.STATX_BTIME)
+        if fd is None:
+            st = m.statx(m.AT_FDCWD, path, 0, m.STATX_BTIME)
+        else:
+            st = m.statx(fd, "", m.AT_EMPTY_PATH, m.STATX_BTIME)
         if st.btime is not None:
             best = st.btime[0] * 1_000_000 + st.btime[1] // 1000
     except OSError:
         pass  # best effort: no birth time is recorded as 0, like upstream
     try:
-        text = os.getxattr(path, "user.crtime_usec")
+        text = os.getxattr(path if fd is None else fd, "user.crtime_usec")
         xval = int.from_bytes(text[:8], "little") if len(text) == 8 else int(text.decode().strip() or 0)
         if xval and (best == 0 or xval < best):
             best = xval
@@ -54,19 +58,23 @@ def extension_identity(view: LiveView, candidate: Candidate) -> dict[str, Any]:
         if verity is not None:
             entry["verityHash"] = verity
             return entry
-    entry["onMountId"] = m.unique_mount_id(path)
+    # A pinned image (pins.py) is identified through its pin, on the mount its path was on then.
+    pin = view.file_pin(os.fspath(path))
+    fd = pin.fd if pin is not None else None
+    entry["onMountId"] = pin.where[0] if pin is not None else m.unique_mount_id(path)
     handle = None
     try:
-        handle = m.file_handle(path)
+        handle = m.file_handle(path, fd)
     except OSError as e:
         if e.errno not in (errno.ENOENT, errno.ESTALE):
             raise
+    st = os.stat(path) if fd is None else os.fstat(fd)
     if handle is not None:
         entry["fileHandle"] = {"type": handle[0], "handle": handle[1].hex()}
     else:
-        entry["inode"] = os.stat(path).st_ino
-    entry["crtime"] = crtime_usec(path)
-    entry["mtime"] = os.stat(path).st_mtime_ns // 1000 if candidate.type is ImageType.RAW else 0
+        entry["inode"] = st.st_ino
+    entry["crtime"] = crtime_usec(path, fd)
+    entry["mtime"] = st.st_mtime_ns // 1000 if candidate.type is ImageType.RAW else 0
     return entry
 
 

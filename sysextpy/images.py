@@ -4,7 +4,9 @@
 A `Workspace` is a private mount namespace of this process with a tmpfs scratch area. Images
 are attached and mounted there, overlays are assembled there, and the host sees nothing of it:
 if the process dies, the namespace and every mount in it die too. Only finished overlays leave,
-as detached mount trees, when `leave()` returns to the host namespace.
+as detached mount trees, when `leave()` returns to the host namespace. Mounts made on the host
+meanwhile (an automount that triggers) do reach the workspace (slave propagation); what it merges
+comes from the images pinned at discovery (pins.py), not from paths looked up again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .model import Candidate, ImageClass, ImageType
 if TYPE_CHECKING:
     from .dissect import ImagePlan, MountStep, TrustContext
     from .loopdev import LoopDevice
+    from .pins import Pins
 
 WORKSPACE = Path("/run/sysextpy/workspace")
 # mount(2) errors that describe the image itself: a damaged or unsupported file system. Any other
@@ -37,8 +40,14 @@ class PassingImageError(ImageError):
 class Workspace:
     """A private mount namespace with a tmpfs scratch directory; see the module docstring."""
 
-    def __init__(self, base: Path = WORKSPACE, trust: Optional[TrustContext] = None) -> None:
+    def __init__(
+        self, base: Path = WORKSPACE, trust: Optional[TrustContext] = None, pins: Optional[Pins] = None
+    ) -> None:
         self.base = base
+        # The images as discovery found them; without pins, images are opened by path.
+        self.pins = pins
+        self._tree_clones: dict[str, int] = {}  # path -> a fresh detached copy of a pinned directory
+        self._trees: dict[str, Path] = {}  # path -> where the copy is attached in the workspace
         # How raw images may be mounted (root, image policy, certificates). Without one, each
         # image gets the context of the root it was found in, with that root's configured policy.
         self.trust = trust
@@ -61,6 +70,13 @@ class Workspace:
         self._cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
         self._root = os.open("/", os.O_PATH | os.O_CLOEXEC)
         try:
+            # A pinned directory is copied here, in the host's namespace: its pin cannot be copied
+            # or attached from inside another one.
+            for pin in self.pins.trees() if self.pins is not None else ():
+                path = os.fspath(pin.candidate.path)
+                self._tree_clones[path] = m.open_tree(
+                    pin.fd, "", m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC | m.AT_EMPTY_PATH
+                )
             m.unshare(m.CLONE_NEWNS)
             self._make_private()
             m.mount("sysextpy", self.base, "tmpfs", m.MS_NOSUID | m.MS_NODEV, "mode=0700")
@@ -73,11 +89,12 @@ class Workspace:
 
     @staticmethod
     def _make_private() -> None:
-        """Stop mounts made here from propagating back to the host's namespace."""
+        """Stop mounts made here from propagating back to the host's namespace, while the host's
+        new mounts still propagate here (an automount triggered by a path the merge reads)."""
         from . import mountapi as m
 
         try:
-            m.mount(None, "/", None, m.MS_REC | m.MS_PRIVATE)
+            m.mount(None, "/", None, m.MS_REC | m.MS_SLAVE)
             return
         except OSError as e:
             if e.errno != errno.EINVAL:
@@ -86,9 +103,9 @@ class Workspace:
         # can be seen can, and only those can receive the workspace's mounts.
         for info in m.read_mountinfo():
             try:
-                m.mount(None, info.mount_point, None, m.MS_PRIVATE)
+                m.mount(None, info.mount_point, None, m.MS_SLAVE)
             except OSError as e:
-                log.debug("Cannot make %s private: %s", info.mount_point, e.strerror)
+                log.debug("Cannot make %s a slave mount: %s", info.mount_point, e.strerror)
 
     def leave(self) -> None:
         """Return to the host's mount namespace. Workspace paths are gone afterwards; detached
@@ -111,10 +128,33 @@ class Workspace:
         self._close_fds()
 
     def _close_fds(self) -> None:
-        for fd in (self._host_ns, self._cwd, self._root):
+        for fd in (self._host_ns, self._cwd, self._root, *self._tree_clones.values()):
             if fd is not None:
                 os.close(fd)
         self._host_ns = self._cwd = self._root = None
+        self._tree_clones.clear()
+        self._trees.clear()
+
+    def pinned_tree(self, candidate: Candidate) -> Optional[Path]:
+        """Where the directory pinned for `candidate` is attached in the workspace, or None when
+        it is not pinned (the caller uses its path)."""
+        from . import mountapi as m
+
+        path = os.fspath(candidate.path)
+        if path in self._trees:
+            return self._trees[path]
+        fd = self._tree_clones.pop(path, None)
+        if fd is None or not self.inside:
+            return None
+        try:
+            where = self.scratch_dir("pinned", name=f"{candidate.image_class.value}-{candidate.name}")
+            m.move_mount(fd, "", m.AT_FDCWD, where, m.MOVE_MOUNT_F_EMPTY_PATH)
+        except OSError as e:
+            raise PassingImageError(f"cannot attach the directory {path!r} in the workspace: {e}") from e
+        finally:
+            os.close(fd)
+        self._trees[path] = where
+        return where
 
     def __enter__(self) -> Workspace:
         self.enter()
@@ -145,7 +185,7 @@ class Workspace:
             raise SysextError("internal: mount_image() outside the workspace")
         from .dissect import dissect
 
-        plan = dissect(candidate, self._trust_for(candidate))
+        plan = dissect(candidate, self._trust_for(candidate), self._file_fd(candidate.path))
         log.info("%s %s: %s", candidate.image_class.value, candidate.name, plan.summary())
         for note in plan.notes:
             (log.warning if "WITHOUT verity" in note else log.info)(
@@ -175,6 +215,9 @@ class Workspace:
         self._mounted[key] = target
         return target
 
+    def _file_fd(self, path: Path) -> Optional[int]:
+        return self.pins.file_fd(path) if self.pins is not None else None
+
     def _trust_for(self, candidate: Candidate) -> TrustContext:
         if self.trust is not None:
             return self.trust
@@ -196,7 +239,9 @@ class Workspace:
 
         def attach(source: Path, offset: int, size: int) -> LoopDevice:
             try:
-                loop = LoopDevice.attach(source, read_only=True, offset=offset, sizelimit=size)
+                loop = LoopDevice.attach(
+                    source, read_only=True, offset=offset, sizelimit=size, file_fd=self._file_fd(source)
+                )
             except OSError as e:
                 raise PassingImageError(
                     f"cannot attach {os.fspath(source)!r} to a loop device: {e.strerror}"
@@ -274,7 +319,8 @@ class Workspace:
 def image_tree(candidate: Candidate, workspace: Optional[Workspace]) -> Path:
     """The directory holding an image's file tree (the directory itself, or its mount)."""
     if candidate.type in (ImageType.DIRECTORY, ImageType.SUBVOLUME):
-        return candidate.path
+        pinned = workspace.pinned_tree(candidate) if workspace is not None else None
+        return pinned if pinned is not None else candidate.path
     if workspace is None or not workspace.inside:
         raise ImageError(f"raw image {candidate.name!r} not inspected: that needs root (a loop device)")
     return workspace.mount_image(candidate)

@@ -110,9 +110,13 @@ class LoopDevice:
         partscan: bool = False,
         offset: int = 0,
         sizelimit: int = 0,
+        file_fd: Optional[int] = None,
     ) -> LoopDevice:
-        """Attach the file `path` to a free loop device. Raises OSError."""
-        file_fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+        """Attach the file `path` (or the file open as `file_fd`, which `path` names) to a free
+        loop device. Raises OSError."""
+        own = file_fd is None
+        if file_fd is None:
+            file_fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
         try:
             flags = LO_FLAGS_AUTOCLEAR
             if read_only:
@@ -132,7 +136,8 @@ class LoopDevice:
                 os.close(control)
         finally:
             # The loop device holds its own reference to the file.
-            os.close(file_fd)
+            if own:
+                os.close(file_fd)
 
     @classmethod
     def _attach_free(cls, control: int, config: _LoopConfig, read_only: bool, backing: Path) -> LoopDevice:

@@ -29,11 +29,14 @@ from .util import is_truthy
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
     from typing import Any, Optional
 
+    from .discover import Discovery
     from .dissect import TrustContext
     from .handoff import RecordCheck
+    from .pins import Pins
     from .plan import ClassPlan, Survey
     from .recording import RecordingView
     from .view import LiveView
@@ -65,14 +68,17 @@ def class_settings(
     return tuple(result)
 
 
-def assess(opts: Options, view: LiveView) -> Assessment:
-    """Read every input of every class through `view`, mounting nothing."""
+def assess(opts: Options, view: LiveView, pins: Optional[Pins] = None) -> Assessment:
+    """Read every input of every class through `view`, mounting nothing. With `pins`, every image
+    is pinned as soon as it is found, before its inputs are read (pins.py)."""
     from .fingerprint import class_inputs, host_inputs
     from .plan import is_tree, judge_tree, survey
 
     messages: list[tuple[int, str]] = []
     settings = class_settings(opts, view, messages)
     found = survey(opts, settings, view)
+    if pins is not None:
+        pins.take(found.candidates)
     messages.extend((WARNING, w) for d in found.discoveries for w in d.warnings)
     trust = None
     if any(c.type.is_file_backed for c in found.candidates):
@@ -198,7 +204,9 @@ def _fill_verdicts(entry: ClassEntry, cp: ClassPlan) -> None:
     entry.ignored = [(v.name, v.reason) for v in cp.verdicts if v.verdict is Verdict.IGNORED]
 
 
-def _adopt(opts: Options, a: Assessment, view: RecordingView, runs: list[ClassRun]) -> dict[str, ClassEntry]:
+def _adopt(
+    opts: Options, a: Assessment, view: RecordingView, runs: list[ClassRun], pins: Pins
+) -> dict[str, ClassEntry]:
     """The entries of the classes whose live merges systemd-sysext or systemd-confext made and that
     this run keeps (adopt.py): those it would build as they are."""
     from .adopt import adoption, upstream_merges
@@ -216,18 +224,9 @@ def _adopt(opts: Options, a: Assessment, view: RecordingView, runs: list[ClassRu
             todo.append((run, disc, live))
     if not todo:
         return {}
-    from .identity import extension_identity
-    from .view import LiveView
-
-    # upstream's identities are taken in the host's namespace: mount ids differ in the workspace
-    plain = LiveView(os.fspath(opts.root), {})
-    identities = {
-        (c.image_class.value, c.name): extension_identity(plain, c)
-        for _, disc, _ in todo
-        for c in disc.candidates
-    }
+    identities = _identities(opts, [disc for _, disc, _ in todo], pins)
     adopted: dict[str, ClassEntry] = {}
-    with Workspace(trust=a.trust) as ws:
+    with Workspace(trust=a.trust, pins=pins) as ws:
         sub = Survey(
             root=a.found.root,
             host=a.found.host,
@@ -257,6 +256,32 @@ def _adopt(opts: Options, a: Assessment, view: RecordingView, runs: list[ClassRu
     return adopted
 
 
+def _identities(opts: Options, discoveries: Sequence[Discovery], pins: Pins) -> dict[tuple[str, str], Any]:
+    """Upstream's identity of each image (origin), taken in the host's namespace, where mount ids
+    are those of the paths discovered. It is read from the paths: an image that is not where it
+    was pinned any more ends the run, which the next one repeats."""
+    from .identity import extension_identity
+    from .view import LiveView
+
+    plain = LiveView(os.fspath(opts.root), {}, pins=pins)
+    try:
+        found = {
+            (c.image_class.value, c.name): extension_identity(plain, c)
+            for d in discoveries
+            for c in d.candidates
+        }
+    except OSError as e:
+        found, moved = {}, [e.filename or str(e)]
+    else:
+        moved = pins.moved()
+    if moved:
+        raise SysextError(
+            f"{', '.join(repr(p) for p in moved)} changed while the merge was prepared; nothing changed.",
+            hint="refresh again",
+        )
+    return found
+
+
 def _log_choice(chosen: list[str], ignored: int) -> None:
     if chosen:
         log.info("Using extensions %s.", ", ".join(f"'{n}'" for n in chosen))
@@ -270,16 +295,61 @@ def _timed_ms(since: float) -> float:
     return round((time.monotonic() - since) * 1000, 3)
 
 
-def do_merge(opts: Options, env: Mapping[str, str], declined: Optional[str] = None) -> int:
+# How often a run reads its inputs again when an image moved while they were being read.
+READ_ATTEMPTS = 3
+
+
+def _assess_pinned(opts: Options, env: Mapping[str, str]) -> tuple[RecordingView, Assessment, Pins]:
+    """The inputs, read while every image is pinned, and the pins: what is merged later is what
+    the inputs describe. An image whose path led elsewhere by the end of the reading (a file
+    system remounted, an automount expired and triggered again) makes the run read again."""
+    from .pins import Pins
     from .recording import RecordingView
-    from .state import new_record, now_usec, read_record, write_record
-    from .status import live_merge
+
+    moved: list[str] = []
+    for _ in range(READ_ATTEMPTS):
+        pins = Pins()
+        try:
+            view = RecordingView(os.fspath(opts.root), env, pins)
+            a = assess(opts, view, pins)
+            moved = pins.moved()
+        except BaseException:
+            pins.close()
+            raise
+        if not moved:
+            return view, a, pins
+        pins.close()
+        log.info("%s changed while being read; reading the inputs again.", ", ".join(repr(p) for p in moved))
+    raise SysextError(
+        f"{', '.join(repr(p) for p in moved)} kept changing while the inputs were read.",
+        hint="merge again once the file systems holding the extensions are settled",
+    )
+
+
+def do_merge(opts: Options, env: Mapping[str, str], declined: Optional[str] = None) -> int:
+    from .state import now_usec
 
     t0 = time.monotonic()
     started = now_usec()
+    view, a, pins = _assess_pinned(opts, env)
+    with pins:
+        return _merge_assessed(opts, env, declined, view, a, pins, t0, started)
+
+
+def _merge_assessed(
+    opts: Options,
+    env: Mapping[str, str],
+    declined: Optional[str],
+    view: RecordingView,
+    a: Assessment,
+    pins: Pins,
+    t0: float,
+    started: int,
+) -> int:
+    from .state import new_record, now_usec, read_record, write_record
+    from .status import live_merge
+
     root = opts.root
-    view = RecordingView(os.fspath(root), env)
-    a = assess(opts, view)
     for priority, text in a.messages:
         log.log(priority, "%s", text)
     confirm = confirmation(opts, a, view)
@@ -298,7 +368,7 @@ def do_merge(opts: Options, env: Mapping[str, str], declined: Optional[str] = No
     runs = class_runs(opts, a, check, confirm, env)
     adopted: dict[str, ClassEntry] = {}
     if opts.verb is Verb.REFRESH and forced(opts.verb.value, opts.always_refresh, env) is None:
-        adopted = _adopt(opts, a, view, runs)
+        adopted = _adopt(opts, a, view, runs, pins)
     for run in runs:
         if run.skip:
             log.debug("%s: no change (%s)", run.image_class.value, run.reason)
@@ -337,6 +407,8 @@ def do_merge(opts: Options, env: Mapping[str, str], declined: Optional[str] = No
         log.info("%s", SKIP_MESSAGE)
         return exit_status(done)
 
+    todo = [d for r, d in zip(runs, a.found.discoveries) if not (r.skip or r.image_class.value in adopted)]
+    identities = _identities(opts, todo, pins)
     record = new_record(opts.verb.value, root, "merging", started)
     record.messages = a.messages
     record.declined = declined if opts.verb is Verb.REFRESH else None
@@ -351,7 +423,7 @@ def do_merge(opts: Options, env: Mapping[str, str], declined: Optional[str] = No
         else:
             record.classes[cls] = ClassEntry(unreachable=run.unreachable)
     write_record(opts.state, record)  # "merging": a crash from here on never leads to a skip
-    return _build_and_swap(opts, env, a, view, runs, record, confirm, t0, t_decided)
+    return _build_and_swap(opts, env, a, view, pins, identities, runs, record, confirm, t0, t_decided)
 
 
 def _build_and_swap(
@@ -359,6 +431,8 @@ def _build_and_swap(
     env: Mapping[str, str],
     a: Assessment,
     view: LiveView,
+    pins: Pins,
+    identities: dict[tuple[str, str], Any],
     runs: list[ClassRun],
     record: HandoffRecord,
     confirm: Confirmation,
@@ -370,7 +444,7 @@ def _build_and_swap(
 
     from . import apply
     from .fingerprint import EXTRA_FILE
-    from .identity import extension_identity, origin_record
+    from .identity import origin_record
     from .images import Workspace
     from .plan import Survey, judge_all
     from .reload import decide_reload, reload_manager
@@ -380,16 +454,10 @@ def _build_and_swap(
     root = opts.root
     todo = [r for r in runs if not r.skip]
     discoveries = [d for r, d in zip(runs, a.found.discoveries) if not r.skip]
-    # upstream's origin identity is taken in the host's namespace: mount ids differ in the workspace
-    plain = LiveView(os.fspath(root), env)
-    identities = {
-        (c.image_class.value, c.name): extension_identity(plain, c)
-        for d in discoveries
-        for c in d.candidates
-    }
+    plain = LiveView(os.fspath(root), env, pins=pins)
     assembled: list[tuple[ClassRun, apply.Assembled]] = []
     requesting: set[str] = set()
-    ws = Workspace(trust=a.trust)
+    ws = Workspace(trust=a.trust, pins=pins)
     ws.enter()
     try:
         sub = Survey(

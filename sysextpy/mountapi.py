@@ -426,15 +426,17 @@ def name_to_handle_at(dirfd: int, path: StrPath, flags: int) -> tuple[int, bytes
 _NO_HANDLE_ERRNOS = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EPERM, errno.EACCES, errno.EOVERFLOW)
 
 
-def file_handle(path: StrPath) -> Optional[tuple[int, bytes]]:
-    """(handle_type, handle) of `path` (symlinks followed), or None if its file system has none.
+def file_handle(path: StrPath, fd: Optional[int] = None) -> Optional[tuple[int, bytes]]:
+    """(handle_type, handle) of `path` (symlinks followed), or of the file open as `fd`, or None if
+    its file system has none.
 
     AT_HANDLE_FID (kernel >= 6.5) is tried first: it also works on file systems that cannot
     reopen by handle. Other errors (ENOENT...) are raised.
     """
-    for flags in (AT_SYMLINK_FOLLOW | AT_HANDLE_FID, AT_SYMLINK_FOLLOW):
+    dirfd, where, empty = (AT_FDCWD, path, 0) if fd is None else (fd, "", AT_EMPTY_PATH)
+    for flags in (AT_SYMLINK_FOLLOW | AT_HANDLE_FID | empty, AT_SYMLINK_FOLLOW | empty):
         try:
-            handle_type, handle, _ = name_to_handle_at(AT_FDCWD, path, flags)
+            handle_type, handle, _ = name_to_handle_at(dirfd, where, flags)
         except OSError as exc:
             if exc.errno == errno.EINVAL and flags & AT_HANDLE_FID:
                 continue  # kernel older than AT_HANDLE_FID

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any, Optional
 
+    from .pins import Pins
+
 
 class RecordingView(LiveView):
     """A live view that writes down every observation and answers with what it wrote down.
@@ -27,9 +29,9 @@ class RecordingView(LiveView):
     host's) are every class's. So each class can be confirmed by its own observations, and a
     refresh of one class leaves the other's as they were."""
 
-    def __init__(self, root: str, env: Mapping[str, str]) -> None:
-        super().__init__(root, env)
-        self._live = LiveView(self.root, env)
+    def __init__(self, root: str, env: Mapping[str, str], pins: Optional[Pins] = None) -> None:
+        super().__init__(root, env, pins=pins)
+        self._live = LiveView(self.root, env, pins=pins)
         self.observations: list[list[Any]] = []
         self.scope = ""  # "": every class's
         self._scopes: list[set[str]] = []  # per observation, the scopes that asked for it

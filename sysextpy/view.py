@@ -60,6 +60,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from hashlib import sha256 as sha256
     from typing import Any, Callable, Optional
+
+    from .pins import Pin, Pins
 else:
     try:  # the built-in module: importing hashlib loads OpenSSL, which costs more than it hashes here
         from _sha256 import sha256
@@ -278,14 +280,18 @@ def tree_digest_now(top: str) -> str:
 _NAME = os.DirEntry.name.__get__  # C-level: entries sorted by name
 
 
-def file_identity_now(path: str, located: bool) -> dict[str, Any]:
+def file_identity_now(path: str, located: bool, pin: Optional[Pin] = None) -> dict[str, Any]:
     """What identifies a disk image (or a hash tree) without reading it whole: its stat fields, a
     digest of its first and last ENDS bytes, and where `located`, the unique id of the mount it is
-    on and its file handle (or inode), as upstream identifies images.
+    on and its file handle (or inode), as upstream identifies images. A pinned image (pins.py) is
+    read through its pin, with the mount its path was on when it was pinned.
 
     Not `located` is for files below a hierarchy that may be merged over: seen through an overlay
     the same file has another mount and no handle, so only what the overlay passes on counts."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    if pin is not None:
+        fd = os.dup(pin.fd)
+    else:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     try:
         st = os.fstat(fd)
         ident: dict[str, Any] = {
@@ -300,20 +306,20 @@ def file_identity_now(path: str, located: bool) -> dict[str, Any]:
             head = os.pread(fd, ENDS, 0)
             tail = os.pread(fd, ENDS, max(0, st.st_size - ENDS)) if st.st_size > ENDS else b""
             ident["ends"] = sha256(head + b"\0" + tail).hexdigest()
+        if located:
+            from . import mountapi
+
+            ident["mount"] = pin.where[0] if pin is not None else mountapi.unique_mount_id(path)
+            try:
+                handle = mountapi.file_handle(path, fd)
+            except OSError:
+                handle = None
+            if handle is not None:
+                ident["handle"] = [handle[0], handle[1].hex()]
+            else:
+                ident["inode"] = st.st_ino
     finally:
         os.close(fd)
-    if located:
-        from . import mountapi
-
-        ident["mount"] = mountapi.unique_mount_id(path)
-        try:
-            handle = mountapi.file_handle(path)
-        except OSError:
-            handle = None
-        if handle is not None:
-            ident["handle"] = [handle[0], handle[1].hex()]
-        else:
-            ident["inode"] = os.stat(path).st_ino
     return ident
 
 
@@ -419,9 +425,13 @@ class LiveView:
     Paths given to the reading methods are host paths (root-prefixed, as resolve() returns them);
     paths given to resolve() are inside the root (or inside `base`)."""
 
-    def __init__(self, root: str, env: Mapping[str, str], *, snapshot: bool = False) -> None:
+    def __init__(
+        self, root: str, env: Mapping[str, str], *, snapshot: bool = False, pins: Optional[Pins] = None
+    ) -> None:
         self.root = normalize_root(root)
         self._env = env
+        # The disk images pinned at discovery (pins.py): read through their pins, not their paths.
+        self.pins = pins
         # A snapshot view (replay) looks at each directory a resolution passes once: the search
         # directories lie on the way to every image in them.
         self._lstat: Optional[Callable[[str], os.stat_result]] = _cached_lstat({}) if snapshot else None
@@ -491,7 +501,11 @@ class LiveView:
         return tree_digest_now(path)
 
     def file_identity(self, path: str, located: bool) -> dict[str, Any]:
-        return file_identity_now(path, located)
+        return file_identity_now(path, located, self.file_pin(path))
+
+    def file_pin(self, path: str) -> Optional[Pin]:
+        """The pin of the disk image at `path` (pins.py), or None: then it is read by its path."""
+        return self.pins.file_pin(path) if self.pins is not None else None
 
     def image_view(self, tree: str) -> LiveView:
         """A view of a directory extension's tree as its own root. Reads inside it are covered by

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -149,6 +151,44 @@ def run_injected(
         timeout=timeout,
         check=False,
     )
+
+
+def run_paused(
+    argv: Sequence[str],
+    syscall: str,
+    nth: int,
+    env: Mapping[str, str],
+    meanwhile: Callable[[], None],
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run `argv`, stopped (SIGSTOP) right after the `nth` call of `syscall`; `meanwhile()` runs
+    while it is stopped, then it goes on. A run that never makes that call is not stopped."""
+    with tempfile.NamedTemporaryFile("r", prefix="strace-", suffix=".log") as trace:
+        proc = subprocess.Popen(
+            ["strace", "-f", "-qq", "-o", trace.name, "-e", f"trace={syscall}"]
+            + ["-e", f"inject={syscall}:signal=SIGSTOP:when={nth}", *argv],
+            cwd=REPO,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + timeout
+        stopped: Optional[int] = None
+        while stopped is None and proc.poll() is None and time.monotonic() < deadline:
+            for line in open(trace.name, encoding="utf-8", errors="replace"):
+                if "stopped by SIGSTOP" in line:
+                    stopped = int(line.split()[0])
+            time.sleep(0.01)
+        try:
+            if stopped is not None:
+                meanwhile()
+        finally:
+            if stopped is not None:
+                os.kill(stopped, signal.SIGCONT)
+            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def clean_failure(proc: subprocess.CompletedProcess[str]) -> Optional[str]:

@@ -135,6 +135,11 @@ def lower_dirs(info: mountapi.MountInfo) -> list[str]:
     return result
 
 
+def pinned_layer(cls: str, name: str, hierarchy: str) -> str:
+    """The overlay layer of a directory extension: its pinned copy in the workspace (pins.py)."""
+    return f"/run/sysextpy/workspace/pinned/{cls}-{name}/{hierarchy}"
+
+
 def vfs_options(info: mountapi.MountInfo) -> set[str]:
     return set(info.options.split(","))
 

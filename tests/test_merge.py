@@ -33,6 +33,7 @@ from tests.merge_support import (
     lower_dirs,
     make_raw,
     mounts_at,
+    pinned_layer,
     read_meta,
     sysext_tree,
     top_mount,
@@ -110,9 +111,9 @@ def test_layer_order_highest_name_on_top(
     for name in names:
         assert (fake_root / f"usr/share/{name}/own").read_text() == name
     layers = lower_dirs(top_mount(fake_root / "usr"))
-    assert layers[1:] == [str(fake_root / "var/lib/extensions" / n / "usr") for n in top_first] + [
-        str(fake_root / "usr")
-    ], "metadata on top, then the extensions highest name first, the host hierarchy at the bottom"
+    assert layers[1:] == [pinned_layer("sysext", n, "usr") for n in top_first] + [str(fake_root / "usr")], (
+        "metadata on top, then the extensions highest name first, the host hierarchy at the bottom"
+    )
     assert read_meta(fake_root / "usr", "extensions") == "".join(f"{n}\n" for n in reversed(top_first))
     run.ok("unmerge")
 
@@ -126,7 +127,7 @@ def test_missing_hierarchy_is_created(run: Runner, fake_root: Path) -> None:
     assert (fake_root / "opt/tools/README").read_text() == "opt\n"
     layers = lower_dirs(top_mount(fake_root / "opt"))
     assert str(fake_root / "opt") not in layers
-    assert layers[1:] == [str(fake_root / "var/lib/extensions/tools/opt")]
+    assert layers[1:] == [pinned_layer("sysext", "tools", "opt")]
     assert read_meta(fake_root / "opt", "backing") is None, "no host layer, no backing device"
 
     run.ok("unmerge")
@@ -396,8 +397,7 @@ def test_shadowing_between_search_dirs(
     assert (fake_root / rel).read_text() == f"{winner}\n"
     hierarchy = fake_root / rel.split("/")[0]
     layers = lower_dirs(top_mount(hierarchy))
-    assert str(fake_root / winner / "dup" / rel.split("/")[0]) in layers
-    assert not any(layer.startswith(str(fake_root / loser)) for layer in layers)
+    assert pinned_layer(cls, "dup", rel.split("/")[0]) in layers
     origin = json.loads(read_meta(hierarchy, "origin", cls) or "")
     assert origin["extensions"]["dup"]["path"] == f"/{winner}/dup"
     run.ok("unmerge", f"--class={cls}")
