@@ -271,7 +271,8 @@ class ClassEntry:
             out = []
             for item in _need(data.get(key, []), list, f"{what}.{key}"):
                 _need(item, dict, f"an entry of {what}.{key}")
-                key_value = _need(item.get(by), str, f"a {by} in {what}.{key}")
+                label = "a name" if by == "name" else "an entry path"
+                key_value = _need(item.get(by), str, f"{label} in {what}.{key}")
                 out.append((key_value, str(item.get("reason", ""))))
             return out
 
