@@ -379,34 +379,40 @@ def class_dropin(unit: str, switches: Switches) -> list[Output]:
 
 def automount_dropin(automounts: Automounts) -> list[Output]:
     """The drop-in that orders the service after the automounts its extensions lie on and makes it
-    wait for their mounts without requiring them: with RequiresMountsFor=, a file system that
-    expires when idle would stop the service (and a unit stopped is a merge that says it is gone).
-    A source directory that cannot be a path-list word still gets the ordering: its first access
-    triggers the mount."""
+    wait for their mounts without requiring them. With RequiresMountsFor=, a file system that
+    expires when idle stops the service, even while it runs (a boot of Debian 12 showed it killed
+    by SIGTERM a second after it started, /srv/ext having expired in between). Before systemd 256,
+    which has no WantsMountsFor=, the automount points' mount units are wanted and waited for
+    instead: only a file system mounted below one of them is not waited for then. A source
+    directory that cannot be a path-list word still gets the ordering: its first access triggers
+    the mount."""
     if not automounts.sources:
         return []
     points = sorted({point for _, point in automounts.sources})
-    words = sorted({w for w in (unit_path_word(source) for source, _ in automounts.sources) if w})
     lines = [
         "# Extensions are kept on file systems that systemd mounts on first access and unmounts when",
         "# idle (x-systemd.automount in /etc/fstab, or the ESP and XBOOTLDR of systemd-gpt-auto-generator).",
         "[Unit]",
         *(f"After={unit_name_from_path(point, 'automount')}" for point in points),
     ]
-    if words and automounts.wants:
+    if automounts.wants:
+        words = sorted({w for w in (unit_path_word(source) for source, _ in automounts.sources) if w})
         lines[2:2] = [
             f"# systemd {automounts.version} has WantsMountsFor=: the service waits for these mounts",
             "# without requiring them, so their expiry never stops it.",
         ]
         lines += [f"WantsMountsFor={word}" for word in words]
-    elif words:
-        lacks = "may lack" if automounts.version is None else f"{automounts.version} lacks"
+    else:
+        have = "the running systemd may lack it"
+        if automounts.version is not None:
+            have = f"systemd {automounts.version} lacks it"
         lines[2:2] = [
-            f"# WantsMountsFor= is new in systemd {WANTS_MOUNTS_FOR_SINCE}, "
-            f"and the running systemd {lacks} it:",
-            "# RequiresMountsFor= instead, so an expiry of these file systems stops this unit.",
+            f"# WantsMountsFor= is new in systemd {WANTS_MOUNTS_FOR_SINCE} and {have}. RequiresMountsFor=",
+            "# would stop this unit whenever one of these file systems expires, even while it runs: the",
+            "# mount units of the automount points are wanted and waited for instead, not required.",
         ]
-        lines += [f"RequiresMountsFor={word}" for word in words]
+        mounts = [unit_name_from_path(point, "mount") for point in points]
+        lines += [f"Wants={unit}" for unit in mounts] + [f"After={unit}" for unit in mounts]
     return [Output(f"{HOST_UNIT}.d/50-automount.conf", HEADER + "\n" + "\n".join(lines) + "\n")]
 
 
@@ -732,7 +738,7 @@ def decide(root: str, env: Mapping[str, str], log: Log) -> list[Output]:
         if waited:
             log(LOG_DEBUG, f"{HOST_UNIT} waits for the mounts of {', '.join(waited)}")
     if automounts is not None and automounts.sources:
-        how = "WantsMountsFor=" if automounts.wants else "RequiresMountsFor="
+        how = "WantsMountsFor=" if automounts.wants else "Wants= and After= their mount units"
         version = automounts.version if automounts.version is not None else "unknown"
         places = ", ".join(f"{source} (on {point})" for source, point in automounts.sources)
         log(LOG_DEBUG, f"extensions on automount points: {places}; systemd {version}: {how}")

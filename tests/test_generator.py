@@ -122,7 +122,7 @@ def test_golden_cases_cover_the_contract() -> None:
         "unreachable-not-utf8",
         "unreachable-lone-surrogate",
         "automount-wants",
-        "automount-requires",
+        "automount-before-256",
         "automount-esp",
     ]
     for word in wanted:
@@ -902,25 +902,27 @@ def automount_settings(root: Path, tmp_path: Path) -> list[tuple[str, str, str]]
 
 
 @pytest.mark.parametrize(
-    ("maps", "library", "key"),
+    ("maps", "library", "wants"),
     [
         # The running manager's library decides, over the one on disk (an upgrade not re-executed).
         (
             "/usr/lib/systemd/libsystemd-shared-255.so\n",
             "usr/lib/systemd/libsystemd-shared-256.so",
-            "Requires",
+            False,
         ),
-        ("/usr/lib/systemd/libsystemd-shared-256.so\n", "usr/lib/systemd/libsystemd-shared-255.so", "Wants"),
-        (None, "usr/lib64/systemd/libsystemd-shared-256.1-1.fc40.so", "Wants"),
-        (None, "usr/lib/systemd/libsystemd-shared-255.so", "Requires"),
-        # Unknown: the setting every version reads.
-        (None, None, "Requires"),
-        ("no library here\n", None, "Requires"),
+        ("/usr/lib/systemd/libsystemd-shared-256.so\n", "usr/lib/systemd/libsystemd-shared-255.so", True),
+        (None, "usr/lib64/systemd/libsystemd-shared-256.1-1.fc40.so", True),
+        (None, "usr/lib/systemd/libsystemd-shared-255.so", False),
+        # Unknown: what every version reads.
+        (None, None, False),
+        ("no library here\n", None, False),
     ],
 )
 def test_systemd_version_picks_the_mount_setting(
-    maps: Optional[str], library: Optional[str], key: str, tmp_path: Path
+    maps: Optional[str], library: Optional[str], wants: bool, tmp_path: Path
 ) -> None:
+    """WantsMountsFor= from systemd 256 on; before (and when the version is unknown) the automount
+    point's mount unit is wanted and waited for: never RequiresMountsFor=, whose stop propagates."""
     root = automount_root(tmp_path / "root", SRV_EXT, {"/etc/extensions/a.raw": "/srv/ext/a.raw"})
     if maps is not None:
         (root / "proc/1").mkdir(parents=True)
@@ -929,7 +931,11 @@ def test_systemd_version_picks_the_mount_setting(
         (root / library).parent.mkdir(parents=True)
         (root / library).write_text("")
     settings = automount_settings(root, tmp_path)
-    assert settings == [("Unit", "After", "srv-ext.automount"), ("Unit", f"{key}MountsFor", "/srv/ext")]
+    after = ("Unit", "After", "srv-ext.automount")
+    if wants:
+        assert settings == [after, ("Unit", "WantsMountsFor", "/srv/ext")]
+    else:
+        assert settings == [after, ("Unit", "Wants", "srv-ext.mount"), ("Unit", "After", "srv-ext.mount")]
 
 
 @pytest.mark.parametrize(

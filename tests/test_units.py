@@ -122,7 +122,7 @@ INSTALLED_UNITS = [
         "20-host-confext-off",  # sysextpy.service.d/50-class.conf
         "23-host-failed-unreachable",  # 50-handoff.conf with both sections
         "24-host-odd-paths",  # quoted and %-escaped RequiresMountsFor=
-        "32-host-automount-requires",  # After= automount units, RequiresMountsFor= (systemd < 256)
+        "32-host-automount-before-256",  # After= automount units, Wants= their mount units (systemd < 256)
         "33-host-automount-esp",  # After=efi.automount, WantsMountsFor= (see the test below)
     ],
 )
