@@ -13,7 +13,9 @@ Inputs (all files are read below $SYSEXTPY_ROOT, default "/", so tests can use f
   $SYSTEMD_IN_INITRD      "1"/"0" from systemd; without it, whether etc/initrd-release exists
   $SYSTEMD_PROC_CMDLINE   the kernel command line; without it, proc/cmdline
   proc/sys/kernel/random/boot_id, and (real root only) the handoff record run/sysextpy/state.json
-  ($SYSEXTPY_STATE overrides the record's path)
+  ($SYSEXTPY_STATE overrides the record's path) and etc/fstab; when fstab names an automount point
+  (or the boot loader's LoaderDevicePartUUID EFI variable makes /efi and /boot ones), the links of
+  the search directories and the running systemd's version (proc/1/maps, usr/lib{,64}/systemd)
 
 Kernel command line (the last applicable occurrence wins; the `rd.` forms count only in the initrd):
   sysextpy=0, rd.sysextpy=0            pull nothing in
@@ -29,6 +31,9 @@ Outputs, in the normal dir:
               initrd could not reach, and SYSEXTPY_FORCE_REFRESH=1 when the record cannot vouch for
               the live merge (missing, corrupt, another boot, "merging", "failed", a failed hierarchy)
               or names an unreachable directory that a unit file cannot hold
+              sysextpy.service.d/50-automount.conf: After= the .automount units of the automount
+              points that source directories lie on, and WantsMountsFor= those directories
+              (systemd >= 256) or Wants= and After= the automount points' .mount units
 
 Every output is rendered to bytes before the first file is created, and each file is created
 exclusively and written whole or removed again: systemd would read an empty or partial drop-in as a
