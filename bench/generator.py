@@ -5,7 +5,8 @@
 
 1. The generator's wall time, median (and 90th percentile) of N runs (default 200), run as systemd
    runs it (the script through its `#!/usr/bin/python3 -IS` line) on fake roots: in the initrd, and
-   in the real root with a good handoff record and with a failed one. Beside it the bare
+   in the real root with a good handoff record, with a failed one, and with extensions linked
+   onto an fstab automount point. Beside it the bare
    interpreter (`python3 -IS -c pass`), which is the floor.
 2. The initramfs size delta: two `dracut --no-hostonly --no-kernel` builds, with and without
    `--add sysextpy`, on a `make install` laid over /usr in a private mount namespace (as
@@ -73,6 +74,23 @@ def fake_root(path: Path, initrd: bool, phase: str = "") -> Path:
     return path
 
 
+def automount_root(path: Path) -> Path:
+    """A real root whose extensions lie on an fstab automount point: fstab, the search
+    directories' links and the systemd version are read too."""
+    fake_root(path, initrd=False, phase="merged")
+    (path / "etc").mkdir()
+    (path / "etc/fstab").write_text(
+        "UUID=6f3c0a52-1d2e-4b7a-9f0e-2c4d5e6f7a8b / ext4 defaults 0 1\n"
+        "LABEL=ext /srv/ext ext4 ro,x-systemd.automount,x-systemd.idle-timeout=2 0 2\n"
+    )
+    (path / "var/lib/extensions").mkdir(parents=True)
+    for i in range(10):
+        (path / f"var/lib/extensions/ext{i}.raw").symlink_to(f"/srv/ext/ext{i}.raw")
+    (path / "usr/lib/systemd").mkdir(parents=True)
+    (path / "usr/lib/systemd/libsystemd-shared-256.so").write_text("")
+    return path
+
+
 def run_once(argv: list[str], env: dict[str, str], target: Path) -> float:
     start = time.perf_counter()
     subprocess.run(
@@ -94,6 +112,7 @@ def bench_generator(runs: int) -> None:
             ("real root, record 'merged'", fake_root(work / "merged", initrd=False, phase="merged")),
             ("real root, record 'failed'", fake_root(work / "failed", initrd=False, phase="failed")),
             ("real root, no record", fake_root(work / "none", initrd=False)),
+            ("real root, on an automount", automount_root(work / "automount")),
         ):
             cases.append((label, [os.fspath(GENERATOR)], {"SYSEXTPY_ROOT": os.fspath(root)}))
         # Interleaved rounds: a change in machine load hits every case alike, and the difference to

@@ -13,8 +13,8 @@ import os
 import stat
 from pathlib import Path
 
-from .chase import MISSING, join_root
-from .errors import ResolveError
+from .chase import MISSING, join_root, root_relative
+from .errors import ResolveError, SysextError
 from .model import Candidate, ImageClass, ImageType, Skipped, Verdict
 from .records import record
 
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from .view import LiveView
 
 NAME_MAX = 255
+# The ESP and XBOOTLDR: the real root mounts them (systemd-gpt-auto-generator, or fstab), the
+# initrd does not; images are often kept there, linked from a search directory.
+BOOT_MOUNT_POINTS = ("/efi", "/boot")
 
 
 def invalid_name_reason(name: str) -> Optional[str]:
@@ -64,8 +67,57 @@ def _usec(seconds_ns: int) -> int:
     return seconds_ns // 1000
 
 
+class Deferral:
+    """Which links that lead nowhere lead onto a file system the initrd does not mount, so that the
+    real root is to merge what they name.
+
+    Everything is asked of the view, and only for a link that leads nowhere: the root's fstab,
+    whether the mount point is mounted, and last whether this process runs in an initrd (an
+    observation that differs in the real root, so it is taken only where the verdict needs it)."""
+
+    def __init__(self, view: LiveView) -> None:
+        self.view = view
+        self._points: Optional[list[str]] = None
+
+    def mount_points(self) -> list[str]:
+        if self._points is None:
+            from .fstab import parse_fstab_mount_points
+            from .view import read_text
+
+            try:
+                text = read_text(self.view, self.view.resolve("/etc/fstab"))
+            except (ResolveError, SysextError):
+                text = ""  # no fstab, or an unreadable one: only the ESP and XBOOTLDR count
+            self._points = [*parse_fstab_mount_points(text), *BOOT_MOUNT_POINTS]
+        return self._points
+
+    def reason(self, inner: str) -> Optional[str]:
+        """Why the entry `inner` (inside the root) is deferred, or None when it is not."""
+        from .fstab import owning_mount_point
+
+        view = self.view
+        try:
+            leads = root_relative(view.root, view.resolve(inner, missing_ok=True))
+        except ResolveError:
+            return None  # a loop or the like: not a matter of mounting
+        owner = owning_mount_point(leads, self.mount_points())
+        if not owner:
+            return None
+        try:
+            mounted = view.is_mount_point(view.resolve(owner))
+        except ResolveError:
+            mounted = False  # not even the mount point is there
+        except OSError:
+            return None
+        if mounted or not view.in_initrd():
+            return None
+        return (
+            f"its source {leads!r} lies on {owner}, which the initrd does not mount: the real root merges it"
+        )
+
+
 def _entry_to_candidate(
-    view: LiveView, image_class: ImageClass, search_dir: str, entry_name: str
+    view: LiveView, image_class: ImageClass, search_dir: str, entry_name: str, deferral: Deferral
 ) -> tuple[Optional[Candidate], Optional[Skipped]]:
     entry = join_root(view.root, f"{search_dir}/{entry_name}")
     inner = f"{search_dir}/{entry_name}"
@@ -77,6 +129,9 @@ def _entry_to_candidate(
         resolved = view.resolve(inner)
     except ResolveError as e:
         if e.errno == errno.ENOENT:
+            deferred = deferral.reason(inner)
+            if deferred is not None:
+                return None, skip(deferred, Verdict.DEFERRED)
             try:
                 target = view.readlink(entry)
             except OSError:
@@ -163,6 +218,7 @@ def discover(view: LiveView, image_class: ImageClass, *, initrd: bool) -> Discov
     skipped: list[Skipped] = []
     missing: list[str] = []
     warnings: list[str] = []
+    deferral = Deferral(view)
     for search_dir in search_dirs:
         try:
             names = view.listdir(view.resolve(search_dir))
@@ -185,7 +241,7 @@ def discover(view: LiveView, image_class: ImageClass, *, initrd: bool) -> Discov
         for entry_name in names:
             if entry_name.startswith(".sysupdate."):
                 continue  # a download in progress, never an image
-            candidate, skip = _entry_to_candidate(view, image_class, search_dir, entry_name)
+            candidate, skip = _entry_to_candidate(view, image_class, search_dir, entry_name, deferral)
             if skip is not None:
                 skipped.append(skip)
                 if skip.verdict is Verdict.REJECTED:

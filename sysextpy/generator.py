@@ -13,7 +13,9 @@ Inputs (all files are read below $SYSEXTPY_ROOT, default "/", so tests can use f
   $SYSTEMD_IN_INITRD      "1"/"0" from systemd; without it, whether etc/initrd-release exists
   $SYSTEMD_PROC_CMDLINE   the kernel command line; without it, proc/cmdline
   proc/sys/kernel/random/boot_id, and (real root only) the handoff record run/sysextpy/state.json
-  ($SYSEXTPY_STATE overrides the record's path)
+  ($SYSEXTPY_STATE overrides the record's path) and etc/fstab; when fstab names an automount point
+  (or the boot loader's LoaderDevicePartUUID EFI variable makes /efi and /boot ones), the links of
+  the search directories and the running systemd's version (proc/1/maps, usr/lib{,64}/systemd)
 
 Kernel command line (the last applicable occurrence wins; the `rd.` forms count only in the initrd):
   sysextpy=0, rd.sysextpy=0            pull nothing in
@@ -29,6 +31,9 @@ Outputs, in the normal dir:
               initrd could not reach, and SYSEXTPY_FORCE_REFRESH=1 when the record cannot vouch for
               the live merge (missing, corrupt, another boot, "merging", "failed", a failed hierarchy)
               or names an unreachable directory that a unit file cannot hold
+              sysextpy.service.d/50-automount.conf: After= the .automount units of the automount
+              points that source directories lie on, and WantsMountsFor= those directories
+              (systemd >= 256) or Wants= and After= the automount points' .mount units
 
 Every output is rendered to bytes before the first file is created, and each file is created
 exclusively and written whole or removed again: systemd would read an empty or partial drop-in as a
@@ -43,14 +48,15 @@ import os
 import sys
 
 if __package__:
-    from . import handoff
-else:  # loaded by the launcher as the top-level module `generator`, beside `handoff`
+    from . import fstab, handoff
+else:  # loaded by the launcher as the top-level module `generator`, beside `handoff` and `fstab`
+    import fstab  # type: ignore[import-not-found,no-redef]
     import handoff  # type: ignore[import-not-found,no-redef]
 
 # Typing names are for mypy only: importing `typing` would cost more than the rest of the start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Collection, Mapping, Sequence
     from typing import Optional, Union
 
 NAME = "sysextpy-generator"
@@ -65,6 +71,24 @@ PATH_MAX, NAME_MAX = 4096, 255
 # How much of a value from the record a comment or a log message quotes: systemd refuses a whole
 # unit file with a line of 1 MiB or more, and a record may hold up to 8 MiB.
 QUOTE_MAX = 400
+
+# The real root's search directories (model.ImageClass.search_dirs(initrd=False); a test keeps them
+# equal): the generator may not import the package.
+SEARCH_DIRS = {
+    "sysext": ("/etc/extensions", "/run/extensions", "/var/lib/extensions"),
+    "confext": ("/run/confexts", "/var/lib/confexts", "/usr/local/lib/confexts", "/usr/lib/confexts"),
+}
+# Where systemd-gpt-auto-generator automounts the ESP and XBOOTLDR when the boot loader named the
+# disk it booted from (this EFI variable) and fstab names neither mount point.
+GPT_AUTO_POINTS = ("/efi", "/boot")
+LOADER_DEVICE_VARIABLE = (
+    "/sys/firmware/efi/efivars/LoaderDevicePartUUID-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+)
+# WantsMountsFor= is new in systemd 256; before, only RequiresMountsFor= makes a unit wait for a mount.
+WANTS_MOUNTS_FOR_SINCE = 256
+SHARED_LIBRARY = "libsystemd-shared-"
+# Where distributions keep libsystemd-shared-NNN.so, when the running manager's maps cannot be read.
+SHARED_LIBRARY_DIRS = ("/usr/lib/systemd", "/usr/lib64/systemd")
 
 _TRUE = ("1", "yes", "y", "true", "t", "on")
 _FALSE = ("0", "no", "n", "false", "f", "off")
@@ -250,6 +274,72 @@ def unit_path_word(path: str) -> Optional[str]:
     return f'"{path}"' if " " in path else path
 
 
+def unit_name_from_path(path: str, suffix: str) -> str:
+    """systemd's name for the unit of a path, as `systemd-escape --path --suffix=SUFFIX` gives it:
+    "/srv/my-ext" -> "srv-my\\x2dext.automount"."""
+    trimmed = fstab.simplify_path(path).strip("/")
+    if not trimmed:
+        return "-." + suffix
+    out = []
+    for i, ch in enumerate(trimmed):
+        if ch == "/":
+            out.append("-")
+        elif ch.isascii() and (ch.isalnum() or ch in ":_.") and not (i == 0 and ch == "."):
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8", "surrogateescape"))
+    return "".join(out) + "." + suffix
+
+
+def shared_library_version(text: str) -> Optional[int]:
+    """The version in the first libsystemd-shared-NNN....so that `text` names (a file name, or the
+    lines of /proc/1/maps), or None. Distributions append their release to NNN ("256.7-1.fc41")."""
+    start = text.find(SHARED_LIBRARY)
+    while start >= 0:
+        i = j = start + len(SHARED_LIBRARY)
+        while j < len(text) and text[j] in "0123456789":
+            j += 1
+        if j > i and text.startswith((".so", ".", "-"), j):
+            return int(text[i:j])
+        start = text.find(SHARED_LIBRARY, j)
+    return None
+
+
+def automount_points(entries: Sequence[fstab.FstabEntry], gpt_auto: bool) -> list[str]:
+    """The mount points systemd mounts on first access: fstab's `x-systemd.automount` entries and,
+    when systemd-gpt-auto-generator is at work, /efi and /boot unless fstab names them."""
+    points = [e.where for e in entries if e.automount and e.where != "/"]
+    if gpt_auto:
+        named = {e.where for e in entries}
+        points += [p for p in GPT_AUTO_POINTS if p not in named]
+    return points
+
+
+def link_target(link_dir: str, target: str) -> str:
+    """The path a link in `link_dir` to `target` names, lexically: the generator runs before any
+    automount is set up, so following links further could only find empty mount points."""
+    return fstab.simplify_path(target if target.startswith("/") else f"{link_dir}/{target}")
+
+
+def link_source_dir(search_dir: str, target: str) -> str:
+    """The directory that a link in `search_dir` to `target` points into."""
+    return fstab.simplify_path(link_target(search_dir, target) + "/..")
+
+
+class Automounts:
+    """The source directories of extensions that lie on automount points, and what to write for them."""
+
+    __slots__ = ("sources", "version")
+
+    def __init__(self, sources: Sequence[tuple[str, str]], version: Optional[int]) -> None:
+        self.sources = sources  # (source directory, the automount point it lies on), sorted
+        self.version = version  # of the running systemd, None when unknown
+
+    @property
+    def wants(self) -> bool:
+        return self.version is not None and self.version >= WANTS_MOUNTS_FOR_SINCE
+
+
 def clip(text: str, limit: int = QUOTE_MAX) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -292,13 +382,57 @@ def class_dropin(unit: str, switches: Switches) -> list[Output]:
     return [Output(f"{unit}.d/50-class.conf", text)]
 
 
-def handoff_dropin(hint: Handoff, state_path: str, warnings: list[str]) -> list[Output]:
+def automount_dropin(automounts: Automounts) -> list[Output]:
+    """The drop-in that orders the service after the automounts its extensions lie on and makes it
+    wait for their mounts without requiring them. With RequiresMountsFor=, a file system that
+    expires when idle stops the service, even while it runs (a boot of Debian 12 showed it killed
+    by SIGTERM a second after it started, /srv/ext having expired in between). Before systemd 256,
+    which has no WantsMountsFor=, the automount points' mount units are wanted and waited for
+    instead: only a file system mounted below one of them is not waited for then. A source
+    directory that cannot be a path-list word still gets the ordering: its first access triggers
+    the mount."""
+    if not automounts.sources:
+        return []
+    points = sorted({point for _, point in automounts.sources})
+    lines = [
+        "# Extensions are kept on file systems that systemd mounts on first access and unmounts when",
+        "# idle (x-systemd.automount in /etc/fstab, or the ESP and XBOOTLDR of systemd-gpt-auto-generator).",
+        "[Unit]",
+        *(f"After={unit_name_from_path(point, 'automount')}" for point in points),
+    ]
+    if automounts.wants:
+        words = sorted({w for w in (unit_path_word(source) for source, _ in automounts.sources) if w})
+        lines[2:2] = [
+            f"# systemd {automounts.version} has WantsMountsFor=: the service waits for these mounts",
+            "# without requiring them, so their expiry never stops it.",
+        ]
+        lines += [f"WantsMountsFor={word}" for word in words]
+    else:
+        have = "the running systemd may lack it"
+        if automounts.version is not None:
+            have = f"systemd {automounts.version} lacks it"
+        lines[2:2] = [
+            f"# WantsMountsFor= is new in systemd {WANTS_MOUNTS_FOR_SINCE} and {have}. RequiresMountsFor=",
+            "# would stop this unit whenever one of these file systems expires, even while it runs: the",
+            "# mount units of the automount points are wanted and waited for instead, not required.",
+        ]
+        mounts = [unit_name_from_path(point, "mount") for point in points]
+        lines += [f"Wants={unit}" for unit in mounts] + [f"After={unit}" for unit in mounts]
+    return [Output(f"{HOST_UNIT}.d/50-automount.conf", HEADER + "\n" + "\n".join(lines) + "\n")]
+
+
+def handoff_dropin(
+    hint: Handoff, state_path: str, warnings: list[str], covered: Collection[str] = ()
+) -> list[Output]:
     """The drop-in that tells the service what the record says. An unreachable directory that
     cannot be written as a RequiresMountsFor= word is not left out quietly: the service could not
-    wait for it, so the record cannot vouch for the merge and the service refreshes in full."""
+    wait for it, so the record cannot vouch for the merge and the service refreshes in full.
+    Directories in `covered` lie on automount points: automount_dropin() waits for them."""
     words = []
     reasons = [hint.force_reason] if hint.force_reason else []
     for path in hint.requires_mounts:
+        if path in covered:
+            continue
         word = unit_path_word(path)
         if word is None:
             why = f"unreachable directory {clip(path)!r} cannot be waited for ({unit_path_problem(path)})"
@@ -329,9 +463,15 @@ def handoff_dropin(hint: Handoff, state_path: str, warnings: list[str]) -> list[
 
 
 def plan_outputs(
-    in_initrd: bool, switches: Switches, hint: Optional[Handoff], state_path: str, warnings: list[str]
+    in_initrd: bool,
+    switches: Switches,
+    hint: Optional[Handoff],
+    state_path: str,
+    warnings: list[str],
+    automounts: Optional[Automounts] = None,
 ) -> list[Output]:
-    """Pure: the files the generator writes. `hint` is only consulted in the real root."""
+    """Pure: the files the generator writes. `hint` and `automounts` are only consulted in the real
+    root."""
     if not switches.enabled or not switches.classes:
         return []
     if in_initrd:
@@ -341,8 +481,12 @@ def plan_outputs(
         ]
     outputs = [Output(f"sysinit.target.wants/{HOST_UNIT}", target=f"../{HOST_UNIT}")]
     outputs += class_dropin(HOST_UNIT, switches)
+    covered: set[str] = set()
+    if automounts is not None:
+        outputs += automount_dropin(automounts)
+        covered = {source for source, _ in automounts.sources}
     if hint is not None:
-        outputs += handoff_dropin(hint, state_path, warnings)
+        outputs += handoff_dropin(hint, state_path, warnings, covered)
     return outputs
 
 
@@ -389,11 +533,14 @@ def below_root(root: str, path: str) -> str:
     return os.path.join(root, path.lstrip("/")) if root != "/" else path
 
 
-def read_small(path: str, limit: int, errors: str = "replace") -> Union[str, OSError, None]:
+def read_small(
+    path: str, limit: int, errors: str = "replace", *, follow: bool = False
+) -> Union[str, OSError, None]:
     """The text of a regular file (None when it does not exist, the error when unreadable).
-    `errors` says how bytes that are not UTF-8 are decoded."""
+    `errors` says how bytes that are not UTF-8 are decoded; a link is followed only with `follow`."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -450,6 +597,82 @@ def read_handoff(root: str, state_path: str, classes: Sequence[str]) -> Handoff:
     return judge_record(text, read_boot_id(root), classes)
 
 
+def read_systemd_version(root: str) -> Optional[int]:
+    """The version of the running systemd, from the libsystemd-shared-NNN.so that PID 1 has mapped
+    (what parses the drop-ins); when its maps cannot be read (a container whose PID 1 is another
+    program), from that library's file name where distributions install it. No program is run:
+    `systemctl --version` would cost more than the whole generator."""
+    maps = read_small(below_root(root, "/proc/1/maps"), 8 << 20)
+    if isinstance(maps, str):
+        version = shared_library_version(maps)
+        if version is not None:
+            return version
+    for directory in SHARED_LIBRARY_DIRS:
+        try:
+            names = os.listdir(below_root(root, directory))
+        except OSError:
+            continue
+        for name in sorted(names):
+            version = shared_library_version(name) if name.startswith(SHARED_LIBRARY) else None
+            if version is not None:
+                return version
+    return None
+
+
+def gpt_auto_active(root: str, words: Sequence[str], warnings: list[str]) -> bool:
+    """Whether systemd-gpt-auto-generator may automount the ESP and XBOOTLDR: the boot loader named
+    the disk it booted from, and `systemd.gpt_auto=0` is not on the command line. Over-estimating
+    costs nothing: ordering after an automount unit that does not exist is no ordering at all."""
+    switch = find_switch(words, "systemd.gpt_auto", False, warnings)
+    if switch is not None and not switch.value:
+        return False
+    return os.path.lexists(below_root(root, LOADER_DEVICE_VARIABLE))
+
+
+def source_dirs(root: str, search_dir: str) -> list[str]:
+    """`search_dir` itself, where it points when it is a link, and the directories its entries link
+    into: where extensions are read from. Lexical only, see link_source_dir()."""
+    directory = below_root(root, search_dir)
+    found = [search_dir]
+    try:
+        found.append(link_target(fstab.simplify_path(search_dir + "/.."), os.readlink(directory)))
+    except OSError:
+        pass  # not a link (the usual case), or missing
+    try:
+        with os.scandir(directory) as it:
+            links = [entry.name for entry in it if entry.is_symlink()]
+    except OSError:
+        return found  # missing, or below a file system not mounted yet (the record says which)
+    for name in links:
+        try:
+            found.append(link_source_dir(search_dir, os.readlink(os.path.join(directory, name))))
+        except OSError:
+            continue  # removed meanwhile
+    return found
+
+
+def read_automounts(
+    root: str, classes: Sequence[str], hint: Optional[Handoff], words: Sequence[str], warnings: list[str]
+) -> Optional[Automounts]:
+    """The source directories of the enabled classes that lie on automount points (None when the
+    root has no automount point: nothing more is read then)."""
+    text = read_small(below_root(root, "/etc/fstab"), 1 << 20, follow=True)
+    entries = fstab.parse_fstab(text) if isinstance(text, str) else []
+    points = automount_points(entries, gpt_auto_active(root, words, warnings))
+    if not points:
+        return None
+    candidates = set(hint.requires_mounts if hint is not None else ())
+    for image_class in classes:
+        for search_dir in SEARCH_DIRS[image_class]:
+            candidates.update(source_dirs(root, search_dir))
+    sources = []
+    for source in sorted(candidates):
+        point = fstab.owning_mount_point(source, points)
+        if point:
+            sources.append((source, point))
+    return Automounts(sources, read_systemd_version(root) if sources else None)
+
+
 def write_new_file(path: str, data: bytes) -> None:
     """Create `path` exclusively and write all of `data`, or remove it again and raise: systemd
     would read an empty or partial drop-in as a valid one."""
@@ -494,10 +717,12 @@ def decide(root: str, env: Mapping[str, str], log: Log) -> list[Output]:
     warnings: list[str] = []
     switches = read_switches(read_cmdline(root, env), in_initrd, warnings)
     state_path = env.get("SYSEXTPY_STATE") or STATE_PATH
-    hint = None
+    hint = automounts = None
     if switches.enabled and switches.classes and not in_initrd:
         hint = read_handoff(root, state_path, switches.classes)
-    outputs = plan_outputs(in_initrd, switches, hint, state_path, warnings)
+        words = split_cmdline(read_cmdline(root, env))
+        automounts = read_automounts(root, switches.classes, hint, words, warnings)
+    outputs = plan_outputs(in_initrd, switches, hint, state_path, warnings, automounts)
     for warning in warnings:
         log(LOG_WARNING, warning)
 
@@ -513,9 +738,15 @@ def decide(root: str, env: Mapping[str, str], log: Log) -> list[Output]:
         if hint.force_reason:
             level = LOG_DEBUG if hint.force_reason == "no handoff record" else LOG_NOTICE
             log(level, f"{state_path}: {hint.force_reason}; {HOST_UNIT} will refresh in full")
-        waited = [path for path in hint.requires_mounts if not unit_path_problem(path)]
+        covered = {source for source, _ in automounts.sources} if automounts is not None else set()
+        waited = [p for p in hint.requires_mounts if not unit_path_problem(p) and p not in covered]
         if waited:
             log(LOG_DEBUG, f"{HOST_UNIT} waits for the mounts of {', '.join(waited)}")
+    if automounts is not None and automounts.sources:
+        how = "WantsMountsFor=" if automounts.wants else "Wants= and After= their mount units"
+        version = automounts.version if automounts.version is not None else "unknown"
+        places = ", ".join(f"{source} (on {point})" for source, point in automounts.sources)
+        log(LOG_DEBUG, f"extensions on automount points: {places}; systemd {version}: {how}")
     return outputs
 
 

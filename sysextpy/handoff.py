@@ -19,6 +19,8 @@ Schema 2, one line of JSON, keys camelCase:
           "merged": ["a", "b"],
           "rejected": [{"name": "c", "reason": "..."}],
           "ignored": [{"name": "d", "reason": "..."}],
+          "deferred": [{"entry": "/var/lib/extensions/e.raw", "reason": "..."}],  # left to the
+                                       # real root: on a file system the initrd does not mount
           "unreachable": ["/var/lib/extensions"],   # search dirs below a file system not yet mounted
           "hierarchies": {
             "/usr": {"result": "merged" | "replaced" | "unchanged" | "unmerged" | "untouched" | "failed",
@@ -187,6 +189,7 @@ class ClassEntry:
     """One class's outcome in a run."""
 
     __slots__ = (
+        "deferred",
         "fingerprint",
         "hierarchies",
         "ignored",
@@ -208,6 +211,7 @@ class ClassEntry:
         ignored: Optional[list[tuple[str, str]]] = None,
         unreachable: Optional[list[str]] = None,
         hierarchies: Optional[dict[str, HierarchyResult]] = None,
+        deferred: Optional[list[tuple[str, str]]] = None,
     ) -> None:
         self.fingerprint = fingerprint
         self.inputs_digest = inputs_digest
@@ -217,6 +221,8 @@ class ClassEntry:
         self.ignored = ignored or []
         self.unreachable = unreachable or []
         self.hierarchies = hierarchies or {}
+        # (search directory entry inside the root, reason): images left to the real root
+        self.deferred = deferred or []
 
     def bound(self) -> bool:
         """Whether the fingerprint is the binding of the two digests it claims to bind."""
@@ -236,6 +242,7 @@ class ClassEntry:
             merged=self.merged,
             rejected=self.rejected,
             ignored=self.ignored,
+            deferred=self.deferred,
             unreachable=unreachable,
             hierarchies={
                 h: HierarchyResult(UNCHANGED, r.mount_id, r.dev, r.error) if r.live else r
@@ -251,6 +258,7 @@ class ClassEntry:
             "merged": list(self.merged),
             "rejected": [{"name": n, "reason": r} for n, r in self.rejected],
             "ignored": [{"name": n, "reason": r} for n, r in self.ignored],
+            "deferred": [{"entry": e, "reason": r} for e, r in self.deferred],
             "unreachable": list(self.unreachable),
             "hierarchies": {h: r.to_json() for h, r in self.hierarchies.items()},
         }
@@ -259,13 +267,13 @@ class ClassEntry:
     def from_json(cls, data: Any, what: str) -> ClassEntry:
         _need(data, dict, what)
 
-        def verdicts(key: str) -> list[tuple[str, str]]:
+        def verdicts(key: str, by: str = "name") -> list[tuple[str, str]]:
             out = []
             for item in _need(data.get(key, []), list, f"{what}.{key}"):
                 _need(item, dict, f"an entry of {what}.{key}")
-                out.append(
-                    (_need(item.get("name"), str, f"a name in {what}.{key}"), str(item.get("reason", "")))
-                )
+                label = "a name" if by == "name" else "an entry path"
+                key_value = _need(item.get(by), str, f"{label} in {what}.{key}")
+                out.append((key_value, str(item.get("reason", ""))))
             return out
 
         hierarchies = _need(data.get("hierarchies", {}), dict, f"{what}.hierarchies")
@@ -276,6 +284,7 @@ class ClassEntry:
             merged=_strings(data.get("merged", []), f"{what}.merged"),
             rejected=verdicts("rejected"),
             ignored=verdicts("ignored"),
+            deferred=verdicts("deferred", "entry"),  # absent from records of older versions
             unreachable=_strings(data.get("unreachable", []), f"{what}.unreachable"),
             hierarchies={
                 _need(h, str, "a hierarchy"): HierarchyResult.from_json(r, f"{what}.hierarchies.{h}")

@@ -18,11 +18,11 @@ Imports only `os` and `stat` and the package's light modules: the confirming ref
 from __future__ import annotations
 
 import os
-import posixpath
 import stat
 
 from .chase import normalize_root, resolve
 from .errors import ResolveError, SysextError
+from .fstab import owning_mount_point, parse_fstab_mount_points
 from .jsonlite import load_json
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
@@ -144,39 +144,6 @@ def read_live_extra(hierarchy: str, metadata_dir: str) -> Optional[dict[str, Any
 # Search directories not mounted yet
 
 
-def unescape_fstab(field: str) -> str:
-    out, i = [], 0
-    while i < len(field):
-        if (
-            field[i] == "\\"
-            and len(field[i + 1 : i + 4]) == 3
-            and all(c in "01234567" for c in field[i + 1 : i + 4])
-        ):
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def parse_fstab_mount_points(text: str) -> list[str]:
-    """Pure: the mount points of an fstab (normalised, swap and non-absolute entries dropped)."""
-    points = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        fields = line.split()
-        if len(fields) < 2:
-            continue
-        where = unescape_fstab(fields[1])
-        if not where.startswith("/"):
-            continue
-        points.append(posixpath.normpath(where))
-    return points
-
-
 def unreachable_dirs(
     root: StrPath, search_dirs: Iterable[str], mount_check: Optional[MountCheck] = None
 ) -> list[str]:
@@ -192,13 +159,12 @@ def unreachable_dirs(
         fstab = read_text(view, view.resolve("/etc/fstab"))
     except (ResolveError, SysextError):
         return []
-    points = [p for p in parse_fstab_mount_points(fstab) if p != "/"]
+    points = parse_fstab_mount_points(fstab)
     result = []
     for d in search_dirs:
-        owners = [p for p in points if d == p or d.startswith(p.rstrip("/") + "/")]
-        if not owners:
+        owner = owning_mount_point(d, points)
+        if not owner:
             continue
-        owner = max(owners, key=len)
         try:
             path = view.resolve(owner)
             mounted = mount_check(path, os.lstat(path))

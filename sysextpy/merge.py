@@ -17,11 +17,12 @@ import time
 from collections.abc import Mapping
 
 from . import __version__
+from .chase import root_relative
 from .decide import INPUTS_CHANGED, SKIP_MESSAGE, confirmed_record, decide, exit_status, forced
 from .errors import EXIT_FAILURE, EXIT_OK, SysextError
 from .handoff import ClassEntry, Confirmation, HandoffRecord, HierarchyResult, bind, options_key
 from .live import exact_mount_check, format_dev, read_live_extra
-from .log import WARNING, log
+from .log import INFO, WARNING, log
 from .model import ClassSettings, ExtensionVerdict, ImageClass, Options, Verb, Verdict
 from .records import field, record
 from .state import run_lock
@@ -80,6 +81,12 @@ def assess(opts: Options, view: LiveView, pins: Optional[Pins] = None) -> Assess
     if pins is not None:
         pins.take(found.candidates)
     messages.extend((WARNING, w) for d in found.discoveries for w in d.warnings)
+    messages.extend(
+        (INFO, f"{s.image_class.value} {root_relative(opts.root, s.entry)}: deferred ({s.reason})")
+        for d in found.discoveries
+        for s in d.skipped
+        if s.verdict is Verdict.DEFERRED
+    )
     trust = None
     if any(c.type.is_file_backed for c in found.candidates):
         from .dissect import TrustContext  # only disk images are dissected: trees need none of it
@@ -194,14 +201,35 @@ def class_runs(
     return runs
 
 
-def _fill_verdicts(entry: ClassEntry, cp: ClassPlan) -> None:
-    """A class's merged, rejected and ignored images, as its record entry lists them."""
+def _fill_verdicts(entry: ClassEntry, cp: ClassPlan, root: Path) -> None:
+    """A class's merged, rejected, ignored and deferred images, as its record entry lists them."""
     entry.merged = [v.name for v in cp.to_merge]
     entry.rejected = [(v.name, v.reason) for v in cp.verdicts if v.verdict is Verdict.REJECTED]
     entry.rejected += [
         (s.name or os.fspath(s.entry), s.reason) for s in cp.skipped if s.verdict is Verdict.REJECTED
     ]
     entry.ignored = [(v.name, v.reason) for v in cp.verdicts if v.verdict is Verdict.IGNORED]
+    entry.deferred = [
+        (root_relative(root, s.entry), s.reason) for s in cp.skipped if s.verdict is Verdict.DEFERRED
+    ]
+
+
+def _log_deferred(check: RecordCheck, runs: list[ClassRun], found: Survey, root: Path) -> None:
+    """Name the images that the initrd of this boot left to this run, and why it did."""
+    from .state import boot_id, in_initrd
+
+    prior = check.record
+    if prior is None or not prior.in_initrd or in_initrd() or prior.boot_id != boot_id():
+        return
+    for run, disc in zip(runs, found.discoveries):
+        entry = prior.classes.get(run.image_class.value)
+        if run.skip or entry is None or not entry.deferred:
+            continue
+        why = dict(entry.deferred)
+        for c in disc.candidates:
+            reason = why.get(root_relative(root, c.entry))
+            if reason is not None:
+                log.info("%s %s: deferred in the initrd: %s", run.image_class.value, c.name, reason)
 
 
 def _adopt(
@@ -251,7 +279,7 @@ def _adopt(
                 unreachable=run.unreachable,
                 hierarchies=results,
             )
-            _fill_verdicts(entry, cp)
+            _fill_verdicts(entry, cp, opts.root)
             adopted[cls] = entry
     return adopted
 
@@ -376,6 +404,7 @@ def _merge_assessed(
             log.info("%s: refreshing: %s", run.image_class.value, run.reason)
             for change in run.changes:
                 log.info("%s: %s", run.image_class.value, change)
+    _log_deferred(check, runs, a.found, root)
     if declined and opts.verb is Verb.REFRESH:
         # Why the observations did not confirm: for the record, and for whoever wonders why a
         # boot took the long way.
@@ -471,7 +500,7 @@ def _build_and_swap(
         for run, cp in zip(todo, plan.classes):
             merged = list(cp.to_merge)
             entry = record.classes[run.image_class.value]
-            _fill_verdicts(entry, cp)
+            _fill_verdicts(entry, cp, opts.root)
             _log_choice(
                 [v.name for v in merged], sum(1 for v in cp.verdicts if v.verdict is Verdict.IGNORED)
             )

@@ -127,6 +127,9 @@ class Verdict(enum.Enum):
     MERGE = "merge"
     IGNORED = "ignored"  # not for this host or shadowed/masked: not an error, like upstream
     REJECTED = "rejected"  # broken or untrusted: an error for this image, the others go on
+    # In the initrd, on a file system it does not mount (the ESP, /boot, an fstab mount point):
+    # not an error, the real root merges it.
+    DEFERRED = "deferred"
 
 
 class JsonMode(enum.Enum):

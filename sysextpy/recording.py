@@ -82,6 +82,9 @@ class RecordingView(LiveView):
     def capability(self, name: str) -> bool:
         return bool(self._take("cap", name))
 
+    def in_initrd(self) -> bool:
+        return bool(self._take("initrd"))
+
     def resolve(self, path: str, *, base: Optional[str] = None, missing_ok: bool = False) -> str:
         base_s = self.root if base is None else normalize_root(base)
         value = self._take("res", self.relative(base_s), path, missing_ok)
@@ -108,6 +111,9 @@ class RecordingView(LiveView):
     def readlink(self, path: str) -> str:
         value: str = self._answer("rl", path)
         return value
+
+    def is_mount_point(self, path: str) -> bool:
+        return bool(self._answer("mnt", path))
 
     def read(self, path: str, limit: int) -> bytes:
         key = ("rd", self.relative(path), limit)

@@ -448,6 +448,12 @@ class LiveView:
         """What this machine can do (CAPABILITIES): asked of the running system, not the root."""
         return CAPABILITIES[name](self._env.get("PATH"))
 
+    def in_initrd(self) -> bool:
+        """Whether this process runs in an initrd, whatever the root (state.in_initrd)."""
+        from .state import in_initrd
+
+        return in_initrd()
+
     # -- the file system
 
     def resolve(self, path: str, *, base: Optional[str] = None, missing_ok: bool = False) -> str:
@@ -479,6 +485,13 @@ class LiveView:
 
     def readlink(self, path: str) -> str:
         return os.readlink(path)
+
+    def is_mount_point(self, path: str) -> bool:
+        """Whether a file system is mounted on `path` (a host path; links are not followed, and an
+        automount point is not triggered)."""
+        from .mountapi import is_mount_point
+
+        return is_mount_point(path)
 
     def read(self, path: str, limit: int) -> bytes:
         """A small regular file whole; NotRegularFile, FileTooLarge or OSError otherwise."""
@@ -652,6 +665,8 @@ VALUE_OF: dict[str, Callable[..., Any]] = {
     "ls": lambda v, path: _path_value(v.listdir, v.absolute(path)),
     "ents": lambda v, path: _path_value(lambda p: [list(e) for e in v.entries(p)], v.absolute(path)),
     "rl": lambda v, path: _path_value(v.readlink, v.absolute(path)),
+    "mnt": lambda v, path: _path_value(v.is_mount_point, v.absolute(path)),
+    "initrd": lambda v: v.in_initrd(),
     "rd": lambda v, path, limit: read_value(v, v.absolute(path), limit)[0],
     "xa": lambda v, path, name: _xattr_value(v, v.absolute(path), name),
     "cfg": lambda v, name: _config_value(v, name),

@@ -581,3 +581,103 @@ def test_candidate_fields(base: Path) -> None:
         crtime_usec=0,
         version=None,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Deferred: in the initrd, a link onto a file system the initrd does not mount
+
+
+class InitrdView(LiveView):
+    """A live view in a process that runs in an initrd: the one fact that a test cannot make true of
+    this machine without touching its /etc."""
+
+    def in_initrd(self) -> bool:
+        return True
+
+
+def scan_in(root: Path, view: LiveView) -> dict[str, Skipped]:
+    d = discover(view, SYSEXT, initrd=False)
+    assert not d.candidates
+    return {"/" + os.path.relpath(s.entry, root): s for s in d.skipped}
+
+
+ESP_LINK = {"var/lib/extensions/a.raw": ("link", "/efi/EFI/extensions/a.raw")}
+
+
+@pytest.mark.parametrize(
+    ("tree", "fstab", "initrd", "owner"),
+    [
+        # The ESP and XBOOTLDR, whether or not their mount point exists, however the link is spelt.
+        ({**ESP_LINK, "efi": "dir"}, "", True, "/efi"),
+        (ESP_LINK, "", True, "/efi"),
+        ({"var/lib/extensions/a.raw": ("link", "../../../boot/ext/a.raw")}, "", True, "/boot"),
+        # An fstab mount point: the deepest one that holds the path.
+        (
+            {"var/lib/extensions/a.raw": ("link", "/srv/ext/a/a.raw"), "srv/ext": "dir"},
+            "LABEL=srv /srv ext4 defaults 0 2\nLABEL=ext /srv/ext ext4 x-systemd.automount 0 2\n",
+            True,
+            "/srv/ext",
+        ),
+        # Through a link that leads onto the mount point.
+        (
+            {"var/lib/extensions/a.raw": ("link", "/images/a.raw"), "images": ("link", "/srv/ext")},
+            "LABEL=ext /srv/ext ext4 defaults 0 2\n",
+            True,
+            "/srv/ext",
+        ),
+        # A dangling link anywhere else, or out of the initrd, stays one.
+        ({"var/lib/extensions/a.raw": ("link", "/srv/gone/a.raw")}, "", True, None),
+        ({"var/lib/extensions/a.raw": ("link", "/efix/a.raw")}, "", True, None),
+        ({"var/lib/extensions/a.raw": ("link", "/opt/a.raw")}, "UUID=r / ext4 defaults 0 1\n", True, None),
+        (ESP_LINK, "", False, None),
+    ],
+)
+def test_deferred_in_the_initrd(
+    tree: dict[str, Spec], fstab: str, initrd: bool, owner: Optional[str], tmp_path: Path
+) -> None:
+    root = build(tmp_path / "root", tree)
+    if fstab:
+        (root / "etc").mkdir(exist_ok=True)
+        (root / "etc/fstab").write_text(fstab)
+    view = (InitrdView if initrd else LiveView)(os.fspath(root), {})
+    skipped = scan_in(root, view)["/var/lib/extensions/a.raw"]
+    if owner is None:
+        assert skipped.verdict is Verdict.IGNORED
+        assert skipped.reason.startswith("dangling symlink to ")
+    else:
+        assert skipped.verdict is Verdict.DEFERRED
+        assert f"lies on {owner}, which the initrd does not mount" in skipped.reason
+        assert str(root) not in skipped.reason  # paths inside the root, as the real root sees them
+
+
+def test_a_mounted_file_system_makes_no_deferral(mount_tmp_path: Path) -> None:
+    """The ESP mounted in the initrd (an fstab entry with x-initrd.mount): a file missing on it is a
+    dangling link, not something the real root will find."""
+    from sysextpy import mountapi
+
+    root = build(mount_tmp_path / "root", {**ESP_LINK, "efi": "dir"})
+    mountapi.mount("tmpfs", os.fspath(root / "efi"), "tmpfs", 0, "mode=0755")
+    try:
+        skipped = scan_in(root, InitrdView(os.fspath(root), {}))["/var/lib/extensions/a.raw"]
+    finally:
+        mountapi.umount2(os.fspath(root / "efi"), mountapi.MNT_DETACH)
+    assert skipped.verdict is Verdict.IGNORED and skipped.reason.startswith("dangling symlink")
+
+
+def test_deferral_is_observed_only_where_it_decides(tmp_path: Path) -> None:
+    """A recording view notes whether the process runs in an initrd only for a link onto an
+    unmounted mount point: an ordinary dangling link must not make the real root's replay differ."""
+    from sysextpy.recording import RecordingView
+
+    root = build(tmp_path / "root", {"var/lib/extensions/a.raw": ("link", "/srv/gone/a.raw")})
+    view = RecordingView(os.fspath(root), {})
+    discover(view, SYSEXT, initrd=False)
+    assert {o[0] for o in view.observations} & {"initrd", "mnt"} == set()
+
+    (root / "var/lib/extensions/b.raw").symlink_to("/efi/b.raw")
+    view = RecordingView(os.fspath(root), {})
+    discover(view, SYSEXT, initrd=False)
+    kinds = [o[0] for o in view.observations]
+    assert "mnt" not in kinds  # the mount point does not exist: nothing to ask
+    assert kinds.count("initrd") == 1
+    assert [o for o in view.observations if o[0] == "initrd"] == [["initrd", False]]  # this machine

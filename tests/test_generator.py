@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, require_tools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -121,6 +121,9 @@ def test_golden_cases_cover_the_contract() -> None:
         "schema-3",
         "unreachable-not-utf8",
         "unreachable-lone-surrogate",
+        "automount-wants",
+        "automount-before-256",
+        "automount-esp",
     ]
     for word in wanted:
         assert any(word in name for name in CASES), word
@@ -319,7 +322,7 @@ def test_start_up_imports_stay_small(tmp_path: Path) -> None:
     # What the interpreter and `os` load anyway, whatever this Python's version.
     baseline = imported_modules("-c", "import os")
     assert "os" in baseline  # the trace works
-    allowed = {"__future__", "generator", "handoff", "jsonlite", "_json", "_sha256", "_sha2"}
+    allowed = {"__future__", "generator", "handoff", "fstab", "jsonlite", "_json", "_sha256", "_sha2"}
     for root in (
         write_root(tmp_path / "initrd", "quiet", initrd=True),
         write_root(tmp_path / "host", "quiet", merged_record()),
@@ -822,3 +825,214 @@ def test_internal_error_falls_back_to_running_the_service(
     tree = snapshot(out)
     assert tree["sysinit.target.wants/sysextpy.service"] == "link -> ../sysextpy.service"
     assert "sysextpy-generator could not judge it" in tree[HANDOFF]
+
+
+# ---------------------------------------------------------------------------------------------
+# Extensions on automount points
+
+
+def test_search_dirs_are_the_package_s() -> None:
+    """The generator cannot import the package: its copy of the real root's search directories must
+    stay what discovery searches."""
+    from sysextpy.model import ALL_CLASSES
+
+    assert gen.SEARCH_DIRS == {c.value: c.search_dirs(False) for c in ALL_CLASSES}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/efi",
+        "/boot/",
+        "/srv/ext",
+        "/srv//my-ext/./x",
+        "/srv/a b",
+        "/.hidden/x.y",
+        "/srv/é",
+        "/a:b_c\\d%",
+    ],
+)
+def test_unit_name_from_path_is_systemd_escape(path: str) -> None:
+    require_tools("systemd-escape")
+    upstream = subprocess.run(
+        ["systemd-escape", "--path", "--suffix=automount", path], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert gen.unit_name_from_path(path, "automount") == upstream
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        ("libsystemd-shared-256.so", 256),
+        ("libsystemd-shared-257.9-1.fc42.so", 257),
+        ("libsystemd-shared-255.4-1ubuntu8.so", 255),
+        ("7f3c r-xp 00000000 fd:00 42 /usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-252.so\n", 252),
+        ("/usr/lib/libsystemd-core-258.so\n/usr/lib/libsystemd-shared-258.so (deleted)\n", 258),
+        ("libsystemd-shared-.so libsystemd-shared-x.so", None),
+        ("libsystemd-shared-253x.so libsystemd-shared-254.so", 254),
+        ("libsystemd.so.0", None),
+        ("", None),
+    ],
+)
+def test_shared_library_version(text: str, version: Optional[int]) -> None:
+    assert gen.shared_library_version(text) == version
+
+
+def automount_root(root: Path, fstab: str, links: dict[str, str], cmdline: str = "") -> Path:
+    write_root(root, cmdline, merged_record())
+    (root / "etc").mkdir()
+    (root / "etc/fstab").write_text(fstab)
+    for entry, target in links.items():
+        (root / entry.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (root / entry.lstrip("/")).symlink_to(target)
+    return root
+
+
+AUTOMOUNT = "sysextpy.service.d/50-automount.conf"
+SRV_EXT = "LABEL=ext /srv/ext ext4 x-systemd.automount,x-systemd.idle-timeout=2 0 2\n"
+
+
+def automount_settings(root: Path, tmp_path: Path) -> list[tuple[str, str, str]]:
+    out = tmp_path / "out"
+    result = run_generator(root, out)
+    assert result.returncode == 0 and "internal error" not in result.stderr, result.stderr
+    tree = snapshot(out)
+    return read_unit_file(tree[AUTOMOUNT].encode()) if AUTOMOUNT in tree else []
+
+
+@pytest.mark.parametrize(
+    ("maps", "library", "wants"),
+    [
+        # The running manager's library decides, over the one on disk (an upgrade not re-executed).
+        (
+            "/usr/lib/systemd/libsystemd-shared-255.so\n",
+            "usr/lib/systemd/libsystemd-shared-256.so",
+            False,
+        ),
+        ("/usr/lib/systemd/libsystemd-shared-256.so\n", "usr/lib/systemd/libsystemd-shared-255.so", True),
+        (None, "usr/lib64/systemd/libsystemd-shared-256.1-1.fc40.so", True),
+        (None, "usr/lib/systemd/libsystemd-shared-255.so", False),
+        # Unknown: what every version reads.
+        (None, None, False),
+        ("no library here\n", None, False),
+    ],
+)
+def test_systemd_version_picks_the_mount_setting(
+    maps: Optional[str], library: Optional[str], wants: bool, tmp_path: Path
+) -> None:
+    """WantsMountsFor= from systemd 256 on; before (and when the version is unknown) the automount
+    point's mount unit is wanted and waited for: never RequiresMountsFor=, whose stop propagates."""
+    root = automount_root(tmp_path / "root", SRV_EXT, {"/etc/extensions/a.raw": "/srv/ext/a.raw"})
+    if maps is not None:
+        (root / "proc/1").mkdir(parents=True)
+        (root / "proc/1/maps").write_text(maps)
+    if library is not None:
+        (root / library).parent.mkdir(parents=True)
+        (root / library).write_text("")
+    settings = automount_settings(root, tmp_path)
+    after = ("Unit", "After", "srv-ext.automount")
+    if wants:
+        assert settings == [after, ("Unit", "WantsMountsFor", "/srv/ext")]
+    else:
+        assert settings == [after, ("Unit", "Wants", "srv-ext.mount"), ("Unit", "After", "srv-ext.mount")]
+
+
+@pytest.mark.parametrize(
+    ("fstab", "links", "cmdline", "efivar", "expected"),
+    [
+        # No automount point: nothing, whatever the links.
+        (
+            "LABEL=ext /srv/ext ext4 defaults 0 2\n",
+            {"/etc/extensions/a.raw": "/srv/ext/a.raw"},
+            "",
+            False,
+            [],
+        ),
+        # A search directory on the automount itself, and one linked into a deeper directory.
+        (
+            "LABEL=v /var/lib/confexts ext4 x-systemd.automount 0 2\n" + SRV_EXT,
+            {"/etc/extensions/a.raw": "/srv/ext/deep/a.raw", "/run/extensions/b": "../../srv/ext/b"},
+            "",
+            False,
+            [
+                ("srv-ext", "/srv/ext"),
+                ("srv-ext", "/srv/ext/deep"),
+                ("var-lib-confexts", "/var/lib/confexts"),
+            ],
+        ),
+        # A search directory that is itself a link onto the automount.
+        (
+            SRV_EXT,
+            {"/var/lib/extensions": "../../srv/ext/sysext"},
+            "",
+            False,
+            [("srv-ext", "/srv/ext/sysext")],
+        ),
+        # Links elsewhere, or to a path that only starts like the mount point.
+        (SRV_EXT, {"/etc/extensions/a.raw": "/srv/extra/a.raw"}, "", False, []),
+        # The ESP: only when the boot loader named the disk and gpt-auto is not switched off, and
+        # never for a mount point fstab names.
+        ("", {"/etc/extensions/a.raw": "/efi/a.raw"}, "", True, [("efi", "/efi")]),
+        ("", {"/etc/extensions/a.raw": "/efi/a.raw"}, "", False, []),
+        ("", {"/etc/extensions/a.raw": "/efi/a.raw"}, "systemd.gpt_auto=0", True, []),
+        ("", {"/etc/extensions/a.raw": "/efi/a.raw"}, "rd.systemd.gpt_auto=0", True, [("efi", "/efi")]),
+        ("LABEL=esp /efi vfat umask=077 0 2\n", {"/etc/extensions/a.raw": "/efi/a.raw"}, "", True, []),
+        (
+            "LABEL=esp /boot vfat x-systemd.automount 0 2\n",
+            {"/etc/extensions/a": "/boot/a"},
+            "",
+            False,
+            [("boot", "/boot")],
+        ),
+        # Only the enabled classes' directories count.
+        (SRV_EXT, {"/run/confexts/c": "/srv/ext/c"}, "systemd.confext=0", False, []),
+    ],
+)
+def test_automount_sources(
+    fstab: str,
+    links: dict[str, str],
+    cmdline: str,
+    efivar: bool,
+    expected: list[tuple[str, str]],
+    tmp_path: Path,
+) -> None:
+    root = automount_root(tmp_path / "root", fstab, links, cmdline)
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    (root / "usr/lib/systemd/libsystemd-shared-256.so").write_text("")
+    if efivar:
+        var = root / gen.LOADER_DEVICE_VARIABLE.lstrip("/")
+        var.parent.mkdir(parents=True)
+        var.write_text("")
+    settings = automount_settings(root, tmp_path)
+    after = {v for _, k, v in settings if k == "After"}
+    wants = {v for _, k, v in settings if k == "WantsMountsFor"}
+    assert after == {f"{unit}.automount" for unit, _ in expected}
+    assert wants == {source for _, source in expected}
+    assert all(k in ("After", "WantsMountsFor") for _, k, _ in settings), settings
+
+
+def test_unreachable_directory_on_an_automount_is_not_required(tmp_path: Path) -> None:
+    """The record's unreachable directory on an automount point is waited for as any source on it,
+    and no longer required by the handoff drop-in; the others stay required."""
+    root = write_root(
+        tmp_path / "root",
+        record=merged_record(
+            classes={
+                "sysext": {"unreachable": ["/var/lib/extensions"], "hierarchies": {}},
+                "confext": {"unreachable": ["/var/lib/confexts"], "hierarchies": {}},
+            }
+        ),
+    )
+    (root / "etc").mkdir()
+    (root / "etc/fstab").write_text("LABEL=c /var/lib/confexts ext4 x-systemd.automount 0 2\n")
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    (root / "usr/lib/systemd/libsystemd-shared-256.so").write_text("")
+    out = tmp_path / "out"
+    assert run_generator(root, out).returncode == 0
+    tree = snapshot(out)
+    assert read_unit_file(tree[HANDOFF].encode()) == [("Unit", "RequiresMountsFor", "/var/lib/extensions")]
+    assert read_unit_file(tree[AUTOMOUNT].encode()) == [
+        ("Unit", "After", "var-lib-confexts.automount"),
+        ("Unit", "WantsMountsFor", "/var/lib/confexts"),
+    ]

@@ -633,3 +633,46 @@ def test_submount_made_while_merged_survives_unmerge(
     finally:
         while mounts_at(y):
             mountapi.umount2(y, mountapi.MNT_DETACH)
+
+
+# --------------------------------------------------------------------------------------------
+# An image the initrd deferred
+
+
+@pytest.mark.parametrize(
+    ("in_initrd", "same_boot", "said"),
+    [(True, True, True), (False, True, False), (True, False, False)],
+)
+def test_the_real_root_says_which_images_the_initrd_deferred(
+    run: Runner, fake_root: Path, tmp_path: Path, in_initrd: bool, same_boot: bool, said: bool
+) -> None:
+    """The initrd's record of this boot lists an entry as deferred: the real root merges the image
+    and says why the initrd left it. A record of another run or boot says nothing of this one."""
+    from sysextpy.handoff import ClassEntry, HandoffRecord
+    from sysextpy.state import boot_id, write_record
+
+    sysext_tree(fake_root / "efi/extensions/esp", "esp", {"usr/lib/esp/file": "from the ESP\n"})
+    (fake_root / "var/lib/extensions").mkdir(parents=True)
+    (fake_root / "var/lib/extensions/esp").symlink_to("/efi/extensions/esp")
+    why = "its source '/efi/extensions/esp' lies on /efi, which the initrd does not mount"
+    initrd_record = HandoffRecord(
+        boot_id=boot_id() if same_boot else "0" * 32,
+        phase="merged",
+        tool="sysextpy test",
+        verb="refresh",
+        root="/sysroot",
+        in_initrd=in_initrd,
+        started=1,
+        classes={
+            "sysext": ClassEntry(deferred=[("/var/lib/extensions/esp", why)]),
+            "confext": ClassEntry(),
+        },
+    )
+    write_record(run.state, initrd_record)
+    err = run.ok("refresh")
+    try:
+        assert "Using extensions 'esp'." in err
+        assert (f"sysext esp: deferred in the initrd: {why}" in err) == said, err
+        assert (fake_root / "usr/lib/esp/file").read_text() == "from the ESP\n"
+    finally:
+        run.ok("unmerge")

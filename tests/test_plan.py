@@ -444,3 +444,43 @@ def test_status_hierarchies_from_environment(tmp_path: Path, sysextpy_cmd: RunSy
     )
     assert result.returncode == 0, result.stderr
     assert [r["hierarchy"] for r in json.loads(result.stdout)] == ["/srv/data", "/usr"]
+
+
+def test_plan_rows_show_a_deferred_entry(tmp_path: Path) -> None:
+    """In the initrd (a view that says so: this machine is not one), an image linked onto the ESP is
+    a row of its own with the verdict `deferred` and its reason, beside the images merged; nothing
+    of it counts as rejected."""
+    from sysextpy.discover import discover
+    from sysextpy.model import ImageClass, Options
+    from sysextpy.plan import Survey, host_info, judge_all
+    from sysextpy.settings import resolve_settings
+    from sysextpy.verbs import plan_rows
+    from sysextpy.view import LiveView
+
+    class InitrdView(LiveView):
+        def in_initrd(self) -> bool:
+            return True
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/os-release").write_text("ID=debian\nVERSION_ID=12\n")
+    make_sysext(root / "var/lib/extensions/tools", "tools", "ID=debian\nVERSION_ID=12\n")
+    (root / "var/lib/extensions/esp.raw").symlink_to("/efi/EFI/Linux/esp.raw")
+    view = InitrdView(os.fspath(root), {})
+    opts = Options(root=root, root_given=True, classes=(ImageClass.SYSEXT,))
+    settings = (resolve_settings(opts, ImageClass.SYSEXT, view),)
+    found = Survey(
+        root=root,
+        host=host_info(view),
+        initrd=False,
+        settings=settings,
+        discoveries=(discover(view, ImageClass.SYSEXT, initrd=False),),
+    )
+    plan = judge_all(opts, found, view)
+    rows = {r["entry"]: r for r in plan_rows(plan)}
+    esp = rows[os.fspath(root / "var/lib/extensions/esp.raw")]
+    assert (esp["verdict"], esp["path"], esp["type"]) == ("deferred", None, None)
+    assert esp["reason"].startswith("its source '/efi/EFI/Linux/esp.raw' lies on /efi")
+    assert rows[os.fspath(root / "var/lib/extensions/tools")]["verdict"] == "merge"
+    assert plan.rejected == ()
+    assert [v.name for v in plan.classes[0].to_merge] == ["tools"]

@@ -37,10 +37,10 @@ from sysextpy.discover import invalid_name_reason
 from sysextpy.dissect import Evidence, decide_protection, sniff_filesystem
 from sysextpy.errors import ImageError, MountError, ParseError, SysextError, UsageError
 from sysextpy.fingerprint import describe_changes, digest
+from sysextpy.fstab import parse_fstab_mount_points, unescape_fstab
 from sysextpy.gpt import GptError, known_architectures, parse_partition_table, select_partitions, type_uuid
 from sysextpy.handoff import SCHEMA, ClassEntry, Confirmation, HandoffRecord, HierarchyResult, parse_record
 from sysextpy.identity import format_origin
-from sysextpy.live import parse_fstab_mount_points, unescape_fstab
 from sysextpy.model import HostInfo, HostRelease, ImageClass, component_name
 from sysextpy.mountapi import (
     classic_overlay_options,

@@ -533,6 +533,34 @@ def _add_extension(w: World, cls: str, kind: str) -> None:
         tree_for(cls)(w.at(_entry(cls, "dir", name)), name, {data_file(cls, name): "new 1\n"})
 
 
+# A link onto a file system the root's fstab names but that is not mounted (in the initrd, such an
+# entry is deferred; here a dangling link whose mount point is observed).
+STORE = "srv/store"
+
+
+def _store_link(w: World, cls: str, kind: str) -> None:
+    write(w.at("etc/fstab"), f"LABEL=store /{STORE} ext4 defaults 0 2\n")
+    _mkdir(w, STORE)
+    name = f"{PREFIX[cls]}new"
+    w.at(_entry(cls, kind, name)).symlink_to(f"/{STORE}/{_entry(cls, kind, name).rsplit('/', 1)[1]}")
+
+
+def _store_mounted(with_image: bool) -> Step:
+    def step(w: World, cls: str, kind: str) -> None:
+        where = w.root / STORE
+        mountapi.mount("tmpfs", where, "tmpfs", 0, "mode=0755")
+        w.mounts.append(where)
+        if not with_image:
+            return
+        name = f"{PREFIX[cls]}new"
+        if kind == "raw":
+            shutil.copy(w.images.path(f"{name}.raw"), where / f"{name}.raw")
+        else:
+            tree_for(cls)(where / name, name, {data_file(cls, name): "new 1\n"})
+
+    return step
+
+
 def _remove_extension(w: World, cls: str, kind: str) -> None:
     _remove(w.at(_entry(cls, kind)))
 
@@ -687,6 +715,14 @@ CATALOGUE: list[Change] = [
     Change("extension-removed", _remove_extension),
     Change("extension-masked-by-empty-dir", _mask),
     Change("extension-shadowed", _shadow),
+    Change("link-target-file-system-mounted", _store_mounted(True), _store_link, combinable=False),
+    Change(
+        "link-target-file-system-mounted-empty",
+        _store_mounted(False),
+        _store_link,
+        effect=NO_EFFECT,
+        combinable=False,
+    ),
     # Configuration drop-ins.
     Change("drop-in-appears", _drop_in, kinds=NO_KIND),
     Change("drop-in-disappears", _no_drop_in, _drop_in, kinds=NO_KIND),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sysextpy.errors import SysextError
-from sysextpy.handoff import HandoffRecord
+from sysextpy.handoff import ClassEntry, HandoffRecord, parse_record
 from sysextpy.state import boot_id, read_record, run_lock, state_directory, untrusted_directory, write_record
 
 
@@ -63,6 +63,30 @@ def test_the_record_reads_back_as_written(tmp_path: Path) -> None:
     check = read_record(tmp_path / "state.json")
     assert check.usable and check.record is not None
     assert check.record.to_json() == _record().to_json()
+
+
+def test_deferred_images_read_back_and_older_records_have_none(tmp_path: Path) -> None:
+    """classes.*.deferred: written and read back as (entry, reason); a record of an older version,
+    without the key, still reads, with nothing deferred; a malformed entry makes it corrupt."""
+    record = _record()
+    why = "its source '/efi/a.raw' lies on /efi, which the initrd does not mount: the real root merges it"
+    record.classes["sysext"] = ClassEntry(deferred=[("/var/lib/extensions/a.raw", why)])
+    write_record(tmp_path / "state.json", record)
+    data = json.loads((tmp_path / "state.json").read_text())
+    assert data["classes"]["sysext"]["deferred"] == [{"entry": "/var/lib/extensions/a.raw", "reason": why}]
+    check = read_record(tmp_path / "state.json")
+    assert check.usable and check.record is not None
+    assert check.record.classes["sysext"].deferred == [("/var/lib/extensions/a.raw", why)]
+    # A confirming run keeps what the initrd deferred.
+    assert check.record.classes["sysext"].confirmed([]).deferred == [("/var/lib/extensions/a.raw", why)]
+
+    del data["classes"]["sysext"]["deferred"]
+    older = parse_record(json.dumps(data), boot_id())
+    assert older.usable and older.record is not None and older.record.classes["sysext"].deferred == []
+
+    data["classes"]["sysext"]["deferred"] = [{"name": "a", "reason": why}]
+    broken = parse_record(json.dumps(data), boot_id())
+    assert broken.record is None and "an entry path in classes.sysext.deferred" in broken.reason
 
 
 def test_the_directory_is_created_private(tmp_path: Path) -> None:

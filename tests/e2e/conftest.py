@@ -134,7 +134,9 @@ def make_guest(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeG
             BOOT_SUMMARIES.append(f"{request.node.name} [{guest.name}]: {guest.result.timing_summary()}")
     if request.node.stash.get(_passed_key, False):
         for guest in guests:
-            for image in ("root.img", "var.img"):
+            for image in ("root.img", "var.img", *(f"{label}.img" for label, _ in guest.disks.values())):
                 (guest.workdir / image).unlink(missing_ok=True)
+            for _, tree in guest.disks.values():
+                shutil.rmtree(tree, ignore_errors=True)
             shutil.rmtree(guest.tree, ignore_errors=True)
             shutil.rmtree(guest.var_tree, ignore_errors=True)

@@ -1237,6 +1237,8 @@ class Guest:
     report_units: list[str] = field(default_factory=list)
     wait_for_probes: list[str] = field(default_factory=list)
     var_separate: bool = False
+    # Further disks (add_disk): guest mount point -> the tree that becomes the disk, by label.
+    disks: dict[str, tuple[str, Path]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.result: Optional[BootResult] = None
@@ -1256,6 +1258,10 @@ class Guest:
     def host_path(self, guest_path: str) -> Path:
         """Where `guest_path` lives on the host while the guest is being put together."""
         rel = guest_path.lstrip("/")
+        for mount_point, (_, tree) in sorted(self.disks.items(), key=lambda item: -len(item[0])):
+            inner = mount_point.lstrip("/")
+            if rel == inner or rel.startswith(inner + "/"):
+                return tree / rel[len(inner) :].lstrip("/")
         if self.var_separate and (rel == "var" or rel.startswith("var/")):
             return self.var_tree / rel[len("var") :].lstrip("/")
         return self.tree / rel
@@ -1359,6 +1365,16 @@ class Guest:
         fstab = self.tree / "etc/fstab"
         fstab.write_text(fstab.read_text() + "/dev/vdb /var ext4 defaults 0 2\n")
 
+    def add_disk(self, mount_point: str, label: str, options: str = "defaults") -> None:
+        """A further ext4 disk, mounted at `mount_point` by an fstab line (found by its label, with
+        `options`): what the add_* methods put below the mount point goes onto it."""
+        tree = self.workdir / f"disk-{label}"
+        tree.mkdir()
+        self.disks[mount_point] = (label, tree)
+        (self.tree / mount_point.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        fstab = self.tree / "etc/fstab"
+        fstab.write_text(fstab.read_text() + f"LABEL={label} {mount_point} ext4 {options} 0 2\n")
+
     # -- finishing and booting
 
     def _install(self) -> None:
@@ -1413,6 +1429,8 @@ class Guest:
             disks = [self.image(self.tree, self.workdir / "root.img", "root", 400)]
             if self.var_separate:
                 disks.append(self.image(self.var_tree, self.workdir / "var.img", "var", 64))
+            for label, tree in self.disks.values():
+                disks.append(self.image(tree, self.workdir / f"{label}.img", label, 64))
         extra = [f"systemd.machine_id={machine_id(self.env.base.key)}", *cmdline]
         log(f"booting {self.name!r} ({self.env.kernel.kver})")
         with timed(f"boot {self.name}"):
