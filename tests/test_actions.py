@@ -29,6 +29,7 @@ from sysextpy.actions import (
     unit_name_is_valid,
 )
 from sysextpy.handoff import SCHEMA, ClassEntry, HandoffRecord, UnitAction, parse_record
+from tests.conftest import REPO_ROOT
 from tests.merge_support import Runner, RunSysextpy, add_sysext, sysext_tree, write
 
 # --------------------------------------------------------------------------------------------------
@@ -406,3 +407,38 @@ def test_merging_record_names_its_target(live: LiveWorld) -> None:
     assert during["phase"] == "merging"
     assert during["classes"]["sysext"]["fingerprint"] is None
     assert during["classes"]["sysext"]["target"] == after["classes"]["sysext"]["fingerprint"]  # type: ignore[index]
+
+
+def exec_reload() -> list[str]:
+    """The arguments the unit's ExecReload= gives the tool."""
+    line = next(
+        line
+        for line in (REPO_ROOT / "units/sysextpy.service").read_text().splitlines()
+        if line.startswith("ExecReload=")
+    )
+    words = line.partition("=")[2].split()
+    assert words[0] == "/usr/bin/sysextpy"
+    return [w.replace("${SYSEXTPY_CLASS}", "sysext") for w in words[1:]]
+
+
+def test_exec_reload_skips_unless_something_changed(live: LiveWorld) -> None:
+    """`systemctl reload sysextpy.service` in the unit's environment after a boot whose initrd
+    record did not vouch (the generator's SYSEXTPY_FORCE_REFRESH=1): a skip while nothing
+    changed, the changed extension's units once it did."""
+    args = exec_reload()
+    write(live.units / "foo.service", "[Service]\nExecStart=/bin/true\n")
+    live.add("app", "EXTENSION_RESTART_UNITS=foo.service\n", {"share/app": "1"})
+    forced = {"SYSEXTPY_FORCE_REFRESH": "1"}
+    status, calls, err = live.run("refresh", env=forced)  # the boot's first run: ExecStart=
+    assert (status, calls) == (0, ["daemon-reload", "try-restart -- foo.service"]), err
+    status, calls, err = live.run(*args, env=forced)
+    assert (status, calls) == (0, []), err
+    assert "Skipping extension refresh" in err
+    live.add("app", "EXTENSION_RESTART_UNITS=foo.service\n", {"share/app": "2"})
+    status, calls, err = live.run(*args, env=forced)
+    assert (status, calls) == (0, ["daemon-reload", "try-restart -- foo.service"]), err
+    assert (live.usr / "share/app").read_text() == "2"
+    # ExecStart='s plain refresh is forced by the variable: a swap and a reload, but no extension
+    # changed, so no unit is restarted
+    status, calls, err = live.run("refresh", env=forced)
+    assert (status, calls) == (0, ["daemon-reload"]), err
