@@ -21,12 +21,16 @@ replaced or removed, what the old one named is known without its image.
 
 from __future__ import annotations
 
+import os
+
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
+    from pathlib import Path
     from typing import Any, Optional
 
     from .handoff import ActionKind, UnitAction
+    from .model import ImageClass
 
 RESTART_KEY = "EXTENSION_RESTART_UNITS"
 RELOAD_OR_RESTART_KEY = "EXTENSION_RELOAD_OR_RESTART_UNITS"
@@ -175,6 +179,53 @@ def changed_requests(
         if request.restart or request.reload_or_restart:
             result.append((f"{image_class}:{name}", request))
     return result
+
+
+def live_merge_requests(
+    root: Path, image_class: ImageClass, hierarchies: Sequence[str]
+) -> tuple[dict[str, UnitRequest], Optional[dict[str, Any]]]:
+    """What the extensions of the class's live merges asked for (by name), and the inputs the
+    merge was built from (None when unknown: then every extension merged now counts as changed).
+    Read before a swap or an unmerge: what goes away may exist nowhere else."""
+    from .live import read_live_extra
+    from .status import live_merge
+
+    found: dict[str, UnitRequest] = {}
+    inputs: Optional[dict[str, Any]] = None
+    for h in hierarchies:
+        path, live = live_merge(root, image_class, h)
+        if live is None or path is None:
+            continue
+        extra = read_live_extra(os.fspath(path), image_class.metadata_dir)
+        if extra is None:
+            # A merge systemd-sysext made (or one sysextpy adopted): its extensions' release data
+            # where upstream reads it, in the merged tree.
+            for name in live.extensions:
+                found.setdefault(name, merged_release_request(root, image_class, name))
+            continue
+        for name, request in live_requests(extra).items():
+            found.setdefault(name, request)
+        if inputs is None and isinstance(extra.get("inputs"), dict):
+            inputs = extra["inputs"]
+    return found, inputs
+
+
+def merged_release_request(root: Path, image_class: ImageClass, name: str) -> UnitRequest:
+    """What the extension-release file of a merged extension asks for, read from the merged tree
+    inside the root; nothing when it cannot be read."""
+    from .errors import ResolveError, SysextError
+    from .osrelease import parse_os_release
+    from .view import LiveView, read_text
+
+    view = LiveView(os.fspath(root), {})
+    try:
+        text = read_text(view, view.resolve(f"/{image_class.release_dir}/extension-release.{name}"))
+    except (ResolveError, SysextError) as e:
+        from .log import log
+
+        log.debug("No release data of the merged extension %r: %s", name, e)
+        return UnitRequest()
+    return UnitRequest.from_release(parse_os_release(text), name)
 
 
 def live_requests(extra: Optional[Mapping[str, Any]]) -> dict[str, UnitRequest]:

@@ -388,7 +388,7 @@ def _build_and_swap(
         for d in discoveries
         for c in d.candidates
     }
-    from .actions import UnitRequest, changed_requests
+    from .actions import UnitRequest, changed_requests, live_merge_requests
 
     assembled: list[tuple[ClassRun, apply.Assembled]] = []
     requesting: set[str] = set()
@@ -425,7 +425,7 @@ def _build_and_swap(
             }
             requesting.update(n for n, flag in reload_flags.items() if flag)
             requesting.update(_old_reloaders(root, cp.settings, set(reload_flags)))
-            before[cls] = _live_requests(root, run.image_class, cp.settings.hierarchies)
+            before[cls] = live_merge_requests(root, run.image_class, cp.settings.hierarchies)
             after[cls] = units
             prepared = [
                 apply.prepare_hierarchy(root, ws, cp.settings, h, merged) for h in cp.settings.hierarchies
@@ -545,28 +545,6 @@ def _act(changes: list[tuple[str, UnitRequest]]) -> list[UnitAction]:
     return perform(planned)
 
 
-def _live_requests(
-    root: Path, image_class: ImageClass, hierarchies: tuple[str, ...]
-) -> tuple[dict[str, UnitRequest], Optional[dict[str, Any]]]:
-    """What the extensions of the class's live merges asked for (by name), and the inputs the
-    merge was built from (None when unknown: then every extension merged now counts as changed)."""
-    from .actions import live_requests
-    from .status import live_merge
-
-    found: dict[str, UnitRequest] = {}
-    inputs: Optional[dict[str, Any]] = None
-    for h in hierarchies:
-        path, live = live_merge(root, image_class, h)
-        if live is None or path is None:
-            continue
-        extra = read_live_extra(os.fspath(path), image_class.metadata_dir)
-        for name, request in live_requests(extra).items():
-            found.setdefault(name, request)
-        if inputs is None and extra and isinstance(extra.get("inputs"), dict):
-            inputs = extra["inputs"]
-    return found, inputs
-
-
 def _old_reloaders(root: Path, cs: ClassSettings, still_merged: set[str]) -> set[str]:
     """Extensions of the live merge that ask for a reload and are going away."""
     found: set[str] = set()
@@ -586,7 +564,7 @@ def _write_quietly(path: Path, record: HandoffRecord) -> None:
 
 def do_unmerge(opts: Options, env: Mapping[str, str]) -> int:
     from . import apply
-    from .actions import changed_requests
+    from .actions import changed_requests, live_merge_requests
     from .reload import decide_reload, reload_manager
     from .state import new_record, now_usec, write_record
 
@@ -599,7 +577,7 @@ def do_unmerge(opts: Options, env: Mapping[str, str]) -> int:
     for cls in classes:
         for h in hierarchies[cls]:
             requesting |= _old_reloaders_of(opts.root, cls, h)
-        old, _ = _live_requests(opts.root, cls, hierarchies[cls])
+        old, _ = live_merge_requests(opts.root, cls, hierarchies[cls])
         going[cls] = changed_requests(cls.value, old, None, {}, {})
     failed: list[str] = []
     changed = False

@@ -434,6 +434,7 @@ def test_exec_reload_skips_unless_something_changed(live: LiveWorld) -> None:
     status, calls, err = live.run(*args, env=forced)
     assert (status, calls) == (0, []), err
     assert "Skipping extension refresh" in err
+    assert live.record()["confirmedBy"] == "observations"  # the quick path takes it too
     live.add("app", "EXTENSION_RESTART_UNITS=foo.service\n", {"share/app": "2"})
     status, calls, err = live.run(*args, env=forced)
     assert (status, calls) == (0, ["daemon-reload", "try-restart -- foo.service"]), err
