@@ -370,6 +370,7 @@ def _build_and_swap(
     import json
 
     from . import apply
+    from .actions import UnitRequest, changed_requests, live_merge_requests
     from .fingerprint import EXTRA_FILE
     from .identity import extension_identity, origin_record
     from .images import Workspace
@@ -388,8 +389,6 @@ def _build_and_swap(
         for d in discoveries
         for c in d.candidates
     }
-    from .actions import UnitRequest, changed_requests, live_merge_requests
-
     assembled: list[tuple[ClassRun, apply.Assembled]] = []
     requesting: set[str] = set()
     # per class: (what the live merge's extensions asked for, its inputs; what the new ones ask)
@@ -588,8 +587,8 @@ def do_unmerge(opts: Options, env: Mapping[str, str]) -> int:
             try:
                 did = apply.unmerge_hierarchy(opts.root, cls, h)
                 changed = changed or did
-                if did and going[cls]:
-                    gone += going.pop(cls)
+                if did:  # once per class, whichever of its hierarchies went first
+                    gone += going.pop(cls, [])
                 entry.hierarchies[h] = HierarchyResult("unmerged" if did else "untouched")
             except SysextError as e:
                 log.error("%s", e)

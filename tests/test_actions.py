@@ -321,6 +321,23 @@ def test_actions_follow_one_reload_in_a_stable_order(live: LiveWorld) -> None:
     assert live.merged() == []
 
 
+def test_unmerge_of_two_hierarchies_acts_once(live: LiveWorld) -> None:
+    opt = live.base / "opt"
+    opt.mkdir()
+    live.add(
+        "app",
+        "EXTENSION_RESTART_UNITS=a.service\n",
+        {"share/app": "1", f"{os.path.relpath(opt, live.usr)}/app": "1"},
+    )
+    both = {"SYSTEMD_SYSEXT_HIERARCHIES": f"{live.usr}:{opt}"}
+    status, calls, err = live.run("merge", env=both)
+    assert (status, calls) == (0, ["daemon-reload", "stop -- a.service"]), err
+    assert (opt / "app").read_text() == "1"
+    status, calls, err = live.run("unmerge", env=both)
+    assert (status, calls) == (0, ["daemon-reload", "stop -- a.service"]), err
+    assert not (opt / "app").exists()
+
+
 def test_no_actions_without_units(live: LiveWorld) -> None:
     live.add("plain", "EXTENSION_RELOAD_MANAGER=1\n")
     status, calls, err = live.run("refresh")
