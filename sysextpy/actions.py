@@ -16,7 +16,8 @@ A name that is not a valid unit name drops that one action with a warning that q
 upstream's v262 does: "ignoring"); the image itself is still merged.
 
 What an extension asked for is kept in the merge's `sysextpy.json` ("units"), so that when it is
-replaced or removed, what the old one named is known without its image.
+replaced or removed, what the old one named is known without its image; of a merge
+systemd-sysext made, the release files in the merged tree say it.
 """
 
 from __future__ import annotations
