@@ -57,15 +57,17 @@ SKIP_MESSAGE = (
 INPUTS_CHANGED = "inputs changed since the last merge"
 
 
-def forced(verb: str, always_refresh: bool, env: Mapping[str, str]) -> Optional[str]:
-    """Why this run refreshes whatever the record says, or None."""
+def forced(verb: str, always_refresh: Optional[bool], env: Mapping[str, str]) -> Optional[str]:
+    """Why this run refreshes whatever the record says, or None. `always_refresh` is the command
+    line's (None: not given); an explicit --always-refresh=no beats $SYSEXTPY_FORCE_REFRESH, as
+    the command line beats the environment everywhere."""
     if verb not in ("refresh", "plan"):
         return f"verb {verb}"
     if always_refresh:
         return "--always-refresh=yes given"
     from .util import is_truthy
 
-    if is_truthy(env.get("SYSEXTPY_FORCE_REFRESH")):
+    if always_refresh is None and is_truthy(env.get("SYSEXTPY_FORCE_REFRESH")):
         return "SYSEXTPY_FORCE_REFRESH=1 (the earlier merge was incomplete or failed)"
     return None
 
@@ -201,7 +203,7 @@ def confirm_refresh(
     `values` are the command line's (cli.read_argv), for a refresh cli.confirmable() accepted."""
     from .log import DEBUG, level_from_env
 
-    why = forced("refresh", False, env)
+    why = forced("refresh", values.get("always_refresh"), env)
     if why:
         return None, why
     if (level_from_env(env.get("SYSTEMD_LOG_LEVEL")) or 0) >= DEBUG:

@@ -14,6 +14,8 @@ Schema 2, one line of JSON, keys camelCase:
       "classes": {
         "sysext": {
           "fingerprint": "<sha256 hex>" | null,   # bind(inputsDigest, observationsDigest)
+          "target": "<sha256 hex>",       # only when rebuilt: the fingerprint it is moving to,
+                                          # already in the "merging" record; never vouches
           "inputsDigest": "<sha256 hex>" | null,  # of everything that decides the merge
           "observationsDigest": "<sha256 hex>" | null,  # of the observations it was read from
           "merged": ["a", "b"],
@@ -31,6 +33,10 @@ Schema 2, one line of JSON, keys camelCase:
       },
       "errors": ["..."], "timings": {"totalMs": <float>, ...},
       "reload": {"done": false, "reason": "..."},
+      "actions": [                      # live actions after the reload (actions.py), in order
+        {"unit": "foo.service", "action": "try-restart" | "try-reload-or-restart" | "stop",
+         "for": ["sysext:foo"], "result": "done" | "failed", "error": "..." | null}
+      ],
       "confirmedBy": "observations" | "inputs" | null,  # what proved a run that changed nothing
       "quickDeclined": "..." | null,   # why the observations did not confirm (a full run's record)
       "messages": [[<priority>, "..."]],  # what deciding said (warnings), said again on a skip
@@ -43,6 +49,10 @@ Schema 2, one line of JSON, keys camelCase:
         "observations": [[kind, ..., value], ...]
       }
     }
+
+`actions` and a class's `target` came later within schema 2: a record without them reads as
+having none, and a reader that does not know them ignores them. A failed action leaves the phase
+`merged`: the merge is what its inputs say, only the manager did not do what was asked.
 
 A class's fingerprint binds what its merge was decided from (`inputsDigest`) to how that was read
 (`observationsDigest`: of the class's frame and the observations its inputs depend on, see
@@ -73,6 +83,8 @@ if TYPE_CHECKING:
     Phase = Literal["merging", "merged", "failed"]
     Result = Literal["merged", "replaced", "unchanged", "adopted", "unmerged", "untouched", "failed"]
     ConfirmedBy = Literal["observations", "inputs", "adoption"]
+    ActionKind = Literal["try-restart", "try-reload-or-restart", "stop"]
+    ActionResult = Literal["done", "failed"]
 else:
     try:  # the built-in module: hashlib loads OpenSSL
         from _sha256 import sha256
@@ -100,6 +112,8 @@ LIVE_RESULTS: Final = (MERGED, REPLACED, UNCHANGED)  # a merge of ours is there
 NOT_MERGED: Final = (UNMERGED, UNTOUCHED)  # nothing of ours is there
 
 CONFIRMERS: Final = ("observations", "inputs", "adoption")
+ACTION_KINDS: Final = ("try-restart", "try-reload-or-restart", "stop")
+ACTION_RESULTS: Final = ("done", "failed")
 
 
 class Corrupt(ValueError):
@@ -197,6 +211,7 @@ class ClassEntry:
         "merged",
         "observations_digest",
         "rejected",
+        "target",
         "unreachable",
     )
 
@@ -212,8 +227,10 @@ class ClassEntry:
         unreachable: Optional[list[str]] = None,
         hierarchies: Optional[dict[str, HierarchyResult]] = None,
         deferred: Optional[list[tuple[str, str]]] = None,
+        target: Optional[str] = None,
     ) -> None:
         self.fingerprint = fingerprint
+        self.target = target  # what a rebuild is moving to: evidence of intent, never of a merge
         self.inputs_digest = inputs_digest
         self.observations_digest = observations_digest
         self.merged = merged or []
@@ -251,7 +268,7 @@ class ClassEntry:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "fingerprint": self.fingerprint,
             "inputsDigest": self.inputs_digest,
             "observationsDigest": self.observations_digest,
@@ -262,6 +279,9 @@ class ClassEntry:
             "unreachable": list(self.unreachable),
             "hierarchies": {h: r.to_json() for h, r in self.hierarchies.items()},
         }
+        if self.target is not None:
+            data["target"] = self.target
+        return data
 
     @classmethod
     def from_json(cls, data: Any, what: str) -> ClassEntry:
@@ -290,6 +310,47 @@ class ClassEntry:
                 _need(h, str, "a hierarchy"): HierarchyResult.from_json(r, f"{what}.hierarchies.{h}")
                 for h, r in hierarchies.items()
             },
+            target=_maybe(data.get("target"), str, f"{what}.target"),
+        )
+
+
+class UnitAction:
+    """One live action (actions.py): what was asked of the manager for a unit, and how it went."""
+
+    __slots__ = ("action", "error", "extensions", "result", "unit")
+
+    def __init__(
+        self,
+        unit: str,
+        action: ActionKind,
+        extensions: list[str],
+        result: ActionResult,
+        error: Optional[str] = None,
+    ) -> None:
+        self.unit = unit
+        self.action: ActionKind = action
+        self.extensions = extensions  # "class:name" of the extensions that asked for it
+        self.result: ActionResult = result
+        self.error = error
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "action": self.action,
+            "for": list(self.extensions),
+            "result": self.result,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, what: str) -> UnitAction:
+        _need(data, dict, what)
+        return cls(
+            _need(data.get("unit"), str, f"{what}.unit"),
+            _word(data.get("action"), ACTION_KINDS, f"{what}.action"),
+            _strings(data.get("for", []), f"{what}.for"),
+            _word(data.get("result"), ACTION_RESULTS, f"{what}.result"),
+            _maybe(data.get("error"), str, f"{what}.error"),
         )
 
 
@@ -374,6 +435,7 @@ class Confirmation:
 
 class HandoffRecord:
     __slots__ = (
+        "actions",
         "boot_id",
         "classes",
         "confirm",
@@ -413,6 +475,7 @@ class HandoffRecord:
         declined: Optional[str] = None,
         messages: Optional[list[tuple[int, str]]] = None,
         confirm: Optional[Confirmation] = None,
+        actions: Optional[list[UnitAction]] = None,
     ) -> None:
         self.boot_id = boot_id
         self.phase: Phase = phase
@@ -431,6 +494,7 @@ class HandoffRecord:
         self.declined = declined
         self.messages = messages if messages is not None else []
         self.confirm = confirm
+        self.actions = actions if actions is not None else []
 
     @property
     def rejected(self) -> bool:
@@ -455,6 +519,7 @@ class HandoffRecord:
             "errors": list(self.errors),
             "timings": dict(self.timings),
             "reload": {"done": self.reload_done, "reason": self.reload_reason},
+            "actions": [a.to_json() for a in self.actions],
             "confirmedBy": self.confirmed_by,
             "quickDeclined": self.declined,
             "messages": [[level, text] for level, text in self.messages],
@@ -485,6 +550,7 @@ class HandoffRecord:
         if confirmed_by is not None:
             _word(confirmed_by, CONFIRMERS, "confirmedBy")
         confirm = data.get("confirm")
+        actions = _need(data.get("actions", []), list, "actions")
         return cls(
             boot_id=_need(data.get("bootId"), str, "bootId"),
             phase=_word(data.get("phase"), PHASES, "phase"),
@@ -505,6 +571,7 @@ class HandoffRecord:
             declined=_maybe(data.get("quickDeclined"), str, "quickDeclined"),
             messages=messages,
             confirm=None if confirm is None else Confirmation.from_json(confirm),
+            actions=[UnitAction.from_json(a, f"actions[{i}]") for i, a in enumerate(actions)],
         )
 
 

@@ -34,9 +34,10 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any, Optional
 
+    from .actions import UnitRequest
     from .discover import Discovery
     from .dissect import TrustContext
-    from .handoff import RecordCheck
+    from .handoff import RecordCheck, UnitAction
     from .pins import Pins
     from .plan import ClassPlan, Survey
     from .recording import RecordingView
@@ -438,7 +439,7 @@ def _merge_assessed(
 
     todo = [d for r, d in zip(runs, a.found.discoveries) if not (r.skip or r.image_class.value in adopted)]
     identities = _identities(opts, todo, pins)
-    record = new_record(opts.verb.value, root, "merging", started)
+    record = new_record(opts.verb.value, root, "merging", started, env)
     record.messages = a.messages
     record.declined = declined if opts.verb is Verb.REFRESH else None
     for run in runs:
@@ -450,7 +451,7 @@ def _merge_assessed(
             assert check.record is not None
             record.classes[cls] = check.record.classes[cls].confirmed(run.unreachable)
         else:
-            record.classes[cls] = ClassEntry(unreachable=run.unreachable)
+            record.classes[cls] = ClassEntry(unreachable=run.unreachable, target=run.fingerprint)
     write_record(opts.state, record)  # "merging": a crash from here on never leads to a skip
     return _build_and_swap(opts, env, a, view, pins, identities, runs, record, confirm, t0, t_decided)
 
@@ -472,6 +473,7 @@ def _build_and_swap(
     import json
 
     from . import apply
+    from .actions import UnitRequest, changed_requests, live_merge_requests
     from .fingerprint import EXTRA_FILE
     from .identity import origin_record
     from .images import Workspace
@@ -486,6 +488,9 @@ def _build_and_swap(
     plain = LiveView(os.fspath(root), env, pins=pins)
     assembled: list[tuple[ClassRun, apply.Assembled]] = []
     requesting: set[str] = set()
+    # per class: (what the live merge's extensions asked for, its inputs; what the new ones ask)
+    before: dict[str, tuple[dict[str, UnitRequest], Optional[dict[str, Any]]]] = {}
+    after: dict[str, dict[str, UnitRequest]] = {}
     ws = Workspace(trust=a.trust, pins=pins)
     ws.enter()
     try:
@@ -504,11 +509,20 @@ def _build_and_swap(
             _log_choice(
                 [v.name for v in merged], sum(1 for v in cp.verdicts if v.verdict is Verdict.IGNORED)
             )
+            cls = run.image_class.value
+            units = {v.name: UnitRequest.from_release(dict(v.release), v.name) for v in merged}
+            for request in units.values():
+                for warning in request.warnings:
+                    log.warning("%s", warning)
             reload_flags = {
-                v.name: is_truthy(dict(v.release).get("EXTENSION_RELOAD_MANAGER")) for v in merged
+                v.name: is_truthy(dict(v.release).get("EXTENSION_RELOAD_MANAGER"))
+                or units[v.name].wants_reload
+                for v in merged
             }
             requesting.update(n for n, flag in reload_flags.items() if flag)
             requesting.update(_old_reloaders(root, cp.settings, set(reload_flags)))
+            before[cls] = live_merge_requests(root, run.image_class, cp.settings.hierarchies)
+            after[cls] = units
             prepared = [
                 apply.prepare_hierarchy(root, ws, cp.settings, h, merged) for h in cp.settings.hierarchies
             ]
@@ -531,6 +545,7 @@ def _build_and_swap(
                     "observationsDigest": run.observations_digest,
                     "inputs": run.inputs,
                     "reload": reload_flags,
+                    "units": {n: r.to_json() for n, r in units.items() if r.restart or r.reload_or_restart},
                 },
                 indent=1,
                 sort_keys=True,
@@ -553,11 +568,14 @@ def _build_and_swap(
     # Everything is built. From here on, each hierarchy changes in one step.
     errors: list[str] = []
     changed = False
+    changed_classes: set[str] = set()
     for run, item in assembled:
         entry = record.classes[run.image_class.value]
         try:
             action = apply.swap_in(root, item)
             changed = changed or action != "untouched"
+            if action != "untouched":
+                changed_classes.add(run.image_class.value)
             dev = format_dev(os.stat(item.target).st_dev) if item.mount_id is not None else None
             entry.hierarchies[item.hierarchy] = HierarchyResult(action, item.mount_id, dev)  # type: ignore[arg-type]
         except SysextError as e:
@@ -577,7 +595,7 @@ def _build_and_swap(
             entry.inputs_digest = run.inputs_digest
             entry.observations_digest = run.observations_digest
 
-    do_reload, why = decide_reload(opts, changed, requesting)
+    do_reload, why = decide_reload(opts, changed, requesting, env)
     log.info("%s the service manager: %s.", "Reloading" if do_reload else "Not reloading", why)
     record.reload_reason = why
     if do_reload:
@@ -587,6 +605,14 @@ def _build_and_swap(
         except SysextError as e:
             errors.append(str(e))
             log.error("%s", e)
+    if record.reload_done:
+        changes = []
+        for run in todo:
+            cls = run.image_class.value
+            if cls in changed_classes and cls in before:
+                old, old_inputs = before[cls]
+                changes += changed_requests(cls, old, old_inputs, after[cls], run.inputs)
+        record.actions = _act(changes)
 
     record.errors = errors
     record.phase = "failed" if errors else "merged"
@@ -600,9 +626,19 @@ def _build_and_swap(
         "swapMs": _timed_ms(t_built),
     }
     write_record(opts.state, record)
-    if errors:
+    if errors or any(a.result == "failed" for a in record.actions):
         return EXIT_FAILURE
     return exit_status(record)
+
+
+def _act(changes: list[tuple[str, UnitRequest]]) -> list[UnitAction]:
+    """The live actions for the extensions that changed (actions.py), done after the one reload."""
+    from .actions import perform, plan_actions
+
+    planned = plan_actions(changes)
+    if planned:
+        log.info("Acting on %d unit(s) the changed extensions name.", len(planned))
+    return perform(planned)
 
 
 def _old_reloaders(root: Path, cs: ClassSettings, still_merged: set[str]) -> set[str]:
@@ -624,45 +660,55 @@ def _write_quietly(path: Path, record: HandoffRecord) -> None:
 
 def do_unmerge(opts: Options, env: Mapping[str, str]) -> int:
     from . import apply
+    from .actions import changed_requests, live_merge_requests
     from .reload import decide_reload, reload_manager
     from .state import new_record, now_usec, write_record
 
-    record = new_record(opts.verb.value, opts.root, "merging", now_usec())
+    record = new_record(opts.verb.value, opts.root, "merging", now_usec(), env)
     requesting: set[str] = set()
     classes = [ImageClass(c.value) for c in opts.classes]
     hierarchies = _hierarchies_of(opts, env)
+    # what the extensions that go away asked for: read before their merges are gone
+    going: dict[ImageClass, list[tuple[str, UnitRequest]]] = {}
     for cls in classes:
         for h in hierarchies[cls]:
             requesting |= _old_reloaders_of(opts.root, cls, h)
+        old, _ = live_merge_requests(opts.root, cls, hierarchies[cls])
+        going[cls] = changed_requests(cls.value, old, None, {}, {})
     failed: list[str] = []
     changed = False
+    gone: list[tuple[str, UnitRequest]] = []
     for cls in classes:
         entry = ClassEntry()
         for h in hierarchies[cls]:
             try:
                 did = apply.unmerge_hierarchy(opts.root, cls, h)
                 changed = changed or did
+                if did:  # once per class, whichever of its hierarchies went first
+                    gone += going.pop(cls, [])
                 entry.hierarchies[h] = HierarchyResult("unmerged" if did else "untouched")
             except SysextError as e:
                 log.error("%s", e)
                 failed.append(str(e))
                 entry.hierarchies[h] = HierarchyResult("failed", None, None, str(e))
         record.classes[cls.value] = entry
-    do_reload, why = decide_reload(opts, changed, requesting)
+    do_reload, why = decide_reload(opts, changed, requesting, env)
     log.info("%s the service manager: %s.", "Reloading" if do_reload else "Not reloading", why)
     if do_reload:
         try:
             reload_manager()
+            record.reload_done = True
         except SysextError as e:
             failed.append(str(e))
             log.error("%s", e)
+    if record.reload_done:
+        record.actions = _act(gone)
     record.phase = "failed" if failed else "merged"
     record.errors = failed
     record.finished = now_usec()
-    record.reload_done = do_reload
     record.reload_reason = why
     write_record(opts.state, record)
-    return EXIT_FAILURE if failed else EXIT_OK
+    return EXIT_FAILURE if failed or any(a.result == "failed" for a in record.actions) else EXIT_OK
 
 
 def _old_reloaders_of(root: Path, cls: ImageClass, hierarchy: str) -> set[str]:

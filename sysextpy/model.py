@@ -229,7 +229,7 @@ class Options:
     mutable: Optional[MutableMode] = None
     force: bool = False
     no_reload: bool = False
-    always_refresh: bool = False
+    always_refresh: Optional[bool] = None  # None: not given
     image_policy: Optional[str] = None
     noexec: Optional[bool] = None
     json: JsonMode = JsonMode.OFF

@@ -10,13 +10,17 @@ __all__ = ["decide_reload", "in_initrd", "reload_manager"]
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
+    from typing import Optional
 
     from .model import Options
 
 
-def decide_reload(opts: Options, changed: bool, requesting: Iterable[str]) -> tuple[bool, str]:
-    """Whether to reload the manager, and why (said in the log either way)."""
+def decide_reload(
+    opts: Options, changed: bool, requesting: Iterable[str], env: Optional[Mapping[str, str]] = None
+) -> tuple[bool, str]:
+    """Whether to reload the manager, and why (said in the log either way). The live actions
+    (actions.py) follow a reload, and only one."""
     wanted = sorted(set(requesting))
     if not changed:
         return False, "nothing changed"
@@ -24,11 +28,11 @@ def decide_reload(opts: Options, changed: bool, requesting: Iterable[str]) -> tu
         return False, "--no-reload given"
     if opts.root_given:
         return False, "--root given"
-    if in_initrd():
+    if in_initrd(env):
         return False, "running in the initrd"
     if not wanted:
         return False, "no changed extension sets EXTENSION_RELOAD_MANAGER=1"
-    return True, "EXTENSION_RELOAD_MANAGER=1 in " + ", ".join(repr(n) for n in wanted)
+    return True, "EXTENSION_RELOAD_MANAGER=1 (or units to restart) in " + ", ".join(repr(n) for n in wanted)
 
 
 def reload_manager() -> None:

@@ -50,8 +50,18 @@ def now_usec() -> int:
     return time.time_ns() // 1000
 
 
-def in_initrd() -> bool:
-    """Whether this process runs in an initrd (not whether --root is one)."""
+def in_initrd(env: Optional[Mapping[str, str]] = None) -> bool:
+    """Whether this process runs in an initrd (not whether --root is one): $SYSTEMD_IN_INITRD when
+    it is a boolean, as systemd's own tools take it, else whether /etc/initrd-release exists."""
+    if env is not None:
+        from .util import parse_bool_or_none
+
+        try:
+            said = parse_bool_or_none(env.get("SYSTEMD_IN_INITRD"))
+        except SysextError:  # not a boolean: as if unset, as systemd takes it
+            said = None
+        if said is not None:
+            return said
     return os.path.exists("/etc/initrd-release")
 
 
@@ -94,7 +104,9 @@ def state_directory(path: StrPath) -> str:
     return directory
 
 
-def new_record(verb: str, root: StrPath, phase: Phase, started: int) -> HandoffRecord:
+def new_record(
+    verb: str, root: StrPath, phase: Phase, started: int, env: Optional[Mapping[str, str]] = None
+) -> HandoffRecord:
     """A record as a run starts it; the run fills in classes, errors, timings and the reload."""
     from . import __version__
 
@@ -104,7 +116,7 @@ def new_record(verb: str, root: StrPath, phase: Phase, started: int) -> HandoffR
         tool=f"sysextpy {__version__}",
         verb=verb,
         root=os.fspath(root),
-        in_initrd=in_initrd(),
+        in_initrd=in_initrd(env),
         started=started,
     )
 

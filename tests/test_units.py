@@ -248,12 +248,14 @@ def test_nothing_undoes_the_merge_and_nothing_enables_statically(unit: str) -> N
     assert "Install" not in {section for section, _, _ in settings}
 
 
-def test_reload_refreshes_even_when_unchanged() -> None:
+def test_reload_refreshes_as_upstream_does() -> None:
+    """A plain refresh, which skips when nothing changed, without the boot's forcing variable
+    (tests/test_actions.py runs this very command line)."""
     assert values(HOST, "Service", "ExecReload") == [
         "/usr/bin/sysextpy",
         "--class=${SYSEXTPY_CLASS}",
         "refresh",
-        "--always-refresh=yes",
+        "--always-refresh=no",
     ]
 
 

@@ -21,6 +21,8 @@ import pytest
 
 from bench.common import TOOL_ENV, Tool, oracle_tool
 from sysextpy import mountapi
+from sysextpy.actions import live_merge_requests
+from sysextpy.model import ImageClass
 from tests.conftest import RunSysextpy
 from tests.merge_support import Runner, add_confext, add_sysext, top_mount, write
 from tests.snapshot import differences, snapshot
@@ -122,3 +124,26 @@ def test_an_upstream_merge_is_adopted_and_ours_kept_by_upstream(
     assert "adopted the merge systemd-confext made on /etc" in said
     assert _mount_ids(shared_root)["usr"] != before["usr"]
     run.ok("unmerge")
+
+
+# --------------------------------------------------------------------------------------------------
+# What a merge systemd-sysext made asked for (actions.py)
+
+
+def test_units_of_an_upstream_merge_are_read_from_the_merged_tree(shared_root: Path) -> None:
+    """Upstream writes no sysextpy.json: what its extensions name is read where upstream reads
+    it, from the release files in the merged tree, so their removal still acts on them."""
+    assert UPSTREAM is not None
+    beta = add_sysext(shared_root, "beta", {"usr/bin/beta": "beta\n"})
+    write(
+        beta / "usr/lib/extension-release.d/extension-release.beta",
+        'ID=_any\nEXTENSION_RESTART_UNITS="b.service bad/x"\nEXTENSION_RELOAD_OR_RESTART_UNITS=c.socket\n',
+    )
+    proc = upstream(UPSTREAM, "sysext", shared_root, "merge")
+    assert proc.returncode == 0, proc.stderr
+    found, inputs = live_merge_requests(shared_root, ImageClass.SYSEXT, ("/usr", "/opt"))
+    assert inputs is None
+    assert {n: (r.restart, r.reload_or_restart) for n, r in found.items()} == {
+        "alpha": ([], []),
+        "beta": (["b.service"], ["c.socket"]),
+    }

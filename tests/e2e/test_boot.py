@@ -320,3 +320,76 @@ def test_signed_verity_ddi_with_certificate_in_the_root(make_guest: MakeGuest) -
         final = report["state"]
         assert final.get("confirmedBy") == "observations", final.get("quickDeclined")
         assert final["classes"]["sysext"]["hierarchies"]["/usr"]["result"] == "unchanged", final
+
+
+# --------------------------------------------------------------------------------------------------
+# Live update after boot: an extension replaced, `systemctl reload sysextpy.service`.
+
+LIVE_UPDATE = """#!/bin/sh
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# Replace the extension e2e-live with its next version, then reload sysextpy.service.
+set -u
+out=/run/sysextpy-e2e
+mkdir -p "$out"
+before=$(systemctl show -P MainPID e2e-foo.service)
+rm -rf /var/lib/extensions/e2e-live
+mv /var/lib/e2e-next/e2e-live /var/lib/extensions/e2e-live
+systemctl reload sysextpy.service
+status=$?
+after=$(systemctl show -P MainPID e2e-foo.service)
+printf '{"before": %s, "after": %s, "status": %s}\\n' "$before" "$after" "$status" >"$out/live-update.json"
+"""
+
+
+def test_live_update_restarts_the_named_unit_once(make_guest: MakeGuest) -> None:
+    guest = make_guest("live-update", flavour="new")
+    restart = {"EXTENSION_RESTART_UNITS": "e2e-foo.service"}
+    guest.add_dir_sysext("e2e-live", {"usr/lib/e2e/live.txt": "v1\n"}, release_extra=restart)
+    guest.add_dir_sysext(
+        "e2e-live", {"usr/lib/e2e/live.txt": "v2\n"}, where="/var/lib/e2e-next", release_extra=restart
+    )
+    guest.add_dir_confext("e2e-conf", {"etc/e2e/conf.txt": "conf\n"})
+    # Each start of the service leaves its PID (the shell's, which execs sleep: the main PID) in
+    # a file the report collects. "$$$$" in a unit file is the shell's "$$".
+    starts = "/run/sysextpy-e2e/foo-starts"
+    guest.add_unit(
+        "e2e-foo.service",
+        f"[Service]\nExecStart=/bin/sh -c 'mkdir -p /run/sysextpy-e2e; echo $$$$ >>{starts}; "
+        "exec sleep infinity'\n",
+        wanted_by=["multi-user.target"],
+    )
+    guest.add_files({"/usr/local/sbin/e2e-live-update": LIVE_UPDATE})
+    os.chmod(guest.host_path("/usr/local/sbin/e2e-live-update"), 0o755)
+    guest.add_unit(
+        "e2e-live-update.service",
+        "[Unit]\nAfter=e2e-foo.service sysextpy.service e2e-probe-gap.service\n\n"
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/sbin/e2e-live-update\n",
+        wanted_by=["multi-user.target"],
+    )
+    guest.add_gap_probe(
+        "gap", ["/usr/lib/e2e/live.txt", "/usr/bin/python3", "/etc/e2e/conf.txt", "/etc/os-release"], EARLY
+    )
+    guest.report_paths += ["/usr/lib/e2e/live.txt"]
+    result = guest.boot()
+    report = basic_checks(result)
+
+    with result.explain():
+        assert guest.env.kernel.release >= harness.NEW_KERNEL_MIN
+        update = result.probe("live-update")
+        assert update["status"] == 0, update
+        assert result.path_text("/usr/lib/e2e/live.txt") == "v2\n"
+        # foo.service started at boot and once more, by the live update: its PID changed once.
+        pids = report["probes"]["foo-starts"].split()
+        assert [int(p) for p in pids] == [update["before"], update["after"]], (pids, update)
+        assert update["before"] != update["after"], update
+        # One manager reload after switch-root: the live update's (the boot's refresh skipped).
+        assert len(reloads_after_switch_root(result)) == 1, reloads_after_switch_root(result)
+        final = report["state"]
+        assert final["reload"]["done"] is True, final["reload"]
+        assert [(a["unit"], a["action"], a["result"]) for a in final["actions"]] == [
+            ("e2e-foo.service", "try-restart", "done")
+        ], final["actions"]
+        # A reader of /usr and /etc saw no file missing, before, during and after the swap.
+        gap = result.probe("gap")
+        assert gap["passes"] > 10 and gap["stopped"], gap
+        assert gap["failures"] == {}, gap
