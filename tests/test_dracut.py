@@ -493,7 +493,7 @@ def test_plan_inside_the_initrd(built_initramfs: Initramfs, tmp_path: Path) -> N
     result = in_namespace(
         f"mount --bind {shlex.quote(os.fspath(sysroot))} {tree}/sysroot\n"
         f"mount -t proc proc {tree}/proc\n"
-        f"exec chroot {tree} /usr/bin/python3 -I -m sysextpy --root=/sysroot --json=short plan\n"
+        f"exec chroot {tree} /usr/bin/sysextpy --root=/sysroot --json=short plan\n"
     )
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)

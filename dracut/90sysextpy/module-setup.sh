@@ -223,10 +223,12 @@ sysextpy_self_check() {
     fi
     chroot "$initdir" "$_launcher" --version > /dev/null \
         || sysextpy_die "'$_launcher --version' fails inside the initrd"
-    # Every module of the package, imported the way the launcher imports them.
+    # Every module of the package, imported the way the launcher imports them (the launcher run as
+    # the interpreter runs a script: runpy is not installed with what it imports).
     if ! chroot "$initdir" "$_python" -I -c '
-import importlib, runpy, sys
-runpy.run_path(sys.argv[1], run_name="sysextpy_self_check")
+import importlib, sys
+with open(sys.argv[1], "rb") as f:
+    exec(compile(f.read(), sys.argv[1], "exec"), {"__name__": "sysextpy_self_check", "__file__": sys.argv[1]})
 for name in sys.argv[2:]:
     importlib.import_module(name)
 ' "$_launcher" "$@"; then

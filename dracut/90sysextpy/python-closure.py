@@ -6,7 +6,7 @@ Run at image build time by module-setup.sh, with the interpreter the initrd will
 and prints absolute paths, one a line: every file of the sysextpy package the launcher runs, and
 every standard-library module (source or extension) that is imported, directly or not, by
 
-- the interpreter's own start-up (encodings, site, ...), as the launcher starts it;
+- the interpreter's own start-up (encodings, site, ...);
 - any module of the package and the generator, whether the import sits at the top of a file or in
   a function on an error path (those are the ones a trace of one run would miss);
 - a `plan` run against an empty root and `--version`, for imports made by name at run time;
@@ -59,11 +59,13 @@ LANDMARK = "os"
 OPTIONAL = ("bz2", "_bz2", "lzma", "_lzma", "_compression", "_hashlib")
 
 # Runs in the fresh interpreter: load the launcher without running main(), import the names, run
-# the cheap verbs, then report every loaded module's file.
+# the cheap verbs, then report every loaded module's file. The launcher is run as the interpreter
+# runs a script, not with runpy, whose imports (pkgutil, typing) the boot path never makes.
 CHILD = r"""
-import importlib, io, os, runpy, sys
+import importlib, io, os, sys
 launcher, fake_root, names = sys.argv[1], sys.argv[2], sys.argv[3:]
-runpy.run_path(launcher, run_name="sysextpy_launcher")
+with open(launcher, "rb") as f:
+    exec(compile(f.read(), launcher, "exec"), {"__name__": "sysextpy_launcher", "__file__": launcher})
 for name in names:
     try:
         importlib.import_module(name)
