@@ -422,8 +422,8 @@ def test_image_holds_byte_code_and_no_sources(built_initramfs: Initramfs) -> Non
     assert not [p for p in paths if p.startswith(python_dirs) and (p.endswith(".py") or "__pycache__" in p)]
     pycs = sorted(p for p in paths if p.startswith(python_dirs) and p.endswith(".pyc"))
     assert f"{PACKAGE}/cli.pyc" in pycs
-    # The root's interpreter (the image's: test_sysroot_image_runs_the_roots_interpreter) says
-    # what each header must hold, from the root's sources.
+    # The root's interpreter, in the root, says what each header must hold, from the root's
+    # sources (read here: sysextpy's are in its installation, laid over the root at build time).
     code = (
         "import base64, importlib.util, json, sys\n"
         "print(importlib.util.MAGIC_NUMBER.hex())\n"
@@ -434,7 +434,7 @@ def test_image_holds_byte_code_and_no_sources(built_initramfs: Initramfs) -> Non
     for source in sources:
         source.append(base64.b64encode(image.source_bytes(source[0])).decode())
     expected = subprocess.run(
-        ["chroot", os.fspath(image.tree), "/usr/bin/python3", "-I", "-c", code],
+        ["chroot", os.fspath(image.source), "/usr/bin/python3", "-I", "-c", code],
         input=json.dumps(sources),
         capture_output=True,
         text=True,
