@@ -177,10 +177,11 @@ install() {
 }
 
 # openssl checks the signatures of verity images against the root's verity.d certificates; it is
-# more than a tenth of what the module adds. Whether it goes in (sysextpy_openssl in dracut.conf):
+# about a sixth of what the module adds. Whether it goes in (sysextpy_openssl in dracut.conf):
 #   yes   always; the build fails if the root has no openssl;
-#   no    never: the initrd then rejects signed images whose policy asks for a checked signature
-#         ("cannot check the signature: 'openssl' not found"), and the real root merges them;
+#   no    never: the initrd then rejects a signed image that its policy lets be "signed" (the
+#         default does) unless the kernel checks the signature ("root hash signature rejected:
+#         cannot check the signature: 'openssl' not found"), and the real root merges it;
 #   auto  (the default) in a generic image (--no-hostonly), which may boot any root; in a hostonly
 #         one, when the root being built (the host, or --sysroot) has a certificate the merger
 #         would trust, as the merger itself finds them (sysextpy.verity.find_certificates), if the
