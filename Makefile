@@ -107,7 +107,7 @@ install: man
 		generators/sysextpy-generator > $(DESTDIR)$(SYSTEMDSYSTEMGENERATORDIR)/sysextpy-generator
 	chmod 0755 $(DESTDIR)$(SYSTEMDSYSTEMGENERATORDIR)/sysextpy-generator
 	install -m 0755 dracut/90sysextpy/module-setup.sh $(DESTDIR)$(DRACUTMODULESDIR)/90sysextpy/
-	install -m 0644 dracut/90sysextpy/python-closure.py dracut/90sysextpy/README \
+	install -m 0644 dracut/90sysextpy/python-closure.py dracut/90sysextpy/python-bytecode.py dracut/90sysextpy/README \
 		$(DESTDIR)$(DRACUTMODULESDIR)/90sysextpy/
 	install -m 0644 $(MAN_PAGES) $(DESTDIR)$(MANDIR)/man8/
 	for alias in $(MAN_ALIASES); do \

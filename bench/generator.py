@@ -8,15 +8,18 @@
    in the real root with a good handoff record, with a failed one, and with extensions linked
    onto an fstab automount point. Beside it the bare
    interpreter (`python3 -IS -c pass`), which is the floor.
-2. The initramfs size delta: two `dracut --no-hostonly --no-kernel` builds, with and without
-   `--add sysextpy`, on a `make install` laid over /usr in a private mount namespace (as
-   tests/test_dracut.py does); compressed image sizes, the uncompressed size of what the module
-   adds (from lsinitrd), and the build times. Needs root and dracut; skip it with --no-initrd.
+2. The initramfs size delta: `dracut --no-hostonly --no-kernel` builds without and with
+   `--add sysextpy` (and with sysextpy_openssl=no), on a `make install` laid over /usr in a
+   private mount namespace (as tests/test_dracut.py does), with no configuration of the machine's;
+   compressed image sizes and build times, then what the module adds (from lsinitrd): by kind,
+   and module by module, uncompressed and as gzip -9 file by file. Needs root and dracut; skip it
+   with --no-initrd.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import shlex
 import statistics
@@ -143,6 +146,64 @@ def lsinitrd_sizes(image: Path) -> dict[str, int]:
     return sizes
 
 
+def gzipped(path: Path) -> int:
+    """The file's size alone through gzip -9 (dracut's default): its share of the compressed image,
+    a little more than in the image, where neighbours compress together."""
+    return len(gzip.compress(path.read_bytes(), 9))
+
+
+def module_of(path: str) -> str:
+    """What an added file is, for the cost table: a Python module by name, or the file itself."""
+    for marker in ("/dist-packages/", "/site-packages/", "/lib-dynload/"):
+        if marker in path:
+            name = path.split(marker, 1)[1]
+            break
+    else:
+        parts = path.split("/")
+        if len(parts) > 3 and parts[1] == "lib" and parts[2].startswith("python3."):
+            name = "/".join(parts[3:])
+        else:
+            return path
+    name = name.split(".", 1)[0] if "/lib-dynload/" in path else name.rsplit(".", 1)[0]
+    name = name.replace("/", ".").removesuffix(".__init__")
+    return name + (" (C)" if "/lib-dynload/" in path else "")
+
+
+def group_of(path: str) -> str:
+    if path.endswith(".pyc") and "/sysextpy/" in path:
+        return "byte code, the sysextpy package"
+    if path.endswith(".pyc"):
+        return "byte code, standard library"
+    if path.endswith(".py"):
+        return "Python sources"
+    if "/lib-dynload/" in path:
+        return "extension modules (C)"
+    if "ssl" in path:
+        return "openssl"
+    if "/bin/python3" in path or "/libexpat." in path:
+        return "the interpreter (and libexpat, which it links)"
+    return "other programs and libraries"
+
+
+def build(work: Path, dest: Path, label: str, extra: str, conf: str = "") -> tuple[Path, float]:
+    """dracut --no-hostonly --no-kernel on `dest` laid over /usr, with `conf` as the only
+    configuration (none of the machine's)."""
+    image = work / f"{label}.img"
+    tmp, confdir = work / f"tmp-{label}", work / f"conf-{label}"
+    tmp.mkdir()
+    confdir.mkdir()
+    (confdir / "bench.conf").write_text(conf)
+    q = shlex.quote
+    script = (
+        f"mount -t overlay overlay -o lowerdir={q(os.fspath(dest / 'usr'))}:/usr /usr\n"
+        f"exec dracut --quiet --no-hostonly --no-kernel {extra} --force --conf /dev/null "
+        f"--confdir {q(os.fspath(confdir))} --tmpdir {q(os.fspath(tmp))} {q(os.fspath(image))}\n"
+    )
+    start = time.monotonic()
+    subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-euc", script], check=True)
+    return image, time.monotonic() - start
+
+
 def bench_initrd() -> None:
     if os.geteuid() != 0:
         print("initramfs size delta: skipped (needs root)")
@@ -156,42 +217,59 @@ def bench_initrd() -> None:
             + ["SYSTEMDSYSTEMGENERATORDIR=/usr/lib/systemd/system-generators"],
             check=True,
         )
-        images = {}
-        for label, extra in (("without", ""), ("with", "--add sysextpy")):
-            image = work / f"{label}.img"
-            (work / f"tmp-{label}").mkdir()
-            script = (
-                f"mount -t overlay overlay -o lowerdir={shlex.quote(os.fspath(dest / 'usr'))}:/usr /usr\n"
-                f"exec dracut --quiet --no-hostonly --no-kernel {extra} --force "
-                f"--tmpdir {shlex.quote(os.fspath(work / f'tmp-{label}'))} {shlex.quote(os.fspath(image))}\n"
-            )
-            start = time.monotonic()
-            subprocess.run(
-                ["unshare", "--mount", "--propagation", "private", "sh", "-euc", script], check=True
-            )
-            images[label] = (image, time.monotonic() - start)
-        without, with_module = lsinitrd_sizes(images["without"][0]), lsinitrd_sizes(images["with"][0])
-        added = {path: size for path, size in with_module.items() if path not in without}
-        delta = images["with"][0].stat().st_size - images["without"][0].stat().st_size
-        print("initramfs size delta (dracut --no-hostonly --no-kernel, default compression)")
+        images = {
+            "without sysextpy": build(work, dest, "without", ""),
+            "with sysextpy": build(work, dest, "with", "--add sysextpy"),
+            "with, sysextpy_openssl=no": build(
+                work, dest, "no-openssl", "--add sysextpy", "sysextpy_openssl=no\n"
+            ),
+        }
+        base = images["without sysextpy"][0].stat().st_size
+        print("initramfs size delta (dracut --no-hostonly --no-kernel, no configuration, gzip -9)")
         for label, (image, seconds) in images.items():
-            size = image.stat().st_size / 1e6
-            print(f"  {label + ' sysextpy':<20} {size:7.2f} MB   built in {seconds:5.1f} s")
-        print(f"  delta, compressed    {delta / 1e6:7.2f} MB")
-        print(f"  added, uncompressed  {sum(added.values()) / 1e6:7.2f} MB in {len(added)} files, of which:")
-        groups: dict[str, int] = {}
-        for path, size in added.items():
-            if path.endswith(".pyc"):
-                key = "Python byte code (.pyc)"
-            elif path.endswith(".py"):
-                key = "Python sources (.py)"
-            elif "/python3" in path and path.endswith(".so"):
-                key = "Python extension modules"
-            else:
-                key = path
-            groups[key] = groups.get(key, 0) + size
-        for key, size in sorted(groups.items(), key=lambda item: -item[1])[:8]:
-            print(f"    {size / 1e6:7.2f} MB  {key}")
+            size = image.stat().st_size
+            delta = f"   delta {(size - base) / 1e6:5.2f} MB" if size != base else ""
+            print(f"  {label:<26} {size / 1e6:7.2f} MB   built in {seconds:5.1f} s{delta}")
+        without = lsinitrd_sizes(images["without sysextpy"][0])
+        with_module = lsinitrd_sizes(images["with sysextpy"][0])
+        added = {path: size for path, size in with_module.items() if path not in without and size}
+
+        # The files as the image holds them (the byte code exists nowhere else).
+        unpacked = work / "unpacked"
+        unpacked.mkdir()
+        subprocess.run(
+            ["lsinitrd", "--unpack", os.fspath(images["with sysextpy"][0])],
+            cwd=unpacked,
+            check=True,
+            capture_output=True,
+        )
+
+        def source(path: str) -> Path:
+            return unpacked / path
+
+        costs = {path: (size, gzipped(source(path))) for path, size in added.items()}
+        print(
+            f"  added: {sum(s for s, _ in costs.values()) / 1e6:.2f} MB uncompressed in {len(costs)} files,"
+            f" {sum(g for _, g in costs.values()) / 1e6:.2f} MB as gzip -9 file by file"
+        )
+        groups: dict[str, list[int]] = {}
+        for path, (size, packed) in costs.items():
+            total = groups.setdefault(group_of(path), [0, 0, 0])
+            total[0] += size
+            total[1] += packed
+            total[2] += 1
+        print(f"    {'what':<48} {'files':>5} {'bytes':>10} {'gzip -9':>9}")
+        for group, (size, packed, count) in sorted(groups.items(), key=lambda item: -item[1][1]):
+            print(f"    {group:<48} {count:5d} {size:10d} {packed:9d}")
+        print("  what each Python module costs (byte code or extension module), largest first:")
+        print(f"    {'module':<40} {'bytes':>8} {'gzip -9':>8}")
+        modules = [
+            (module_of(path), size, packed)
+            for path, (size, packed) in costs.items()
+            if path.endswith(".pyc") or "/lib-dynload/" in path
+        ]
+        for name, size, packed in sorted(modules, key=lambda m: -m[2]):
+            print(f"    {name:<40} {size:8d} {packed:8d}")
 
 
 def main() -> int:

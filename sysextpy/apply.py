@@ -18,7 +18,6 @@ import stat
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
 
 from . import mountapi as m
 from .chase import resolve_in_root, root_relative
@@ -30,6 +29,10 @@ from .log import log
 from .model import MUTABLE_BASE, ClassSettings, ExtensionVerdict, ImageClass, MutableMode, component_name
 from .records import field, record
 from .status import live_merge
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 OVERLAY_MAX_LAYERS = 500  # the kernel's limit on lower layers (OVL_MAX_STACK)
 DEFAULT_MUTABLE_OPTIONS = "redirect_dir=on,noatime,metacopy=off,index=off"

@@ -20,7 +20,6 @@ import stat
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Optional
 
 from .errors import ImageError, ParseError, SysextError
 from .gpt import Partition, PartitionTable, partitions_of, read_partition_table, select_partitions
@@ -42,7 +41,11 @@ from .verity import (
 )
 from .view import LiveView
 
-Reader = Callable[[int, int], bytes]
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Callable, Optional
+
+    Reader = Callable[[int, int], bytes]
 
 MOUNTABLE = ("squashfs", "erofs", "ext4", "xfs", "btrfs")
 FILE_SYSTEM_FLAGS = ("btrfs", "erofs", "ext4", "f2fs", "squashfs", "vfat", "xfs")

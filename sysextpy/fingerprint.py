@@ -187,7 +187,11 @@ def trust_inputs(view: LiveView, trust: TrustContext) -> dict[str, Any]:
         "ignoredCertificates": [list(pair) for pair in search.ignored],
         "dmVerity": trust.dm_verity,
         "veritySignatures": trust.kernel_signatures,
-        "openssl": view.capability("openssl"),
+        # openssl only ever checks a signature against a certificate (verity.verify_signature):
+        # without one it decides nothing, and is not observed, so that a merge by an initrd built
+        # without it (the dracut module leaves it out for a root without certificates) is
+        # confirmed by the real root, which has it.
+        "openssl": view.capability("openssl") if search.certificates else None,
     }
 
 

@@ -14,10 +14,15 @@ import struct
 import uuid
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import Callable, Optional
 
 from .errors import ImageError
 from .records import record
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Callable, Optional
+
+    Reader = Callable[[int, int], bytes]
 
 SIGNATURE = b"EFI PART"
 SECTOR_SIZES = (512, 4096)
@@ -30,8 +35,6 @@ MAX_ENTRY_BYTES = 1 << 20
 FLAG_GROWFS = 1 << 59
 FLAG_READ_ONLY = 1 << 60
 FLAG_NO_AUTO = 1 << 63
-
-Reader = Callable[[int, int], bytes]
 
 
 class GptError(ImageError):

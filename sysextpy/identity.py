@@ -12,12 +12,14 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
 
 from .chase import root_relative
 from .model import Candidate, ImageType, MutableMode
 
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from typing import Any, Optional
+
     from .view import LiveView
 
 

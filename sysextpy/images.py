@@ -14,13 +14,15 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
 
 from .errors import ImageError, MountError, SysextError
 from .log import log
 from .model import Candidate, ImageClass, ImageType
 
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from typing import Callable, Optional
+
     from .dissect import ImagePlan, MountStep, TrustContext
     from .loopdev import LoopDevice
     from .pins import Pins

@@ -18,7 +18,10 @@ import stat
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Optional
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Optional
 
 LOOP_SET_FD = 0x4C00
 LOOP_CLR_FD = 0x4C01

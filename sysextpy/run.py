@@ -7,12 +7,15 @@ import os
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
-from typing import Optional, Union
 
 from .errors import SysextError
 from .log import log
 
-PathString = Union[str, "os.PathLike[str]"]
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Optional, Union
+
+    PathString = Union[str, "os.PathLike[str]"]
 
 
 def run(

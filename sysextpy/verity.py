@@ -26,7 +26,6 @@ import struct
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
 
 from .chase import MISSING, root_relative
 from .errors import ImageError, ParseError, ResolveError, SysextError
@@ -34,7 +33,10 @@ from .log import log
 from .records import record
 from .view import FileTooLarge, NotRegularFile
 
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from typing import Optional, Union
+
     from .view import LiveView
 
 HASH_SOURCES = (

@@ -392,6 +392,22 @@ def test_naked_image_signed_with_root_certificate(tmp_path: Path) -> None:
     assert "signed by /etc/verity.d/test.crt" in plan.summary()
 
 
+def test_signed_image_without_openssl_is_rejected_with_the_reason(tmp_path: Path) -> None:
+    """An initrd built without openssl (sysextpy_openssl=no) cannot check a signature: the image
+    is rejected, saying why, rather than taken at a weaker protection or crashing."""
+    root = make_root(tmp_path)
+    signer = make_signer(tmp_path / "keys")
+    trust(root, signer)
+    img, _ = naked_image(
+        tmp_path / "w", root / "var/lib/extensions/foo.raw", "foo", hash_kind="roothash", signer=signer
+    )
+    ctx = context(root, dm_verity=True, openssl=os.fspath(tmp_path / "no-openssl"))
+    with pytest.raises(
+        ImageError, match=r"root hash signature rejected: cannot check the signature: .*not found"
+    ):
+        dissect(candidate(root, img), ctx)
+
+
 def test_root_hash_not_matching_hash_tree_is_rejected(tmp_path: Path) -> None:
     root = make_root(tmp_path)
     img, root_hash = naked_image(

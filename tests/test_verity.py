@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
@@ -13,8 +14,9 @@ from typing import Optional
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from sysextpy.dissect import check_hash_tree
+from sysextpy.dissect import TrustContext, check_hash_tree
 from sysextpy.errors import ImageError, ParseError
+from sysextpy.fingerprint import trust_inputs
 from sysextpy.verity import (
     RootHash,
     Sidecars,
@@ -376,3 +378,31 @@ def test_missing_openssl_means_untrusted(tmp_path: Path, signers: tuple[object, 
         HASH, b"x", find_certificates(LiveView(os.fspath(root), {})), openssl=str(tmp_path / "no-openssl")
     )
     assert not check.trusted and "cannot check the signature" in check.reason
+
+
+@pytest.mark.parametrize("certificate", [False, True])
+def test_openssl_is_an_input_only_with_a_certificate(
+    tmp_path: Path, signers: tuple[object, object], certificate: bool
+) -> None:
+    """Whether openssl is on PATH is part of the trust inputs exactly when it can change a
+    signature check: with no certificate the check fails the same way with or without it."""
+    good, _ = signers
+    root = make_root(tmp_path)
+    if certificate:
+        trust(root, good, "good.crt")  # type: ignore[arg-type]
+    search = find_certificates(LiveView(os.fspath(root), {}))
+    sig = tmp_path / "sig.p7s"
+    sign(HASH, good, sig)  # type: ignore[arg-type]
+    missing = os.fspath(tmp_path / "no-openssl")
+    checks = [verify_signature(HASH, sig.read_bytes(), search, openssl=o) for o in ("openssl", missing)]
+    with_tool = tmp_path / "with"
+    with_tool.mkdir()
+    os.symlink(shutil.which("openssl") or "/usr/bin/openssl", with_tool / "openssl")
+    inputs = [
+        trust_inputs(view, TrustContext(view, dm_verity=True, kernel_signatures=False))
+        for view in (
+            LiveView(os.fspath(root), {"PATH": os.fspath(d)}) for d in (with_tool, tmp_path / "none")
+        )
+    ]
+    assert (checks[0] != checks[1]) == certificate
+    assert (inputs[0] != inputs[1]) == certificate

@@ -4,7 +4,11 @@
 # sysextpy: merge system and configuration extensions into /sysroot from the initrd, so that the
 # real root only has to confirm the merge. Installs sysextpy-sysroot.service, sysextpy-generator
 # (which pulls the unit in unless rd.sysextpy=0), the sysextpy package, and a Python interpreter
-# with exactly the standard-library modules they import, computed here by python-closure.py.
+# with exactly the standard-library modules they import, computed here by python-closure.py and
+# installed as byte code only by python-bytecode.py.
+#
+# Configuration (dracut.conf): sysextpy_openssl=yes|no|auto (default auto) says whether openssl,
+# which checks verity signatures, goes into the image; see sysextpy_wants_openssl.
 
 # dracut sets $initdir, $moddir, $hostonly, $dracutsysrootdir and the $systemd*dir variables
 # before calling us.
@@ -133,8 +137,8 @@ install() {
     # resolved now rather than in dracut's final pass, so that the self-check below can run them.
     DRACUT_RESOLVE_DEPS=1 inst_script "$_generator" || sysextpy_cannot_install "$_generator"
     DRACUT_RESOLVE_DEPS=1 inst_script "$_launcher" || sysextpy_cannot_install "$_launcher"
-    # Verity images are opened and their signatures checked with these, when the root has them.
-    inst_multiple -o veritysetup openssl
+    # Verity images are opened with it, when the root has it.
+    inst_multiple -o veritysetup
     if [[ $hostonly ]]; then
         inst_multiple -H -o "$systemdsystemconfdir/sysextpy-sysroot.service.d/*.conf"
     fi
@@ -158,15 +162,55 @@ install() {
     # Extension modules are not executable, so neither inst_multiple nor dracut's final pass
     # looks at their libraries (libffi for _ctypes, ...): resolve them explicitly (-R).
     inst_multiple -R "${_libraries[@]}" || sysextpy_cannot_install "the libraries of the extension modules"
-    # Sources are data: no library or interpreter resolution for a "#!" line in the stdlib.
-    DRACUT_RESOLVE_DEPS='' inst_multiple "${_sources[@]}" || sysextpy_die "cannot install the Python modules"
-    # Hash-checked byte code: valid whatever file times the image ends up with, and no compiling
-    # (or writing) on the boot path.
+    # Byte code only, beside where each source would be, and no sources: the interpreter loads it
+    # as it is, without compiling (or writing) on the boot path. See python-bytecode.py for why
+    # without column ranges and docstrings, and why hash-checked.
     _image=$(sysextpy_image_dir)
-    sysextpy_in_root "$_python" -I -m compileall -q --invalidation-mode checked-hash -s "$_image" -p / \
-        "${_sources[@]/#/$_image}" > /dev/null || sysextpy_die "cannot compile the Python modules"
+    sysextpy_in_root "$_python" -I -X no_debug_ranges - "$_image" "${_sources[@]}" < "$moddir/python-bytecode.py" \
+        || sysextpy_die "cannot compile the Python modules"
+
+    if sysextpy_wants_openssl "$_python" "${_package%/*}"; then
+        inst_multiple openssl || sysextpy_cannot_install openssl
+    fi
 
     sysextpy_self_check "$_launcher" "$_python" "$_generator" "${_modules[@]}"
+}
+
+# openssl checks the signatures of verity images against the root's verity.d certificates; it is
+# about a sixth of what the module adds. Whether it goes in (sysextpy_openssl in dracut.conf):
+#   yes   always; the build fails if the root has no openssl;
+#   no    never: the initrd then rejects a signed image that its policy lets be "signed" (the
+#         default does) unless the kernel checks the signature ("root hash signature rejected:
+#         cannot check the signature: 'openssl' not found"), and the real root merges it;
+#   auto  (the default) in a generic image (--no-hostonly), which may boot any root; in a hostonly
+#         one, when the root being built (the host, or --sysroot) has a certificate the merger
+#         would trust, as the merger itself finds them (sysextpy.verity.find_certificates), if the
+#         root has openssl.
+# Returns 1 when openssl is not wanted, and also for auto when the root has no openssl.
+sysextpy_wants_openssl() {
+    local _python=$1 _pythondir=$2 _count
+    case ${sysextpy_openssl:-auto} in
+        yes) return 0 ;;
+        no) return 1 ;;
+        auto) ;;
+        *) sysextpy_die "sysextpy_openssl='$sysextpy_openssl' in the dracut configuration: use yes, no or auto" ;;
+    esac
+    find_binary openssl > /dev/null || return 1
+    [[ $hostonly ]] || return 0
+    # shellcheck disable=SC2016 # Python, not shell
+    _count=$(sysextpy_in_root "$_python" -I -c '
+import sys
+sys.path.insert(0, sys.argv[1])
+from sysextpy.verity import find_certificates
+from sysextpy.view import LiveView
+print(len(find_certificates(LiveView("/", {})).certificates))
+' "$_pythondir") || sysextpy_die "cannot look for verity.d certificates in the root"
+    if ((_count > 0)); then
+        dinfo "sysextpy: installing openssl: the root has $_count verity.d certificate(s)"
+        return 0
+    fi
+    dinfo "sysextpy: not installing openssl: the root has no verity.d certificate (sysextpy_openssl=yes adds it)"
+    return 1
 }
 
 # Run the installed interpreter on the installed files: a missing module fails the build, not the
@@ -180,10 +224,12 @@ sysextpy_self_check() {
     fi
     chroot "$initdir" "$_launcher" --version > /dev/null \
         || sysextpy_die "'$_launcher --version' fails inside the initrd"
-    # Every module of the package, imported the way the launcher imports them.
+    # Every module of the package, imported the way the launcher imports them (the launcher run as
+    # the interpreter runs a script: runpy is not installed with what it imports).
     if ! chroot "$initdir" "$_python" -I -c '
-import importlib, runpy, sys
-runpy.run_path(sys.argv[1], run_name="sysextpy_self_check")
+import importlib, sys
+with open(sys.argv[1], "rb") as f:
+    exec(compile(f.read(), sys.argv[1], "exec"), {"__name__": "sysextpy_self_check", "__file__": sys.argv[1]})
 for name in sys.argv[2:]:
     importlib.import_module(name)
 ' "$_launcher" "$@"; then
