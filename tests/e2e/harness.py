@@ -937,6 +937,33 @@ def make_erofs(source: Path, image: Path) -> Path:
     return image
 
 
+def make_data_disk(label: str, files: FileSpec, size_mb: int = 8) -> Path:
+    """A small ext4 disk image with `files` on it and the file system label `label`, built once and
+    cached under its inputs (qemu opens every disk with snapshot=on, so the cached image is never
+    written to)."""
+    cache = cache_dir()
+    contents = {
+        rel: ("link:" + c.target) if isinstance(c, Link) else c if isinstance(c, str) else c.hex()
+        for rel, c in files.items()
+    }
+    with cache_lock(cache):
+        key = digest("data-disk", label, size_mb, contents)
+        kind_dir = cache / "disks"
+        directory = kind_dir / key
+        image = directory / "disk.img"
+        if (directory / ".complete").exists():
+            return image
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        tree = directory / "tree"
+        write_files(tree, files)
+        run(["mkfs.ext4", "-q", "-F", "-L", label, "-d", tree, image, f"{size_mb}M"])
+        shutil.rmtree(tree)
+        (directory / ".complete").write_text("")
+        prune(kind_dir, directory, count=4)
+        return image
+
+
 # --------------------------------------------------------------------------- booting
 
 
@@ -1237,6 +1264,10 @@ class Guest:
     report_units: list[str] = field(default_factory=list)
     wait_for_probes: list[str] = field(default_factory=list)
     var_separate: bool = False
+    # Disks after the root (and the /var disk of split_var): /dev/vdb, /dev/vdc, ... in this order.
+    extra_disks: list[Path] = field(default_factory=list)
+    # Units whose every job message of PID 1 (initrd and real root) the report lists, with times.
+    timeline_units: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.result: Optional[BootResult] = None
@@ -1359,6 +1390,11 @@ class Guest:
         fstab = self.tree / "etc/fstab"
         fstab.write_text(fstab.read_text() + "/dev/vdb /var ext4 defaults 0 2\n")
 
+    def add_disk(self, image: Path) -> None:
+        """One more virtio disk (see make_data_disk); scenarios name it by its label, not by
+        /dev/vdX, which depends on split_var."""
+        self.extra_disks.append(image)
+
     # -- finishing and booting
 
     def _install(self) -> None:
@@ -1374,6 +1410,7 @@ class Guest:
             "commands": self.report_commands,
             "units": self.report_units,
             "wait_for": self.wait_for_probes,
+            "timeline": self.timeline_units,
             "name": self.name,
         }
         (guest_lib / "report.json").write_text(json.dumps(config, indent=1) + "\n")
@@ -1413,6 +1450,7 @@ class Guest:
             disks = [self.image(self.tree, self.workdir / "root.img", "root", 400)]
             if self.var_separate:
                 disks.append(self.image(self.var_tree, self.workdir / "var.img", "var", 64))
+            disks += self.extra_disks
         extra = [f"systemd.machine_id={machine_id(self.env.base.key)}", *cmdline]
         log(f"booting {self.name!r} ({self.env.kernel.kver})")
         with timed(f"boot {self.name}"):
