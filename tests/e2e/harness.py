@@ -967,6 +967,23 @@ def make_data_disk(label: str, files: FileSpec, size_mb: int = 8) -> Path:
 # --------------------------------------------------------------------------- booting
 
 
+@dataclass(frozen=True)
+class UnitJob:
+    """One job of a unit, from PID 1's messages in the report's timeline: its start (None when it
+    logs no "Starting", as targets do), end, result, and whether it ran in the initrd."""
+
+    unit: str
+    start: Optional[int]
+    end: int
+    result: str
+    in_initrd: bool
+
+    @property
+    def first(self) -> int:
+        """When it began, or, without a start message, when it ended."""
+        return self.start if self.start is not None else self.end
+
+
 @dataclass
 class BootResult:
     """What one boot produced: console text, the guest's report, and how it ended."""
@@ -1056,6 +1073,22 @@ class BootResult:
         """The text of `path` in the guest at report time (added with report_paths)."""
         text = self.require_report()["paths"][path].get("text")
         return text if isinstance(text, str) else None
+
+    def jobs(self, unit: str) -> list[UnitJob]:
+        """The jobs of `unit` (listed in Guest.timeline_units), initrd and real root, in order. The
+        real root's begin at UserspaceTimestampMonotonic, the manager's start after switch-root."""
+        report = self.require_report()
+        userspace = int(report["manager"]["UserspaceTimestampMonotonic"])
+        out: list[UnitJob] = []
+        start: Optional[int] = None
+        for event in report.get("timeline", {}).get(unit, []):
+            if event["kind"] == "starting":
+                start = event["usec"]
+            elif event["kind"] in ("done", "failed"):
+                began = start if start is not None else event["usec"]
+                out.append(UnitJob(unit, start, event["usec"], event["result"], began < userspace))
+                start = None
+        return out
 
     def phase_ms(self, unit: str) -> list[float]:
         runs = self.require_report().get("phases", {}).get(unit, {}).get("runs", [])

@@ -27,7 +27,7 @@ from typing import Optional
 import pytest
 
 from .conftest import REPORT_SECTIONS, MakeGuest
-from .harness import BootResult, Guest, Link, make_data_disk
+from .harness import BootResult, Guest, Link, UnitJob, make_data_disk
 from .test_boot import basic_checks, merged, reloads_after_switch_root
 
 pytestmark = pytest.mark.e2e
@@ -138,41 +138,8 @@ def early_boot_guest(make_guest: MakeGuest, name: str) -> Guest:
 # Reading the report
 
 
-@dataclass(frozen=True)
-class Job:
-    """One job of a unit, from PID 1's messages: start (None when it logs no "Starting", as
-    targets do), end, result, and whether it ran in the initrd."""
-
-    unit: str
-    start: Optional[int]
-    end: Optional[int]
-    result: str
-    in_initrd: bool
-
-    @property
-    def first(self) -> int:
-        value = self.start if self.start is not None else self.end
-        assert value is not None
-        return value
-
-
-def jobs(result: BootResult, unit: str) -> list[Job]:
-    report = result.require_report()
-    userspace = int(report["manager"]["UserspaceTimestampMonotonic"])
-    out: list[Job] = []
-    start: Optional[int] = None
-    for event in report.get("timeline", {}).get(unit, []):
-        if event["kind"] == "starting":
-            start = event["usec"]
-        elif event["kind"] in ("done", "failed"):
-            at = start if start is not None else event["usec"]
-            out.append(Job(unit, start, event["usec"], event["result"], at < userspace))
-            start = None
-    return out
-
-
-def job(result: BootResult, unit: str, in_initrd: bool) -> Optional[Job]:
-    found = [j for j in jobs(result, unit) if j.in_initrd == in_initrd]
+def job(result: BootResult, unit: str, in_initrd: bool) -> Optional[UnitJob]:
+    found = [j for j in result.jobs(unit) if j.in_initrd == in_initrd]
     return found[-1] if found else None
 
 
@@ -190,10 +157,10 @@ def journal_lines(result: BootResult, identifier: str, word: str) -> list[str]:
     return [line for line in journal.splitlines() if f" {identifier}[" in line and word in line]
 
 
-def merge_job(result: BootResult) -> Job:
+def merge_job(result: BootResult) -> UnitJob:
     """The job after which the extensions were visible: the initrd's merge, else the real root's."""
     found = job(result, "sysextpy-sysroot.service", True) or job(result, "sysextpy.service", False)
-    assert found is not None and found.end is not None, "no merge job in the journal"
+    assert found is not None, "no merge job in the journal"
     return found
 
 
@@ -202,6 +169,7 @@ class Findings:
     """What one boot shows for each check (the values the report prints)."""
 
     fstab_mount: bool  # the second disk mounted, and active before local-fs.target
+    mount_unit: str  # its unit's load and active state at the end
     initrd_mount: bool  # the x-initrd.mount line mounted in the initrd
     udev_action: str  # the rule's property on the disk ("" when the rule never ran)
     udev_link: bool
@@ -211,12 +179,14 @@ class Findings:
     userdir: str  # "owner:group mode", or "" when missing
     tmpfiles_unknown_user: bool  # systemd-tmpfiles complained that the user does not exist
     unit_active: bool
+    unit_state: str  # its load and active state at the end
     unit_in_first_transaction: bool  # active, before multi-user.target, with no reload before it
     reloads: int
 
     def lines(self) -> list[str]:
         return [
-            f"fstab from a confext: {DISK_MOUNT} mounted before local-fs.target: {yes(self.fstab_mount)}; "
+            f"fstab from a confext: {DISK_MOUNT} mounted before local-fs.target: {yes(self.fstab_mount)} "
+            f"({DISK_MOUNT_UNIT} {self.mount_unit}); "
             f"x-initrd.mount line mounted by the initrd: {yes(self.initrd_mount)}",
             f"udev rule from a sysext at coldplug: property {self.udev_action or 'unset'}, "
             f"link {UDEV_LINK} {'present' if self.udev_link else 'missing'}",
@@ -225,7 +195,8 @@ class Findings:
             f"{' (created by systemd-sysusers)' if self.user_by_sysusers else ''}; "
             f"tmpfiles.d: {USER_DIR} {self.userdir or 'missing'}"
             f"{' (tmpfiles: unknown user)' if self.tmpfiles_unknown_user else ''}",
-            f"unit enabled in a sysext: {'active' if self.unit_active else 'not started'}, "
+            f"unit enabled in a sysext: {'active' if self.unit_active else 'not started'} "
+            f"({self.unit_state}), "
             f"in the first transaction: {yes(self.unit_in_first_transaction)}; "
             f"manager reloads after switch-root: {self.reloads}",
         ]
@@ -233,6 +204,11 @@ class Findings:
 
 def yes(value: bool) -> str:
     return "yes" if value else "no"
+
+
+def unit_state(result: BootResult, unit: str) -> str:
+    props = result.unit(unit)
+    return f"{props.get('LoadState', 'not-found')}, {props.get('ActiveState', 'inactive')}"
 
 
 def findings(result: BootResult) -> Findings:
@@ -252,6 +228,7 @@ def findings(result: BootResult) -> Findings:
         and mount["fstype"] == "ext4"
         and 0 < disk_enter <= local_fs
         and result.path_text(f"{DISK_MOUNT}/hello.txt") == "on the second disk\n",
+        mount_unit=unit_state(result, DISK_MOUNT_UNIT),
         initrd_mount=initrd_mount is not None
         and initrd_mount.result == "done"
         and (result.mount(INITRD_MOUNT) or {}).get("fstype") == "tmpfs",
@@ -265,6 +242,7 @@ def findings(result: BootResult) -> Findings:
             "user" in line.lower() for line in journal_lines(result, "systemd-tmpfiles", USER)
         ),
         unit_active=unit_active,
+        unit_state=unit_state(result, SYSEXT_UNIT),
         unit_in_first_transaction=unit_active
         and 0 < unit_enter <= multi_user
         and not [r for r in reloads if r["usec"] < unit_enter],
@@ -276,15 +254,14 @@ def timing_lines(result: BootResult) -> list[str]:
     """Each consumer's jobs, and when each started against the end of the merge (negative: it
     started before the extensions were there)."""
     merge = merge_job(result)
-    assert merge.end is not None
     where = "initrd" if merge.in_initrd else "real root"
     lines = [f"merge visible at {merge.end / 1e6:.3f} s (end of {merge.unit} in the {where})"]
     for unit in TIMELINE:
-        for j in jobs(result, unit):
+        for j in result.jobs(unit):
             span = f"{j.start / 1e6:.3f}-" if j.start is not None else "reached "
             delta = (j.first - merge.end) / 1e3
             lines.append(
-                f"{unit} [{'initrd' if j.in_initrd else 'real root'}]: {span}{(j.end or 0) / 1e6:.3f} s, "
+                f"{unit} [{'initrd' if j.in_initrd else 'real root'}]: {span}{j.end / 1e6:.3f} s, "
                 f"{'starts' if j.start is not None else 'reached'} {delta:+.0f} ms after the merge"
                 f"{'' if j.result == 'done' else f' ({j.result})'}"
             )
@@ -312,7 +289,6 @@ def gap_ms(result: BootResult, unit: str) -> float:
         began = monotonic(result, unit, "ConditionTimestampMonotonic")
         assert began > 0, (unit, result.unit(unit))
     merge = merge_job(result)
-    assert merge.end is not None
     return (began - merge.end) / 1e3
 
 
@@ -336,7 +312,7 @@ def test_early_boot_sees_the_initrd_merge(make_guest: MakeGuest) -> None:
         for unit in CONSUMERS:
             assert gap_ms(result, unit) >= 0, unit
         assert found.fstab_mount, (result.mount(DISK_MOUNT), result.unit(DISK_MOUNT_UNIT))
-        assert found.initrd_mount, (jobs(result, INITRD_MOUNT_UNIT), result.mount(INITRD_MOUNT))
+        assert found.initrd_mount, (result.jobs(INITRD_MOUNT_UNIT), result.mount(INITRD_MOUNT))
         # "add": set by the coldplug's event, not by a later change event.
         assert found.udev_action == "add", result.command("udev")
         assert found.udev_link
