@@ -280,6 +280,8 @@ def record(result: BootResult, title: str, found: Findings) -> None:
 def gap_ms(result: BootResult, unit: str) -> float:
     """How long after the end of the merge `unit`, of the initrd (initrd-*) or of the real root,
     began or was skipped (negative: before the extensions were there)."""
+    merge = merge_job(result)
+    merge_end = merge.end
     if unit.startswith("initrd-"):
         consumer = job(result, unit, True)
         assert consumer is not None, f"no job of {unit} in the initrd"
@@ -288,8 +290,12 @@ def gap_ms(result: BootResult, unit: str) -> float:
         # When PID 1 checked the unit's conditions: also there when they skipped it.
         began = monotonic(result, unit, "ConditionTimestampMonotonic")
         assert began > 0, (unit, result.unit(unit))
-    merge = merge_job(result)
-    return (began - merge.end) / 1e3
+        if not merge.in_initrd:
+            # Both from PID 1's clock: journald stamps a message when it receives it, which under
+            # load is a tenth of a second or more after PID 1 logged it.
+            merge_end = monotonic(result, merge.unit, "ActiveEnterTimestampMonotonic")
+            assert merge_end > 0, result.unit(merge.unit)
+    return (began - merge_end) / 1e3
 
 
 # --------------------------------------------------------------------------------------------------
