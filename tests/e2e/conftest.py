@@ -22,6 +22,8 @@ from . import harness
 
 # Per-boot timing lines, printed in the terminal summary ("Must show": boot and unit durations).
 BOOT_SUMMARIES: list[str] = []
+# What scenarios that compare boots found, by section title: printed after the boot summaries.
+REPORT_SECTIONS: dict[str, list[str]] = {}
 
 MakeGuest = Callable[..., harness.Guest]
 
@@ -63,11 +65,15 @@ def pytest_runtest_makereport(
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not BOOT_SUMMARIES and not harness.TIMINGS:
+    if not BOOT_SUMMARIES and not harness.TIMINGS and not REPORT_SECTIONS:
         return
     terminalreporter.section("sysextpy end-to-end boots")
     for line in BOOT_SUMMARIES:
         terminalreporter.write_line(line)
+    for title, lines in REPORT_SECTIONS.items():
+        terminalreporter.write_line(f"{title}:")
+        for line in lines:
+            terminalreporter.write_line(f"  {line}")
     if harness.TIMINGS:
         terminalreporter.write_line(
             "harness timings (s): " + ", ".join(f"{k} {v}" for k, v in harness.TIMINGS.items())

@@ -937,7 +937,51 @@ def make_erofs(source: Path, image: Path) -> Path:
     return image
 
 
+def make_data_disk(label: str, files: FileSpec, size_mb: int = 8) -> Path:
+    """A small ext4 disk image with `files` on it and the file system label `label`, built once and
+    cached under its inputs (qemu opens every disk with snapshot=on, so the cached image is never
+    written to)."""
+    cache = cache_dir()
+    contents = {
+        rel: ("link:" + c.target) if isinstance(c, Link) else c if isinstance(c, str) else c.hex()
+        for rel, c in files.items()
+    }
+    with cache_lock(cache):
+        key = digest("data-disk", label, size_mb, contents)
+        kind_dir = cache / "disks"
+        directory = kind_dir / key
+        image = directory / "disk.img"
+        if (directory / ".complete").exists():
+            return image
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        tree = directory / "tree"
+        write_files(tree, files)
+        run(["mkfs.ext4", "-q", "-F", "-L", label, "-d", tree, image, f"{size_mb}M"])
+        shutil.rmtree(tree)
+        (directory / ".complete").write_text("")
+        prune(kind_dir, directory, count=4)
+        return image
+
+
 # --------------------------------------------------------------------------- booting
+
+
+@dataclass(frozen=True)
+class UnitJob:
+    """One job of a unit, from PID 1's messages in the report's timeline: its start (None when it
+    logs no "Starting", as targets do), end, result, and whether it ran in the initrd."""
+
+    unit: str
+    start: Optional[int]
+    end: int
+    result: str
+    in_initrd: bool
+
+    @property
+    def first(self) -> int:
+        """When it began, or, without a start message, when it ended."""
+        return self.start if self.start is not None else self.end
 
 
 @dataclass
@@ -1029,6 +1073,22 @@ class BootResult:
         """The text of `path` in the guest at report time (added with report_paths)."""
         text = self.require_report()["paths"][path].get("text")
         return text if isinstance(text, str) else None
+
+    def jobs(self, unit: str) -> list[UnitJob]:
+        """The jobs of `unit` (listed in Guest.timeline_units), initrd and real root, in order. The
+        real root's begin at UserspaceTimestampMonotonic, the manager's start after switch-root."""
+        report = self.require_report()
+        userspace = int(report["manager"]["UserspaceTimestampMonotonic"])
+        out: list[UnitJob] = []
+        start: Optional[int] = None
+        for event in report.get("timeline", {}).get(unit, []):
+            if event["kind"] == "starting":
+                start = event["usec"]
+            elif event["kind"] in ("done", "failed"):
+                began = start if start is not None else event["usec"]
+                out.append(UnitJob(unit, start, event["usec"], event["result"], began < userspace))
+                start = None
+        return out
 
     def phase_ms(self, unit: str) -> list[float]:
         runs = self.require_report().get("phases", {}).get(unit, {}).get("runs", [])
@@ -1239,6 +1299,10 @@ class Guest:
     var_separate: bool = False
     # Further disks (add_disk): guest mount point -> the tree that becomes the disk, by label.
     disks: dict[str, tuple[str, Path]] = field(default_factory=dict)
+    # Disks after the root (and the /var disk of split_var): /dev/vdb, /dev/vdc, ... in this order.
+    extra_disks: list[Path] = field(default_factory=list)
+    # Units whose every job message of PID 1 (initrd and real root) the report lists, with times.
+    timeline_units: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.result: Optional[BootResult] = None
@@ -1374,6 +1438,10 @@ class Guest:
         (self.tree / mount_point.lstrip("/")).mkdir(parents=True, exist_ok=True)
         fstab = self.tree / "etc/fstab"
         fstab.write_text(fstab.read_text() + f"LABEL={label} {mount_point} ext4 {options} 0 2\n")
+    def attach_disk(self, image: Path) -> None:
+        """One more virtio disk (see make_data_disk); scenarios name it by its label, not by
+        /dev/vdX, which depends on split_var."""
+        self.extra_disks.append(image)
 
     # -- finishing and booting
 
@@ -1390,6 +1458,7 @@ class Guest:
             "commands": self.report_commands,
             "units": self.report_units,
             "wait_for": self.wait_for_probes,
+            "timeline": self.timeline_units,
             "name": self.name,
         }
         (guest_lib / "report.json").write_text(json.dumps(config, indent=1) + "\n")
@@ -1431,6 +1500,7 @@ class Guest:
                 disks.append(self.image(self.var_tree, self.workdir / "var.img", "var", 64))
             for label, tree in self.disks.values():
                 disks.append(self.image(tree, self.workdir / f"{label}.img", label, 64))
+            disks += self.extra_disks
         extra = [f"systemd.machine_id={machine_id(self.env.base.key)}", *cmdline]
         log(f"booting {self.name!r} ({self.env.kernel.kver})")
         with timed(f"boot {self.name}"):

@@ -317,3 +317,88 @@ def test_guest_probe_read_once(tmp_path: Path) -> None:
         [os.fspath(tmp_path / "file"), os.fspath(tmp_path), os.fspath(tmp_path / "missing")]
     )
     assert list(errors) == [os.fspath(tmp_path / "missing")]
+
+
+def test_guest_job_timeline_and_the_jobs_read_from_it(tmp_path: Path) -> None:
+    report = _guest_module("report")
+
+    def entry(usec: int, unit: str, message_id: str = "", **extra: str) -> dict[str, str]:
+        return {
+            "UNIT": unit,
+            "_PID": "1",
+            "MESSAGE_ID": message_id,
+            "__MONOTONIC_TIMESTAMP": str(usec),
+            **extra,
+        }
+
+    entries = [
+        # In the initrd (before the real root's manager started at 5 s): a service's whole job ...
+        entry(1_000_000, "a.service", report.MSG_UNIT_STARTING, MESSAGE="Starting a..."),
+        entry(1_200_000, "a.service", report.MSG_UNIT_STARTED, JOB_RESULT="done"),
+        # ... in the real root: a job whose "Starting" went to the kernel log only, a failed one,
+        # and a message that is no job's.
+        entry(6_000_000, "a.service", report.MSG_UNIT_STARTED, JOB_RESULT="done"),
+        entry(6_500_000, "a.service", report.MSG_UNIT_STARTING),
+        entry(6_700_000, "a.service", report.MSG_UNIT_FAILED, JOB_RESULT="failed"),
+        entry(6_800_000, "a.service", MESSAGE="a.service: Consumed 1ms CPU time."),
+        entry(7_000_000, "b.target", report.MSG_UNIT_STARTED, JOB_RESULT="done"),
+        entry(7_100_000, "not-asked-for.service", report.MSG_UNIT_STARTED),
+        {**entry(7_200_000, "a.service", report.MSG_UNIT_STARTED), "_PID": "42"},
+    ]
+    timeline = report.job_timeline(entries, {"a.service", "b.target"})
+    assert [(e["usec"], e["kind"]) for e in timeline["a.service"]] == [
+        (1_000_000, "starting"),
+        (1_200_000, "done"),
+        (6_000_000, "done"),
+        (6_500_000, "starting"),
+        (6_700_000, "failed"),
+        (6_800_000, ""),
+    ]
+    assert timeline["a.service"][-1]["message"] == "a.service: Consumed 1ms CPU time."
+    assert sorted(timeline) == ["a.service", "b.target"]
+
+    result = harness.BootResult(
+        "t",
+        "",
+        {"manager": {"UserspaceTimestampMonotonic": "5000000"}, "timeline": timeline},
+        {},
+        1.0,
+        0,
+        False,
+        "",
+        tmp_path,
+    )
+    Job = harness.UnitJob
+    assert result.jobs("a.service") == [
+        Job("a.service", 1_000_000, 1_200_000, "done", True),
+        Job("a.service", None, 6_000_000, "done", False),
+        Job("a.service", 6_500_000, 6_700_000, "failed", False),
+    ]
+    assert result.jobs("b.target") == [Job("b.target", None, 7_000_000, "done", False)]
+    assert result.jobs("b.target")[0].first == 7_000_000
+    assert result.jobs("never.service") == []
+
+
+def _ext4_label(image: Path) -> str:
+    """The volume name in an ext4 superblock (at byte 1024; s_volume_name at 0x78, 16 bytes)."""
+    with open(image, "rb") as f:
+        f.seek(1024)
+        superblock = f.read(1024)
+    assert superblock[0x38:0x3A] == b"\x53\xef", "no ext4 superblock"
+    return superblock[0x78:0x88].rstrip(b"\0").decode()
+
+
+def test_make_data_disk_is_built_once_per_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_tools("mkfs.ext4")
+    monkeypatch.setenv("SYSEXTPY_E2E_CACHE", os.fspath(tmp_path))
+    first = harness.make_data_disk("e2etest", {"a.txt": "a\n"}, size_mb=4)
+    assert _ext4_label(first) == "e2etest"
+    assert first.stat().st_size == 4 << 20
+    built = first.stat().st_mtime_ns
+    assert harness.make_data_disk("e2etest", {"a.txt": "a\n"}, size_mb=4) == first
+    assert first.stat().st_mtime_ns == built
+    other = harness.make_data_disk("e2etest", {"a.txt": "b\n"}, size_mb=4)
+    relabelled = harness.make_data_disk("e2eother", {"a.txt": "a\n"}, size_mb=4)
+    assert len({first, other, relabelled}) == 3
+    assert _ext4_label(relabelled) == "e2eother"
+    assert not (first.parent / "tree").exists()

@@ -70,6 +70,7 @@ UNIT_PROPERTIES = (
     "ExecMainStartTimestampMonotonic",
     "ExecMainExitTimestampMonotonic",
     "ConditionResult",
+    "ConditionTimestampMonotonic",
     "NeedDaemonReload",
     "Environment",
 )
@@ -259,6 +260,28 @@ def unit_phases(entries: list[dict[str, Any]], units: set[str]) -> dict[str, Any
     return phases
 
 
+def job_timeline(entries: list[dict[str, Any]], units: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every message PID 1 logged about one of `units` (initrd and real root alike), in journal
+    order: its time, its kind (starting, done, failed, or "" for anything else: a skipped
+    condition, a mount's own message) and its text. Unlike unit_phases, a job without a
+    "Starting" message (targets, jobs of skipped units) still shows."""
+    kinds = {MSG_UNIT_STARTING: "starting", MSG_UNIT_STARTED: "done", MSG_UNIT_FAILED: "failed"}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        unit = entry.get("UNIT")
+        if unit not in units or entry.get("_PID") != "1":
+            continue
+        out.setdefault(unit, []).append(
+            {
+                "usec": int(entry.get("__MONOTONIC_TIMESTAMP", "0")),
+                "kind": kinds.get(str(entry.get("MESSAGE_ID", "")), ""),
+                "result": entry.get("JOB_RESULT", ""),
+                "message": _message(entry),
+            }
+        )
+    return out
+
+
 def reload_messages(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for entry in entries:
@@ -345,6 +368,7 @@ def build_report(config: dict[str, Any]) -> dict[str, Any]:
         "units": units,
         "phases": unit_phases(entries, phase_units),
         "reloads": reload_messages(entries),
+        "timeline": job_timeline(entries, {str(u) for u in config.get("timeline", [])}),
         "state": read_state(),
         "commands": {name: run(argv) for name, argv in commands.items()},
         "paths": {p: describe_path(p) for p in [str(p) for p in config.get("paths", [])]},
