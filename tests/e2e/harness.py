@@ -1438,6 +1438,7 @@ class Guest:
         (self.tree / mount_point.lstrip("/")).mkdir(parents=True, exist_ok=True)
         fstab = self.tree / "etc/fstab"
         fstab.write_text(fstab.read_text() + f"LABEL={label} {mount_point} ext4 {options} 0 2\n")
+
     def attach_disk(self, image: Path) -> None:
         """One more virtio disk (see make_data_disk); scenarios name it by its label, not by
         /dev/vdX, which depends on split_var."""
