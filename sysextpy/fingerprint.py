@@ -96,7 +96,8 @@ def mutable_inputs(view: LiveView, settings: ClassSettings) -> dict[str, Any]:
     for h in settings.hierarchies:
         try:
             p = view.resolve(f"{MUTABLE_BASE}/{component_name(h)}")
-            present[h] = [root_relative(view.root, p), view.stat(p).mode]
+            # the mode alone: what is written into the directory (the upper layer) is no input
+            present[h] = [root_relative(view.root, p), view.mode(p)]
         except ResolveError as e:
             if e.errno not in MISSING:
                 present[h] = ["error", e.errno]

@@ -102,6 +102,9 @@ class RecordingView(LiveView):
     def lstat(self, path: str) -> Stat:
         return Stat(*self._answer("lst", path))
 
+    def mode(self, path: str) -> int:
+        return int(self._answer("mode", path))
+
     def listdir(self, path: str) -> list[str]:
         return list(self._answer("ls", path))
 

@@ -24,6 +24,8 @@ path outside it, so the initrd's record for /sysroot is checked at / after switc
                                            resolved to, or the error: [E, errno], with the message
                                            for errors other than "missing"; not the steps
     ["st" | "lst", path, [mode, size, mtime_ns, ctime_ns, rdev] | [E, errno]]
+    ["mode", path, mode | [E, errno]]      only the type and permission bits (stat): of a directory
+                                           whose content changes without changing an input
     ["ls", path, names | [E, errno]]       a directory's names, sorted
     ["ents", path, [[name, type], ...]]    names with their types: d, f, l, o(ther)
     ["rl", path, target | [E, errno]]      a link's target
@@ -473,6 +475,11 @@ class LiveView:
     def stat(self, path: str) -> Stat:
         return Stat.of(os.stat(path))
 
+    def mode(self, path: str) -> int:
+        """stat()'s st_mode alone: what a persistent mutable directory contributes, whatever is
+        written into it."""
+        return os.stat(path).st_mode
+
     def lstat(self, path: str) -> Stat:
         return Stat.of(os.lstat(path))
 
@@ -661,6 +668,7 @@ VALUE_OF: dict[str, Callable[..., Any]] = {
     "cap": lambda v, name: v.capability(name),
     "res": lambda v, base, path, missing_ok: _resolve_value(v, v.absolute(base), path, missing_ok),
     "st": lambda v, path: _path_value(_stat_value, v.absolute(path)),
+    "mode": lambda v, path: _path_value(v.mode, v.absolute(path)),
     "lst": lambda v, path: _path_value(_lstat_value, v.absolute(path)),
     "ls": lambda v, path: _path_value(v.listdir, v.absolute(path)),
     "ents": lambda v, path: _path_value(lambda p: [list(e) for e in v.entries(p)], v.absolute(path)),

@@ -223,6 +223,31 @@ def test_warnings_of_the_merge_are_said_again(
         w("unmerge")
 
 
+def test_writes_into_a_mutable_directory_are_no_change(
+    mountns: None, fake_root: Path, tmp_path: Path, sysextpy_cmd: RunSysextpy
+) -> None:
+    """A mutable /etc takes writes (systemd-sysusers adding a user at boot, say) in its persistent
+    directory: that is no input, so the observations still confirm; its mode is one."""
+    w = World(sysextpy_cmd, fake_root, tmp_path / "state" / "state.json")
+    add_confext(fake_root, "conf", {"etc/conf.d/setting": "value 1\n"})
+    upper = fake_root / "var/lib/extensions.mutable/etc"
+    upper.mkdir(parents=True, mode=0o755)
+    write(fake_root / "etc/systemd/confext.conf", "[ConfExt]\nMutable=auto\n")
+    try:
+        assert w("merge").returncode == 0
+        write(fake_root / "etc/passwd-like", "written after the merge\n")
+        assert (upper / "passwd-like").exists(), "the write went to the persistent directory"
+        said, record = w.refresh()
+        assert SKIPPED in said and record["confirmedBy"] == "observations"
+        os.chmod(upper, 0o700)  # its mode is an input: the refresh sees it, and refuses it
+        proc = w("refresh")
+        assert proc.returncode == 1 and SKIPPED not in proc.stderr
+        assert "mutableDirs changed" in proc.stderr and "has mode 0700" in proc.stderr
+        os.chmod(upper, 0o755)
+    finally:
+        w("unmerge")
+
+
 @pytest.mark.tools("mksquashfs")
 def test_raw_images_are_confirmed_too(
     mountns: None, fake_root: Path, tmp_path: Path, sysextpy_cmd: RunSysextpy
