@@ -48,7 +48,8 @@ class Workspace:
         self.base = base
         # The images as discovery found them; without pins, images are opened by path.
         self.pins = pins
-        self._tree_clones: dict[str, int] = {}  # path -> a fresh detached copy of a pinned directory
+        self._tree_clones: dict[str, int] = {}  # path -> a bind clone of a pinned directory
+        self._clone_errors: dict[str, str] = {}  # path -> why it could not be cloned
         self._trees: dict[str, Path] = {}  # path -> where the copy is attached in the workspace
         # How raw images may be mounted (root, image policy, certificates). Without one, each
         # image gets the context of the root it was found in, with that root's configured policy.
@@ -72,13 +73,17 @@ class Workspace:
         self._cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
         self._root = os.open("/", os.O_PATH | os.O_CLOEXEC)
         try:
-            # A pinned directory is copied here, in the host's namespace: its pin cannot be copied
-            # or attached from inside another one.
+            # A pinned directory is cloned here, in the host's namespace, where its mount is: older
+            # kernels clone only mounts of the caller's own namespace.
             for pin in self.pins.trees() if self.pins is not None else ():
                 path = os.fspath(pin.candidate.path)
-                self._tree_clones[path] = m.open_tree(
-                    pin.fd, "", m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC | m.AT_EMPTY_PATH
-                )
+                try:
+                    self._tree_clones[path] = m.open_tree(
+                        pin.fd, "", m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC | m.AT_EMPTY_PATH
+                    )
+                except OSError as e:
+                    # Its mount was detached since it was pinned: said when the tree is needed.
+                    self._clone_errors[path] = e.strerror or str(e)
             m.unshare(m.CLONE_NEWNS)
             self._make_private()
             m.mount("sysextpy", self.base, "tmpfs", m.MS_NOSUID | m.MS_NODEV, "mode=0700")
@@ -135,6 +140,7 @@ class Workspace:
                 os.close(fd)
         self._host_ns = self._cwd = self._root = None
         self._tree_clones.clear()
+        self._clone_errors.clear()
         self._trees.clear()
 
     def pinned_tree(self, candidate: Candidate) -> Optional[Path]:
@@ -145,6 +151,10 @@ class Workspace:
         path = os.fspath(candidate.path)
         if path in self._trees:
             return self._trees[path]
+        if path in self._clone_errors:
+            raise PassingImageError(
+                f"cannot take the directory {path!r} into the workspace: {self._clone_errors[path]}"
+            )
         fd = self._tree_clones.pop(path, None)
         if fd is None or not self.inside:
             return None

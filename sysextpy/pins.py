@@ -9,9 +9,10 @@ namespace as soon as discovery found it, before its inputs are read:
 
 - a disk image (or block device) is held open; the merge reads and attaches it through that
   descriptor, never through its path again;
-- a directory is cloned as a detached bind mount (open_tree(OPEN_TREE_CLONE)), which holds its
-  file system mounted whatever happens to the original mount; the workspace attaches a fresh copy
-  of the clone and hands the overlay a path below it.
+- a directory is held by an O_PATH descriptor, which keeps its mount busy (an automount does not
+  expire under it) and names it whatever happens to the path; each workspace attaches a bind
+  clone of it (open_tree(OPEN_TREE_CLONE), made in the host's namespace, which every kernel with
+  open_tree allows) and hands the overlay a path below that.
 
 After the inputs are read, `moved()` says which paths no longer lead to what was pinned (same
 mount, same inode): the inputs may then describe something else, and the run looks again.
@@ -42,8 +43,8 @@ def _where(path: str) -> tuple[int, int, int]:
 
 
 class Pin:
-    """One pinned image: a descriptor (an open file, or a detached mount of a directory) and where
-    it was found."""
+    """One pinned image: a descriptor (an open file, or an O_PATH one of a directory) and where it
+    was found."""
 
     def __init__(self, candidate: Candidate, fd: int, where: tuple[int, int, int]) -> None:
         self.candidate = candidate
@@ -66,7 +67,6 @@ class Pins:
 
     def take(self, candidates: Iterable[Candidate]) -> None:
         """Pin each image. One that cannot be opened is left to the steps that read it, which say why."""
-        from . import mountapi as m
 
         for c in candidates:
             path = os.fspath(c.path)
@@ -75,7 +75,7 @@ class Pins:
             try:
                 before = _where(path)
                 if c.type in TREE_TYPES:
-                    fd = m.open_tree(m.AT_FDCWD, path, m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC)
+                    fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
                 else:
                     fd = os.open(
                         path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW
