@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 import time
 from collections.abc import Mapping, Sequence
@@ -241,6 +240,24 @@ def _mount_overlay(
             flags |= ms
     log.debug("This kernel takes overlay layers in one option string (no lowerdir+, Linux < 6.8).")
     m.mount(source, staging, "overlay", flags, data)
+
+
+def _remove_tree(top: Path) -> None:
+    """Remove a directory tree without following links; what cannot be removed stays (said at
+    debug level)."""
+    try:
+        for parent, dirs, files in os.walk(top, topdown=False):
+            for name in files:
+                os.unlink(os.path.join(parent, name))
+            for name in dirs:
+                path = os.path.join(parent, name)
+                if os.path.islink(path):
+                    os.unlink(path)
+                else:
+                    os.rmdir(path)
+        os.rmdir(top)
+    except OSError as e:
+        log.debug("Could not remove %s: %s", top, e)
 
 
 def _write(path: Path, text: str) -> None:
@@ -556,6 +573,6 @@ def unmerge_hierarchy(root: Path, cls: ImageClass, hierarchy: str) -> bool:
     for rel in work_dirs:
         wd = Path(os.path.join(root, rel))
         if wd.name.startswith(".systemd-") and wd.name.endswith("-workdir"):
-            shutil.rmtree(wd, ignore_errors=True)  # best effort, like upstream
+            _remove_tree(wd)  # best effort, like upstream
     log.info("Unmerged '%s'.", os.fspath(path))
     return True

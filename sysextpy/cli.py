@@ -346,19 +346,17 @@ def main(argv: Optional[Sequence[str]] = None, *, confirming: bool = True) -> in
     except SysextError as e:
         log.error("%s", e)
         if opts.debug:
-            import traceback
-
-            traceback.print_exc()
+            # The interpreter's own printer (in C): the traceback module and its imports would
+            # have to be in the initrd for this alone.
+            sys.__excepthook__(type(e), e, e.__traceback__)
         return e.exit_code
     except KeyboardInterrupt:
         log.error("Interrupted.")
         return EXIT_INTERRUPTED
-    except Exception:
+    except Exception as e:
         # A programming error: say so plainly; the traceback is what a bug report needs.
         if debug:
             raise
-        import traceback
-
         log.error("sysextpy failed unexpectedly; please report this with the output of --debug:")
-        log.error("%s", traceback.format_exc().rstrip())
+        sys.__excepthook__(type(e), e, e.__traceback__)
         return 1

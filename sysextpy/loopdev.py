@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import glob
 import os
 import stat
 import time
@@ -218,4 +217,8 @@ def _configure(loop_fd: int, config: _LoopConfig) -> None:
 
 def count_attached_loops() -> int:
     """How many loop devices have a backing file (for leak checks)."""
-    return len(glob.glob("/sys/block/loop*/loop/backing_file"))
+    return sum(
+        1
+        for name in os.listdir("/sys/block")
+        if name.startswith("loop") and os.path.exists(f"/sys/block/{name}/loop/backing_file")
+    )

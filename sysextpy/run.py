@@ -1,21 +1,102 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""The one place that starts subprocesses."""
+"""The one place that starts subprocesses.
+
+Built on os.posix_spawn and poll rather than the subprocess module: subprocess brings threading,
+selectors, locale, traceback and tokenize with it, which the initrd would carry and every run that
+starts a tool (openssl, veritysetup, systemctl) would load. Every descriptor this package opens is
+close-on-exec (Python's default, and the CLOEXEC flags of the mount calls), and those this process
+inherited are closed in the child, so the child gets its standard input from /dev/null, its output
+and error on two pipes (or ours), and nothing else.
+"""
 
 from __future__ import annotations
 
 import os
-import shlex
-import subprocess
-from collections.abc import Mapping, Sequence
+import select
+import time
 
 from .errors import SysextError
 from .log import log
+from .records import record
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from typing import Optional, Union
 
     PathString = Union[str, "os.PathLike[str]"]
+
+_SIGKILL = 9  # signal.SIGKILL on Linux; the signal module would bring enum-built tables
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_")
+
+
+@record(frozen=True)
+class Completed:
+    """A finished command: its argv, exit status (negative: killed by that signal) and output."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def quote(word: str) -> str:
+    """`word` as a POSIX shell would need it, for messages that show a command line."""
+    if word and all(c in _SAFE for c in word):
+        return word
+    return "'" + word.replace("'", "'\"'\"'") + "'"
+
+
+def command_line(argv: Sequence[str]) -> str:
+    return " ".join(quote(a) for a in argv)
+
+
+def _executable(name: str, env: Mapping[str, str]) -> str:
+    """The file `name` runs, looked up in the PATH of the environment the child gets."""
+    if "/" in name:
+        return name
+    for directory in os.get_exec_path(env):
+        path = os.path.join(directory, name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    raise FileNotFoundError(name)
+
+
+def _inherited() -> list[int]:
+    """Descriptors above 2 that would survive exec: ones this process was started with (ours are
+    all close-on-exec). The child gets none of them, as with subprocess's close_fds."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if fd > 2 and os.get_inheritable(fd):
+                found.append(fd)
+        except OSError:
+            pass  # the descriptor listdir itself used, closed by now
+    return found
+
+
+def _collect(pipes: dict[int, list[bytes]], deadline: Optional[float]) -> bool:
+    """Read the child's pipes to their end; False when the deadline passed first."""
+    poller = select.poll()
+    for fd in pipes:
+        poller.register(fd, select.POLLIN)
+    open_fds = set(pipes)
+    while open_fds:
+        wait_ms = None
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            wait_ms = max(1, int(left * 1000))
+        for fd, _ in poller.poll(wait_ms):
+            chunk = os.read(fd, 65536)
+            if chunk:
+                pipes[fd].append(chunk)
+            else:
+                poller.unregister(fd)
+                open_fds.discard(fd)
+    return True
 
 
 def run(
@@ -25,32 +106,74 @@ def run(
     capture: bool = True,
     env: Optional[Mapping[str, str]] = None,
     timeout: Optional[float] = None,
-) -> subprocess.CompletedProcess[str]:
+) -> Completed:
     """Run argv (never through a shell), stdin from /dev/null; raise SysextError on failure when check."""
     argv = [os.fspath(a) for a in cmd]
-    log.debug("+ %s", shlex.join(argv))
+    shown = command_line(argv)
+    log.debug("+ %s", shown)
     full_env = dict(os.environ)
     full_env["LANG"] = "C.UTF-8"
     if env:
         full_env.update(env)
     try:
-        proc = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if capture else None,
-            stderr=subprocess.PIPE if capture else None,
-            env=full_env,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError as e:
-        raise SysextError(f"{argv[0]!r} not found", hint="install it or put it on PATH") from e
-    except subprocess.TimeoutExpired as e:
-        raise SysextError(f"{shlex.join(argv)!r} did not finish within {timeout} s") from e
-    if check and proc.returncode != 0:
-        detail = (proc.stderr or "").strip().splitlines()
-        last = detail[-1] if detail else f"exit status {proc.returncode}"
-        log.debug("%s failed: %s", argv[0], proc.stderr)
-        raise SysextError(f"{shlex.join(argv)!r} failed: {last}")
-    return proc
+        path = _executable(argv[0], full_env)
+    except FileNotFoundError:
+        raise SysextError(f"{argv[0]!r} not found", hint="install it or put it on PATH") from None
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    pipes: dict[int, list[bytes]] = {}
+    ends: list[int] = []
+    actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_DUP2, devnull, 0)]
+    actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited()]
+    try:
+        if capture:
+            for target in (1, 2):
+                r, w = os.pipe()  # both ends close-on-exec; dup2 gives the child its own
+                pipes[r] = []
+                ends.append(w)
+                actions.append((os.POSIX_SPAWN_DUP2, w, target))
+        try:
+            pid = os.posix_spawn(path, argv, full_env, file_actions=actions)
+        except FileNotFoundError:
+            raise SysextError(f"{argv[0]!r} not found", hint="install it or put it on PATH") from None
+        except OSError as e:
+            raise SysextError(f"cannot start {shown!r}: {e.strerror}") from e
+    finally:
+        os.close(devnull)
+        for w in ends:
+            os.close(w)
+    out_fd, err_fd = (list(pipes) + [-1, -1])[:2]
+    status: Optional[int] = None
+    try:
+        finished = _collect(pipes, deadline)
+        while finished:
+            got, st = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
+            if got:
+                status = st
+                break
+            # Its output is closed, yet it runs on: wait for it, within the time it was given.
+            if deadline is not None and time.monotonic() >= deadline:
+                finished = False
+            else:
+                time.sleep(0.001)
+        if not finished:
+            try:
+                os.kill(pid, _SIGKILL)
+            except ProcessLookupError:
+                pass  # it ended meanwhile; reaped below all the same
+            os.waitpid(pid, 0)
+            raise SysextError(f"{shown!r} did not finish within {timeout} s")
+    finally:
+        for fd in pipes:
+            os.close(fd)
+    assert status is not None
+    code = os.waitstatus_to_exitcode(status)
+    stdout = b"".join(pipes.get(out_fd, ())).decode("utf-8", "replace")
+    stderr = b"".join(pipes.get(err_fd, ())).decode("utf-8", "replace")
+    done = Completed(argv, code, stdout, stderr)
+    if check and code != 0:
+        detail = stderr.strip().splitlines()
+        last = detail[-1] if detail else f"exit status {code}"
+        log.debug("%s failed: %s", argv[0], stderr)
+        raise SysextError(f"{shown!r} failed: {last}")
+    return done

@@ -16,14 +16,12 @@ no chain building, which is what systemd's userspace verification does too.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import errno
 import hashlib
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -135,7 +133,7 @@ def parse_verity_sig(data: bytes, what: str = "verity-sig partition") -> VerityS
     if not isinstance(sig, str):
         raise ParseError(f'{what} has no "signature" string')
     try:
-        signature = base64.b64decode(sig, validate=True)
+        signature = b64decode_strict(sig)
     except (binascii.Error, ValueError):
         raise ParseError(f'"signature" of the {what} is not base64') from None
     if not signature:
@@ -354,7 +352,7 @@ def pem_certificates(data: bytes) -> list[bytes]:
             break
         body = data[start + len(begin) : stop]
         try:
-            der = base64.b64decode(b"".join(body.split()), validate=True)
+            der = b64decode_strict(b"".join(body.split()))
         except (binascii.Error, ValueError):
             der = b""
         if der:
@@ -428,7 +426,7 @@ def find_certificates(view: LiveView) -> CertificateSearch:
             continue
         # A file with several certificates trusts each of them.
         for der in ders:
-            block = base64.encodebytes(der).replace(b"\n", b"")
+            block = binascii.b2a_base64(der, newline=False)
             lines = [block[i : i + 64] for i in range(0, len(block), 64)]
             one_pem = b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
             certs.append(Certificate(Path(path), inner, hashlib.sha256(der).digest(), one_pem))
@@ -452,6 +450,44 @@ def _short(fingerprint: bytes) -> str:
     return fingerprint.hex()[:16]
 
 
+_B64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def b64decode_strict(data: Union[str, bytes]) -> bytes:
+    """Base64 with nothing but the alphabet and up to two "=" at the end; ValueError otherwise."""
+    raw = data.encode("ascii") if isinstance(data, str) else data
+    body = raw.rstrip(b"=")
+    if len(raw) - len(body) > 2 or not _B64_ALPHABET.issuperset(body):
+        raise ValueError("not base64")
+    return binascii.a2b_base64(raw)
+
+
+def _private_dir(parent: Optional[Path]) -> Path:
+    """A new directory only we can use, in `parent` (default: $TMPDIR or /tmp)."""
+    base = parent if parent is not None else Path(os.environ.get("TMPDIR") or "/tmp")
+    for _ in range(100):
+        path = base / f"sysextpy-verity-{os.getpid()}-{os.urandom(6).hex()}"
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise SysextError(f"cannot create a private directory in {os.fspath(base)!r}")
+
+
+def _remove_private_dir(path: Path) -> None:
+    # Best effort: the files are ours and small; a leftover in the workspace dies with it.
+    for name in os.listdir(path):
+        try:
+            os.unlink(path / name)
+        except OSError as e:
+            log.debug("Could not remove %s: %s", path / name, e)
+    try:
+        os.rmdir(path)
+    except OSError as e:
+        log.debug("Could not remove %s: %s", path, e)
+
+
 def verify_signature(
     root_hash_hex: str,
     signature: bytes,
@@ -467,8 +503,8 @@ def verify_signature(
     dirs = search.describe_dirs()
     if not search.certificates:
         return SignatureCheck(False, None, f"no trusted certificate: no *{CERTIFICATE_SUFFIX} in {dirs}")
-    with tempfile.TemporaryDirectory(prefix="sysextpy-verity-", dir=workdir) as tmp:
-        tmpdir = Path(tmp)
+    tmpdir = _private_dir(workdir)
+    try:
         (tmpdir / "roothash").write_text(root_hash_hex, encoding="ascii")
         (tmpdir / "signature.p7s").write_bytes(signature)
         (tmpdir / "trusted.pem").write_bytes(b"".join(c.pem for c in search.certificates))
@@ -507,6 +543,8 @@ def verify_signature(
                 if cert.fingerprint in prints:
                     return SignatureCheck(True, cert, f"signed by {cert.name}")
             return SignatureCheck(False, None, "openssl accepted the signature but named no trusted signer")
+    finally:
+        _remove_private_dir(tmpdir)
     output = (proc.stderr or "") + (proc.stdout or "")
     if "signer certificate not found" in output:
         who = f" (SHA-256 fingerprint {_short(fingerprint)}...)" if fingerprint else ""
