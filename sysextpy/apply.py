@@ -22,6 +22,7 @@ from pathlib import Path
 from . import mountapi as m
 from .chase import resolve_in_root, root_relative
 from .errors import MountError, ResolveError, SysextError
+from .hooks import SHIPPED_FILE, shipped_hooks
 from .identity import format_origin
 from .images import Workspace, image_tree
 from .live import format_dev, read_metadata
@@ -33,6 +34,9 @@ from .status import live_merge
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from typing import Any, Optional
+
+    from .handoff import HookRun
+    from .hooks import HookSearch
 
 OVERLAY_MAX_LAYERS = 500  # the kernel's limit on lower layers (OVL_MAX_STACK)
 DEFAULT_MUTABLE_OPTIONS = "redirect_dir=on,noatime,metacopy=off,index=off"
@@ -358,8 +362,13 @@ def build_hierarchy(
     merged: Sequence[ExtensionVerdict],
     origin: Mapping[str, Any],
     extra: Optional[Mapping[str, str]] = None,
+    hooks: Optional[HookSearch] = None,
+    hook_runs: Optional[list[HookRun]] = None,
 ) -> Assembled:
-    """Build the hierarchy's overlay as a detached tree. Call with the workspace entered."""
+    """Build the hierarchy's overlay as a detached tree. Call with the workspace entered.
+
+    With `hooks`, each generate hook is shown the merged tree as it will be and what it writes
+    becomes a read-only layer above the extensions; a hook that fails raises HookFailed."""
     settings, layout = prep.settings, prep.layout
     cls, hierarchy, host_dir = settings.image_class, prep.hierarchy, prep.host_dir
     result = Assembled(cls, hierarchy, prep.target, None, tuple(n for n, _ in prep.layers), prep.was_merged)
@@ -375,8 +384,12 @@ def build_hierarchy(
         _write(meta / "origin", format_origin(origin))
         for filename, text in (extra or {}).items():
             _write(meta / filename, text)  # ours beyond upstream's files, e.g. the fingerprint
+        trees = [(v.name, os.fspath(image_tree(v.candidate, ws))) for v in merged]
+        shipped = shipped_hooks(trees, hierarchy)
+        if shipped:
+            _write(meta / SHIPPED_FILE, "".join(f"{path}\t{name}\n" for path, name in shipped))
 
-        lowers: list[Path] = [meta_top]
+        lowers: list[Path] = []
         lowers.extend(layout.import_dirs)
         lowers.extend(path for _, path in reversed(prep.layers))
         if host_dir is not None and _nonempty_dir(host_dir) and not layout.host_is_upper:
@@ -384,6 +397,9 @@ def build_hierarchy(
             host_dev = os.stat(host_dir).st_dev
             if os.major(host_dev) != 0:
                 _write(meta / "backing", format_dev(host_dev) + "\n")
+        if hooks is not None and hooks.hooks:
+            lowers[:0] = _generate(ws, settings, hierarchy, layout, lowers, hooks, hook_runs)
+        lowers.insert(0, meta_top)
         if layout.work is not None and not settings.mutable.is_ephemeral:
             _write(meta / "work_dir", c_escape(root_relative(root, layout.work).lstrip("/")) + "\n")
         os.chmod(layout.upper if layout.upper is not None else meta_top, mode_bits)
@@ -439,6 +455,58 @@ def build_hierarchy(
         for _, sub_fd in prep.carried:
             os.close(sub_fd)
         prep.carried.clear()
+
+
+class HookFailed(SysextError):
+    """A generate hook failed: the hierarchy's new merge is not built."""
+
+
+def _generate(
+    ws: Workspace,
+    settings: ClassSettings,
+    hierarchy: str,
+    layout: MutableLayout,
+    lowers: Sequence[Path],
+    hooks: HookSearch,
+    runs: Optional[list[HookRun]],
+) -> list[Path]:
+    """Run the generate hooks over a read-only preview of the merged tree; their non-empty
+    outputs, the last hook's on top, as layers."""
+    from .hooks import GENERATE, run_hook
+
+    cls = settings.image_class.value
+    below = ([layout.upper] if layout.upper is not None else []) + list(lowers)
+    if len(below) < 2:
+        below.append(ws.scratch_dir("empty"))
+    preview = ws.scratch_dir("preview")
+    _mount_overlay(
+        preview,
+        [os.fspath(p) for p in below],
+        upperdir=None,
+        workdir=None,
+        source=cls,
+        options=[],
+        attrs=m.MOUNT_ATTR_RDONLY | m.MOUNT_ATTR_NODEV | m.MOUNT_ATTR_NOSUID,
+    )
+    outputs: list[Path] = []
+    try:
+        env = {"SYSEXTPY_CLASS": cls, "SYSEXTPY_HIERARCHY": hierarchy}
+        for hook in hooks.hooks:
+            out = ws.scratch_dir("generated")
+            args = [cls, hierarchy, os.fspath(preview), os.fspath(out)]
+            done = run_hook(hook, GENERATE, args, f"{cls}:{hierarchy}", env, hooks.timeout)
+            if runs is not None:
+                runs.append(done)
+            if not done.ok:
+                raise HookFailed(
+                    f"{cls}: the new merge of {hierarchy!r} was not built: {done.reason()}",
+                    hint="the merge that was there stays; the next refresh tries again",
+                )
+            if _nonempty_dir(out):
+                outputs.insert(0, out)
+    finally:
+        m.umount2(preview, m.MNT_DETACH)
+    return outputs
 
 
 def _is_ours_on_top(root: Path, cls: ImageClass, hierarchy: str, new_id: Optional[int]) -> bool:

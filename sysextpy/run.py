@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 
@@ -25,8 +26,13 @@ def run(
     capture: bool = True,
     env: Optional[Mapping[str, str]] = None,
     timeout: Optional[float] = None,
+    new_session: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run argv (never through a shell), stdin from /dev/null; raise SysextError on failure when check."""
+    """Run argv (never through a shell), stdin from /dev/null; raise SysextError on failure when check.
+
+    With `new_session` the command gets a process group of its own, which the timeout kills
+    whole: a script's children (a `sleep` it waits for) hold its output open and would keep
+    the run waiting."""
     argv = [os.fspath(a) for a in cmd]
     log.debug("+ %s", shlex.join(argv))
     full_env = dict(os.environ)
@@ -34,17 +40,22 @@ def run(
     if env:
         full_env.update(env)
     try:
-        proc = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if capture else None,
-            stderr=subprocess.PIPE if capture else None,
-            env=full_env,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError as e:
+        if new_session:
+            proc = _run_in_session(argv, capture, full_env, timeout)
+        else:
+            proc = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if capture else None,
+                stderr=subprocess.PIPE if capture else None,
+                env=full_env,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+    except (FileNotFoundError, PermissionError) as e:
+        if isinstance(e, PermissionError):
+            raise SysextError(f"{argv[0]!r} cannot be executed: {e.strerror}") from e
         raise SysextError(f"{argv[0]!r} not found", hint="install it or put it on PATH") from e
     except subprocess.TimeoutExpired as e:
         raise SysextError(f"{shlex.join(argv)!r} did not finish within {timeout} s") from e
@@ -54,3 +65,22 @@ def run(
         log.debug("%s failed: %s", argv[0], proc.stderr)
         raise SysextError(f"{shlex.join(argv)!r} failed: {last}")
     return proc
+
+
+def _run_in_session(
+    argv: list[str], capture: bool, env: Mapping[str, str], timeout: Optional[float]
+) -> subprocess.CompletedProcess[str]:
+    pipe = subprocess.PIPE if capture else None
+    with subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, env=env, text=True, start_new_session=True
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # the group ended by itself meanwhile
+            proc.communicate()
+            raise
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
