@@ -9,6 +9,8 @@ view (view.py), name and content, so that they are inputs of every class's finge
 added, changed or removed makes the next refresh rebuild, and a confirming refresh, which only
 takes the observations again, runs none.
 
+A hook runs as a copy, in the private workspace, of the bytes that were read and digested.
+
 Extensions cannot add hooks. Every hooks.d directory but /run's lies below a hierarchy that is
 merged over (/etc, /usr), where a live merge shows its extensions' files as if they were the
 root's. A merge therefore writes down, in its metadata directory (SHIPPED_FILE), which hook
@@ -57,8 +59,9 @@ GENERATE = "generate"
 class Hook:
     name: str  # the file name without .hook, as messages name it
     inner: str  # where it was found, inside the root
-    path: str  # the host path it resolves to, which is run
+    path: str  # the host path it resolves to; once staged (staged()), the copy that is run
     sha256: str
+    data: bytes = b""  # what was read, and digested: what runs
 
 
 @record(frozen=True)
@@ -149,7 +152,7 @@ def find_hooks(view: LiveView, hierarchies: Mapping[ImageClass, Sequence[str]]) 
             ignored.append((inner, why))
             continue
         path, data = why
-        hooks.append(Hook(name[: -len(HOOK_SUFFIX)], inner, path, sha256(data).hexdigest()))
+        hooks.append(Hook(name[: -len(HOOK_SUFFIX)], inner, path, sha256(data).hexdigest(), data))
     for inner, why in ignored:
         if why.startswith("shipped by"):
             log.warning("Hook %s ignored: %s; extensions cannot add hooks.", inner, why)
@@ -184,6 +187,20 @@ def _unusable(view: LiveView, inner: str, entry: str, shipped: Mapping[str, str]
     except OSError as e:
         return e.strerror or "cannot be read"
     return path, data
+
+
+def staged(search: HookSearch, directory: str) -> HookSearch:
+    """The hooks as copies in `directory` (in the workspace) of the bytes that were read: what
+    runs is what the fingerprint took, and a hook found on a noexec mount (/etc below a confext
+    merge) can run."""
+    copies = []
+    for i, hook in enumerate(search.hooks):
+        path = os.path.join(directory, f"{i:03d}-{hook.name}{HOOK_SUFFIX}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o700)
+        with open(fd, "wb") as f:
+            f.write(hook.data)
+        copies.append(Hook(hook.name, hook.inner, path, hook.sha256, hook.data))
+    return HookSearch(tuple(copies), search.ignored, search.timeout)
 
 
 def find_all_hooks(view: LiveView) -> HookSearch:

@@ -483,6 +483,7 @@ def _build_and_swap(
     from . import apply
     from .actions import UnitRequest, changed_requests, live_merge_requests
     from .fingerprint import EXTRA_FILE
+    from .hooks import staged
     from .identity import origin_record
     from .images import Workspace
     from .plan import Survey, judge_all
@@ -503,6 +504,7 @@ def _build_and_swap(
     ws = Workspace(trust=a.trust, pins=pins)
     ws.enter()
     try:
+        hooks = staged(a.hooks, os.fspath(ws.scratch_dir("hooks", mode=0o700))) if a.hooks.hooks else a.hooks
         sub = Survey(
             root=a.found.root,
             host=a.found.host,
@@ -510,7 +512,7 @@ def _build_and_swap(
             settings=tuple(r.settings for r in todo),
             discoveries=tuple(discoveries),
         )
-        plan = judge_all(opts, sub, view, ws, known=a.verdicts, hooks=a.hooks)
+        plan = judge_all(opts, sub, view, ws, known=a.verdicts, hooks=hooks)
         record.hooks.extend(plan.hook_runs)
         for run, cp in zip(todo, plan.classes):
             merged = list(cp.to_merge)
@@ -563,7 +565,7 @@ def _build_and_swap(
             for p in prepared:
                 try:
                     item = apply.build_hierarchy(
-                        root, ws, p, merged, origin, {EXTRA_FILE: extra + "\n"}, a.hooks, record.hooks
+                        root, ws, p, merged, origin, {EXTRA_FILE: extra + "\n"}, hooks, record.hooks
                     )
                 except apply.HookFailed as e:
                     # This hierarchy keeps the merge it has; the others go on.

@@ -208,10 +208,12 @@ def verb_plan(opts: Options, env: Mapping[str, str]) -> int:
     if os.geteuid() == 0 and (a.hooks.hooks or any(c.type.is_file_backed for c in a.found.candidates)):
         # Raw images are inspected, and check hooks shown the images, in a private mount
         # namespace: nothing shows on the host.
+        from .hooks import staged
         from .images import Workspace
 
         with Workspace(trust=a.trust) as ws:
-            plan = judge_all(opts, a.found, view, ws, known=a.verdicts, hooks=a.hooks)
+            hooks = staged(a.hooks, os.fspath(ws.scratch_dir("hooks", mode=0o700)))
+            plan = judge_all(opts, a.found, view, ws, known=a.verdicts, hooks=hooks)
     else:
         plan = judge_all(opts, a.found, view, known=a.verdicts)
     rows = plan_rows(plan)
@@ -264,8 +266,8 @@ def verb_plan(opts: Options, env: Mapping[str, str]) -> int:
                 where = ", ".join(cp.settings.hierarchies)
                 print(f"\n{cp.image_class.value}: would merge {names} into {where}")
             if a.hooks.hooks:
-                hooks = ", ".join(f"{h.name} ({h.inner})" for h in a.hooks.hooks)
-                print(f"\nhooks: check each image, then generate each hierarchy: {hooks}")
+                listed = ", ".join(f"{h.name} ({h.inner})" for h in a.hooks.hooks)
+                print(f"\nhooks: check each image, then generate each hierarchy: {listed}")
             for inner, why in a.hooks.ignored:
                 print(f"hook {inner} ignored: {why}")
     if plan.host.release_error:

@@ -104,7 +104,9 @@ def hook_runs(run: Runner) -> list[tuple[str, str, str, Optional[int]]]:
 VETO = """\
 [ "$1" = check ] || exit 0
 [ "$SYSEXTPY_CLASS" = "$2" ] && [ "$SYSEXTPY_NAME" = "$3" ] || { echo "bad environment" >&2; exit 4; }
-[ -f "$4/usr/lib/extension-release.d/extension-release.$3" ] || { echo "no tree" >&2; exit 5; }
+release=usr/lib/extension-release.d
+[ "$2" = confext ] && release=etc/extension-release.d
+[ -f "$4/$release/extension-release.$3" ] || { echo "no tree" >&2; exit 5; }
 if touch "$4/written" 2>/dev/null; then echo "the tree is writable" >&2; exit 6; fi
 if [ "$SYSEXTPY_RELEASE_VARIANT" = bad ]; then
   echo "$3 is not for this machine" >&2
@@ -122,6 +124,7 @@ def test_a_check_hook_vetoes_one_of_three(world: Runner, fake_root: Path) -> Non
         fake_root / "var/lib/extensions/beta/usr/lib/extension-release.d/extension-release.beta",
         HOST_RELEASE + "VARIANT=bad\n",
     )
+    add_confext(fake_root, "conf", {"etc/conf.d/setting": "1\n"})
     hook(fake_root, HOOK_DIRS[0], "50-veto.hook", VETO)
 
     res = world("merge")
@@ -137,7 +140,9 @@ def test_a_check_hook_vetoes_one_of_three(world: Runner, fake_root: Path) -> Non
         ("50-veto", "check", "sysext:alpha", 0),
         ("50-veto", "check", "sysext:beta", 1),
         ("50-veto", "check", "sysext:gamma", 0),
+        ("50-veto", "check", "confext:conf", 0),
         ("50-veto", "generate", "sysext:/usr", 0),  # the same hook, asked to generate: nothing
+        ("50-veto", "generate", "confext:/etc", 0),
     ]
     assert record(world)["hooks"][1]["message"] == "beta is not for this machine"
     rejected = record(world)["classes"]["sysext"]["rejected"]
@@ -151,9 +156,17 @@ def test_a_check_hook_vetoes_one_of_three(world: Runner, fake_root: Path) -> Non
         ("sysext:alpha", 0),
         ("sysext:beta", 1),
         ("sysext:gamma", 0),
+        ("confext:conf", 0),
     ]
     verdicts = {r["name"]: r["verdict"] for r in shown["images"]}
-    assert verdicts == {"alpha": "merge", "beta": "rejected", "gamma": "merge"}
+    assert verdicts == {"alpha": "merge", "beta": "rejected", "gamma": "merge", "conf": "merge"}
+
+    # /etc is now a confext merge, mounted noexec: the hook found there still runs (as a copy)
+    add_sysext(fake_root, "delta", {"usr/share/delta/data": "delta\n"})
+    res = world("refresh")
+    assert res.returncode == 3, res.stderr
+    assert (usr / "delta/data").exists() and not (usr / "beta").exists()
+    assert ("50-veto", "check", "sysext:beta", 1) in hook_runs(world)
 
 
 def test_a_masked_hook_runs_not(world: Runner, fake_root: Path) -> None:
