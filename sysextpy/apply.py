@@ -27,7 +27,15 @@ from .identity import format_origin
 from .images import Workspace, image_tree
 from .live import format_dev, read_metadata
 from .log import log
-from .model import MUTABLE_BASE, ClassSettings, ExtensionVerdict, ImageClass, MutableMode, component_name
+from .model import (
+    MUTABLE_BASE,
+    ClassSettings,
+    ExtensionVerdict,
+    ImageClass,
+    ImageType,
+    MutableMode,
+    component_name,
+)
 from .records import field, record
 from .status import live_merge
 
@@ -35,6 +43,7 @@ TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up t
 if TYPE_CHECKING:
     from typing import Any, Optional
 
+    from .chase import StrPath
     from .handoff import HookRun
     from .hooks import HookSearch
 
@@ -428,8 +437,8 @@ def build_hierarchy(
         )
         dev = os.stat(staging).st_dev
         _write(meta / "dev", format_dev(dev) + "\n")
-        now = time.time()
-        os.utime(meta_top, (now, now))
+        stamp = input_stamp(root, ws, merged, host_dir, hooks)
+        os.utime(meta_top, ns=(stamp, stamp))
         for rel, sub_fd in prep.carried:
             dest = staging / rel
             if not os.path.lexists(dest):
@@ -455,6 +464,60 @@ def build_hierarchy(
         for _, sub_fd in prep.carried:
             os.close(sub_fd)
         prep.carried.clear()
+
+
+def input_stamp(
+    root: Path,
+    ws: Workspace,
+    merged: Sequence[ExtensionVerdict],
+    host_dir: Optional[Path],
+    hooks: Optional[HookSearch],
+) -> int:
+    """The newest change time (ns) among what a merge is made of: every entry of each directory
+    extension, each disk image, the search directories (an image added or removed), the
+    hierarchy's own directory, the hooks and their directories. A merge's top carries it, so
+    that ConditionNeedsUpdate= sees a real change and not every merge (a merge at each boot)."""
+    from .hooks import HOOK_DIRS
+
+    newest = 0
+
+    def take(path: StrPath) -> None:
+        nonlocal newest
+        try:
+            newest = max(newest, os.lstat(path).st_ctime_ns)
+        except OSError as e:
+            log.debug("No change time of %s: %s", os.fspath(path), e.strerror)  # gone: nothing to take
+
+    def walk(top: str) -> None:
+        try:
+            with os.scandir(top) as it:
+                for entry in it:
+                    take(entry.path)
+                    if entry.is_dir(follow_symlinks=False):
+                        walk(entry.path)
+        except OSError as e:
+            log.debug("No change times below %s: %s", top, e.strerror)
+
+    for v in merged:
+        c = v.candidate
+        take(os.path.dirname(os.fspath(c.entry)))
+        take(c.entry)
+        if c.type in (ImageType.DIRECTORY, ImageType.SUBVOLUME):
+            tree = os.fspath(image_tree(c, ws))
+            take(tree)
+            walk(tree)
+        else:
+            take(c.path)
+    if host_dir is not None:
+        take(host_dir)
+    for hook in hooks.hooks if hooks is not None else ():
+        take(hook.path)
+    for inner in HOOK_DIRS:
+        try:
+            take(resolve_in_root(root, inner))
+        except ResolveError:
+            pass  # no such directory: nothing in it to have changed
+    return newest or time.time_ns()
 
 
 class HookFailed(SysextError):

@@ -59,9 +59,10 @@ GENERATE = "generate"
 class Hook:
     name: str  # the file name without .hook, as messages name it
     inner: str  # where it was found, inside the root
-    path: str  # the host path it resolves to; once staged (staged()), the copy that is run
+    path: str  # the host path it resolves to
     sha256: str
     data: bytes = b""  # what was read, and digested: what runs
+    copy: str = ""  # where staged() put it, in the workspace: what runs
 
 
 @record(frozen=True)
@@ -199,7 +200,7 @@ def staged(search: HookSearch, directory: str) -> HookSearch:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o700)
         with open(fd, "wb") as f:
             f.write(hook.data)
-        copies.append(Hook(hook.name, hook.inner, path, hook.sha256, hook.data))
+        copies.append(Hook(hook.name, hook.inner, hook.path, hook.sha256, hook.data, path))
     return HookSearch(tuple(copies), search.ignored, search.timeout)
 
 
@@ -250,7 +251,8 @@ def run_hook(
 
     t0 = time.monotonic()
     try:
-        proc = run([hook.path, verb, *args], check=False, env=env, timeout=timeout, new_session=True)
+        argv = [hook.copy or hook.path, verb, *args]
+        proc = run(argv, check=False, env=env, timeout=timeout, new_session=True)
     except SysextError as e:
         took = round((time.monotonic() - t0) * 1000, 3)
         why = f"killed after {timeout:g} s" if "did not finish" in str(e) else str(e)

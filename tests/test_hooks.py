@@ -358,3 +358,43 @@ def test_generate_runs_depmod_over_modules_of_two_extensions(
     assert (modules / "extra/hooka.ko").exists() and (modules / "extra/hookb.ko").exists()
     generated = [r for r in hook_runs(world) if r[1] == "generate"]
     assert generated == [("50-depmod", "generate", "sysext:/usr", 0)]
+
+
+# --------------------------------------------------------------------------------------------------
+# The time stamp on a merge's top
+
+
+def test_the_top_carries_the_newest_change_among_the_inputs(world: Runner, fake_root: Path) -> None:
+    add_sysext(fake_root, "alpha", {"usr/share/alpha/data": "alpha\n"})
+    beta = add_sysext(fake_root, "beta", {"usr/share/beta/data": "beta\n"})
+    hook(fake_root, HOOK_DIRS[1], "50-gen.hook", GENERATE.replace("VERSION", "one"))
+    time.sleep(0.02)
+    last = write(beta / "usr/share/beta/late", "written last\n")
+
+    def top() -> int:
+        return os.stat(fake_root / "usr").st_mtime_ns
+
+    world.ok("merge")
+    assert top() == last.stat().st_ctime_ns
+
+    # merged again with nothing changed (a forced refresh, as every boot without a record):
+    # ConditionNeedsUpdate= has nothing new to see
+    time.sleep(0.02)
+    world.ok("refresh", "--always-refresh=yes")
+    assert top() == last.stat().st_ctime_ns
+
+    time.sleep(0.02)
+    write(last, "edited\n")
+    world.ok("refresh")
+    assert top() == last.stat().st_ctime_ns
+
+    time.sleep(0.02)
+    hook(fake_root, HOOK_DIRS[1], "50-gen.hook", GENERATE.replace("VERSION", "two"))
+    world.ok("refresh")
+    assert top() == (fake_root / HOOK_DIRS[1].lstrip("/") / "50-gen.hook").stat().st_ctime_ns
+
+    # an extension removed: its search directory changed
+    time.sleep(0.02)
+    subprocess.run(["rm", "-rf", os.fspath(beta)], check=True)
+    world.ok("refresh")
+    assert top() == (fake_root / "var/lib/extensions").stat().st_ctime_ns
