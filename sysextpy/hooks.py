@@ -100,21 +100,40 @@ def _below(inner: str, hierarchy: str) -> bool:
     return inner == hierarchy or inner.startswith(hierarchy.rstrip("/") + "/")
 
 
-def _shipped(view: LiveView, hierarchies: Mapping[ImageClass, Sequence[str]]) -> dict[str, str]:
-    """Hook paths (inside the root) the extensions of live merges ship -> "class extension"."""
-    found: dict[str, str] = {}
-    for cls, hs in hierarchies.items():
-        for h in hs:
+class _Shipped:
+    """Which hook paths the extensions of live merges ship, read only for the hierarchies a hook
+    lies below (each a metadata file to observe, and a confirming refresh takes each again)."""
+
+    def __init__(self, view: LiveView, hierarchies: Mapping[ImageClass, Sequence[str]]) -> None:
+        self.view = view
+        self.hierarchies = hierarchies
+        self._read: dict[str, dict[str, str]] = {}  # hierarchy -> path -> "class extension"
+
+    def _of(self, cls: ImageClass, h: str) -> dict[str, str]:
+        if h not in self._read:
+            found: dict[str, str] = {}
             try:
-                path = view.resolve(f"{h}/{cls.metadata_dir}/{SHIPPED_FILE}")
-                text = view.read(path, 1 << 20).decode("utf-8", "surrogateescape")
+                path = self.view.resolve(f"{h}/{cls.metadata_dir}/{SHIPPED_FILE}")
+                text = self.view.read(path, 1 << 20).decode("utf-8", "surrogateescape")
             except (ResolveError, OSError):
-                continue  # no merge there, or a merge whose extensions ship no hook
+                text = ""  # no merge there, or a merge whose extensions ship no hook
             for line in text.splitlines():
                 inner, sep, extension = line.partition("\t")
                 if sep and _below(inner, h):
                     found[inner] = f"{cls.value} {extension}"
-    return found
+            self._read[h] = found
+        return self._read[h]
+
+    def by(self, *paths: str) -> Optional[str]:
+        """The extension that ships one of `paths` (inside the root), or None."""
+        for path in paths:
+            for cls, hs in self.hierarchies.items():
+                for h in hs:
+                    if _below(path, h):
+                        who = self._of(cls, h).get(path)
+                        if who is not None:
+                            return who
+        return None
 
 
 def find_hooks(view: LiveView, hierarchies: Mapping[ImageClass, Sequence[str]]) -> HookSearch:
@@ -144,7 +163,7 @@ def find_hooks(view: LiveView, hierarchies: Mapping[ImageClass, Sequence[str]]) 
                 ignored.append((inner, f"overridden by {chosen[name][0]}"))
             else:
                 chosen[name] = (inner, f"{directory.rstrip('/')}/{name}")
-    shipped = _shipped(view, hierarchies) if chosen else {}
+    shipped = _Shipped(view, hierarchies)
     hooks: list[Hook] = []
     for name in sorted(chosen):
         inner, entry = chosen[name]
@@ -160,7 +179,7 @@ def find_hooks(view: LiveView, hierarchies: Mapping[ImageClass, Sequence[str]]) 
     return HookSearch(tuple(hooks), tuple(ignored), timeout)
 
 
-def _unusable(view: LiveView, inner: str, entry: str, shipped: Mapping[str, str]) -> Any:
+def _unusable(view: LiveView, inner: str, entry: str, shipped: _Shipped) -> Any:
     """Why the hooks.d entry is not a hook, or (its host path, its bytes)."""
     try:
         if view.lstat(entry).is_link and view.readlink(entry) == "/dev/null":
@@ -171,8 +190,9 @@ def _unusable(view: LiveView, inner: str, entry: str, shipped: Mapping[str, str]
         return e.message
     except OSError as e:
         return e.strerror or "cannot be read"
-    if inner in shipped or root_relative(view.root, path) in shipped:
-        return f"shipped by {shipped.get(inner) or shipped[root_relative(view.root, path)]}"
+    who = shipped.by(inner, root_relative(view.root, path))
+    if who is not None:
+        return f"shipped by {who}"
     if st.is_chr:
         return "masked (character device)"
     if not st.is_reg:
