@@ -275,7 +275,8 @@ def run_hook(
         proc = run(argv, check=False, env=env, timeout=timeout, new_session=True)
     except SysextError as e:
         took = round((time.monotonic() - t0) * 1000, 3)
-        why = f"killed after {timeout:g} s" if "did not finish" in str(e) else str(e)
+        timed_out = type(e.__cause__).__name__ == "TimeoutExpired"  # subprocess is not imported here
+        why = f"killed after {timeout:g} s" if timed_out else str(e)
         log.error("Hook %s (%s %s): %s", hook.name, verb, target, why)
         return HookRun(hook.name, verb, target, None, took, why)
     took = round((time.monotonic() - t0) * 1000, 3)

@@ -257,6 +257,19 @@ def test_generate_changes_and_the_confirming_refresh(world: Runner, fake_root: P
     assert (fake_root / "usr/share/beta/data").exists()
 
 
+def test_generate_over_a_mutable_merge(world: Runner, fake_root: Path) -> None:
+    """The preview shows the upper layer too, and the merge that follows uses it as its upper."""
+    add_sysext(fake_root, "alpha", {"usr/share/alpha/data": "alpha\n"})
+    (fake_root / "var/lib/extensions.mutable/usr/share/local").mkdir(parents=True)
+    hook(fake_root, HOOK_DIRS[1], "50-gen.hook", GENERATE.replace("VERSION", "one"))
+
+    world.ok("merge", "--mutable=yes")
+
+    assert (fake_root / "usr/generated-one").read_text() == "alpha\nlocal\n"
+    write(fake_root / "usr/share/written", "into the upper layer\n")
+    assert (fake_root / "var/lib/extensions.mutable/usr/share/written").exists()
+
+
 def test_a_hanging_hook_is_killed_and_the_old_merge_stays(world: Runner, fake_root: Path) -> None:
     add_sysext(fake_root, "alpha", {"usr/share/alpha/data": "alpha\n"})
     world.ok("merge")
