@@ -148,6 +148,9 @@ def test_a_check_hook_vetoes_one_of_three(world: Runner, fake_root: Path) -> Non
     rejected = record(world)["classes"]["sysext"]["rejected"]
     assert rejected == [{"name": "beta", "reason": "hook 50-veto: beta is not for this machine"}]
 
+    table = world("plan").stdout
+    footer = "hooks: check each image, then generate each hierarchy"
+    assert f"{footer}: 50-veto ({HOOK_DIRS[0]}/50-veto.hook)" in table
     plan = world("plan", "--json=short")
     assert plan.returncode == 3, plan.stderr
     shown = json.loads(plan.stdout)
@@ -181,6 +184,10 @@ def test_a_masked_hook_runs_not(world: Runner, fake_root: Path) -> None:
     assert hook_runs(world) == []
     shown = json.loads(world("plan", "--json=short").stdout)
     assert [f"{HOOK_DIRS[0]}/50-veto.hook", "masked (link to /dev/null)"] in shown["hooks"]["ignored"]
+    assert shown["hooks"]["hooks"] == [] and shown["hooks"]["checks"] == []
+    table = world("plan").stdout
+    assert f"hook {HOOK_DIRS[0]}/50-veto.hook ignored: masked (link to /dev/null)" in table
+    assert f"hook {HOOK_DIRS[3]}/50-veto.hook ignored: overridden by {HOOK_DIRS[0]}/50-veto.hook" in table
 
 
 def test_a_hook_shipped_by_an_extension_is_ignored(world: Runner, fake_root: Path, tmp_path: Path) -> None:
