@@ -21,17 +21,30 @@ from pathlib import Path
 from . import mountapi as m
 from .chase import resolve_in_root, root_relative
 from .errors import MountError, ResolveError, SysextError
+from .hooks import SHIPPED_FILE, shipped_hooks
 from .identity import format_origin
 from .images import Workspace, image_tree
 from .live import format_dev, read_metadata
 from .log import log
-from .model import MUTABLE_BASE, ClassSettings, ExtensionVerdict, ImageClass, MutableMode, component_name
+from .model import (
+    MUTABLE_BASE,
+    ClassSettings,
+    ExtensionVerdict,
+    ImageClass,
+    ImageType,
+    MutableMode,
+    component_name,
+)
 from .records import field, record
 from .status import live_merge
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from typing import Any, Optional
+
+    from .chase import StrPath
+    from .handoff import HookRun
+    from .hooks import HookSearch
 
 OVERLAY_MAX_LAYERS = 500  # the kernel's limit on lower layers (OVL_MAX_STACK)
 DEFAULT_MUTABLE_OPTIONS = "redirect_dir=on,noatime,metacopy=off,index=off"
@@ -375,8 +388,13 @@ def build_hierarchy(
     merged: Sequence[ExtensionVerdict],
     origin: Mapping[str, Any],
     extra: Optional[Mapping[str, str]] = None,
+    hooks: Optional[HookSearch] = None,
+    hook_runs: Optional[list[HookRun]] = None,
 ) -> Assembled:
-    """Build the hierarchy's overlay as a detached tree. Call with the workspace entered."""
+    """Build the hierarchy's overlay as a detached tree. Call with the workspace entered.
+
+    With `hooks`, each generate hook is shown the merged tree as it will be and what it writes
+    becomes a read-only layer above the extensions; a hook that fails raises HookFailed."""
     settings, layout = prep.settings, prep.layout
     cls, hierarchy, host_dir = settings.image_class, prep.hierarchy, prep.host_dir
     result = Assembled(cls, hierarchy, prep.target, None, tuple(n for n, _ in prep.layers), prep.was_merged)
@@ -392,8 +410,12 @@ def build_hierarchy(
         _write(meta / "origin", format_origin(origin))
         for filename, text in (extra or {}).items():
             _write(meta / filename, text)  # ours beyond upstream's files, e.g. the fingerprint
+        trees = [(v.name, os.fspath(image_tree(v.candidate, ws))) for v in merged]
+        shipped = shipped_hooks(trees, hierarchy)
+        if shipped:
+            _write(meta / SHIPPED_FILE, "".join(f"{path}\t{name}\n" for path, name in shipped))
 
-        lowers: list[Path] = [meta_top]
+        lowers: list[Path] = []
         lowers.extend(layout.import_dirs)
         lowers.extend(path for _, path in reversed(prep.layers))
         if host_dir is not None and _nonempty_dir(host_dir) and not layout.host_is_upper:
@@ -401,6 +423,9 @@ def build_hierarchy(
             host_dev = os.stat(host_dir).st_dev
             if os.major(host_dev) != 0:
                 _write(meta / "backing", format_dev(host_dev) + "\n")
+        if hooks is not None and hooks.hooks:
+            lowers[:0] = _generate(ws, settings, hierarchy, layout, lowers, hooks, hook_runs)
+        lowers.insert(0, meta_top)
         if layout.work is not None and not settings.mutable.is_ephemeral:
             _write(meta / "work_dir", c_escape(root_relative(root, layout.work).lstrip("/")) + "\n")
         os.chmod(layout.upper if layout.upper is not None else meta_top, mode_bits)
@@ -429,8 +454,8 @@ def build_hierarchy(
         )
         dev = os.stat(staging).st_dev
         _write(meta / "dev", format_dev(dev) + "\n")
-        now = time.time()
-        os.utime(meta_top, (now, now))
+        stamp = input_stamp(root, ws, merged, host_dir, hooks)
+        os.utime(meta_top, ns=(stamp, stamp))
         for rel, sub_fd in prep.carried:
             dest = staging / rel
             if not os.path.lexists(dest):
@@ -456,6 +481,112 @@ def build_hierarchy(
         for _, sub_fd in prep.carried:
             os.close(sub_fd)
         prep.carried.clear()
+
+
+def input_stamp(
+    root: Path,
+    ws: Workspace,
+    merged: Sequence[ExtensionVerdict],
+    host_dir: Optional[Path],
+    hooks: Optional[HookSearch],
+) -> int:
+    """The newest change time (ns) among what a merge is made of: every entry of each directory
+    extension, each disk image, the search directories (an image added or removed), the
+    hierarchy's own directory, the hooks and their directories. A merge's top carries it, so
+    that ConditionNeedsUpdate= sees a real change and not every merge (a merge at each boot)."""
+    from .hooks import HOOK_DIRS
+
+    newest = 0
+
+    def take(path: StrPath) -> None:
+        nonlocal newest
+        try:
+            newest = max(newest, os.lstat(path).st_ctime_ns)
+        except OSError as e:
+            log.debug("No change time of %s: %s", os.fspath(path), e.strerror)  # gone: nothing to take
+
+    def walk(top: str) -> None:
+        try:
+            with os.scandir(top) as it:
+                for entry in it:
+                    take(entry.path)
+                    if entry.is_dir(follow_symlinks=False):
+                        walk(entry.path)
+        except OSError as e:
+            log.debug("No change times below %s: %s", top, e.strerror)
+
+    for v in merged:
+        c = v.candidate
+        take(os.path.dirname(os.fspath(c.entry)))
+        take(c.entry)
+        if c.type in (ImageType.DIRECTORY, ImageType.SUBVOLUME):
+            tree = os.fspath(image_tree(c, ws))
+            take(tree)
+            walk(tree)
+        else:
+            take(c.path)
+    if host_dir is not None:
+        take(host_dir)
+    for hook in hooks.hooks if hooks is not None else ():
+        take(hook.path)
+    for inner in HOOK_DIRS:
+        try:
+            take(resolve_in_root(root, inner))
+        except ResolveError:
+            pass  # no such directory: nothing in it to have changed
+    return newest or time.time_ns()
+
+
+class HookFailed(SysextError):
+    """A generate hook failed: the hierarchy's new merge is not built."""
+
+
+def _generate(
+    ws: Workspace,
+    settings: ClassSettings,
+    hierarchy: str,
+    layout: MutableLayout,
+    lowers: Sequence[Path],
+    hooks: HookSearch,
+    runs: Optional[list[HookRun]],
+) -> list[Path]:
+    """Run the generate hooks over a read-only preview of the merged tree; their non-empty
+    outputs, the last hook's on top, as layers."""
+    from .hooks import GENERATE, run_hook
+
+    cls = settings.image_class.value
+    below = ([layout.upper] if layout.upper is not None else []) + list(lowers)
+    if len(below) < 2:
+        below.append(ws.scratch_dir("empty"))
+    preview = ws.scratch_dir("preview")
+    _mount_overlay(
+        preview,
+        [os.fspath(p) for p in below],
+        upperdir=None,
+        workdir=None,
+        source=cls,
+        options=[],
+        attrs=m.MOUNT_ATTR_RDONLY | m.MOUNT_ATTR_NODEV | m.MOUNT_ATTR_NOSUID,
+    )
+    outputs: list[Path] = []
+    try:
+        env = {"SYSEXTPY_CLASS": cls, "SYSEXTPY_HIERARCHY": hierarchy}
+        for hook in hooks.hooks:
+            out = ws.scratch_dir("generated")
+            args = [cls, hierarchy, os.fspath(preview), os.fspath(out)]
+            done = run_hook(hook, GENERATE, args, f"{cls}:{hierarchy}", env, hooks.timeout)
+            if runs is not None:
+                runs.append(done)
+            if not done.ok:
+                raise HookFailed(
+                    f"{cls}: the new merge of {hierarchy!r} was not built: {done.reason()}",
+                    hint="the merge that was there stays; the next refresh tries again",
+                )
+            if _nonempty_dir(out):
+                outputs.insert(0, out)
+    finally:
+        m.umount2(preview, m.MNT_DETACH)
+    return outputs
 
 
 def _is_ours_on_top(root: Path, cls: ImageClass, hierarchy: str, new_id: Optional[int]) -> bool:

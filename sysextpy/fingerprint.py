@@ -15,6 +15,8 @@ of the search directories that did not become an image and why, and per image:
   image policy rule that applies to it; and once per class, the trust material of the root (every
   certificate of its verity.d directories by digest) and what the machine can do (dm-verity,
   kernel signature checks, openssl);
+- the administrator's hooks (hooks.py), by name, place and content, and their timeout, where
+  the root has any;
 - a block device cannot be observed by content: its class is never skipped.
 
 Paths are relative to the root and nothing differs only because /sysroot became /, so the initrd's
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 
     from .discover import Discovery
     from .dissect import TrustContext
+    from .hooks import HookSearch
     from .view import LiveView
 
 __all__ = ["EXTRA_FILE", "read_live_extra"]
@@ -204,6 +207,7 @@ def class_inputs(
     host_part: Mapping[str, Any],
     view: LiveView,
     trust: Optional[TrustContext],
+    hooks: Optional[HookSearch] = None,
 ) -> dict[str, Any]:
     """Everything that decides this class's merge. `verdicts` holds those of the trees, by name."""
     prefix = view.root if view.root != "/" else ""
@@ -232,6 +236,9 @@ def class_inputs(
     }
     if disk_images and trust is not None:
         inputs["trust"] = trust_inputs(view, trust)
+    if hooks is not None and (hooks.hooks or hooks.ignored):
+        # Only where there are some: a root without hooks keeps the fingerprint it had before.
+        inputs["hooks"] = hooks.inputs()
     return inputs
 
 
@@ -286,7 +293,7 @@ def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int 
         if key in ("images",):
             continue
         if old.get(key) != new.get(key):
-            if key in ("host", "trust"):
+            if key in ("host", "trust", "hooks"):
                 was, now = _mapping(old.get(key)), _mapping(new.get(key))
                 fields = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
                 changes.append(f"{key} changed: {', '.join(fields)}")

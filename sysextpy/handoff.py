@@ -37,6 +37,10 @@ Schema 2, one line of JSON, keys camelCase:
         {"unit": "foo.service", "action": "try-restart" | "try-reload-or-restart" | "stop",
          "for": ["sysext:foo"], "result": "done" | "failed", "error": "..." | null}
       ],
+      "hooks": [                        # the administrator's hooks this run ran (hooks.py), in order
+        {"hook": "NAME", "verb": "check" | "generate", "target": "sysext:foo" | "sysext:/usr",
+         "status": <int> | null, "durationMs": <float>, "message": "first line of stderr"}
+      ],
       "confirmedBy": "observations" | "inputs" | null,  # what proved a run that changed nothing
       "quickDeclined": "..." | null,   # why the observations did not confirm (a full run's record)
       "messages": [[<priority>, "..."]],  # what deciding said (warnings), said again on a skip
@@ -50,8 +54,8 @@ Schema 2, one line of JSON, keys camelCase:
       }
     }
 
-`actions` and a class's `target` came later within schema 2: a record without them reads as
-having none, and a reader that does not know them ignores them. A failed action leaves the phase
+`actions`, `hooks` and a class's `target` came later within schema 2: a record without them
+reads as having none, and a reader that does not know them ignores them. A failed action leaves the phase
 `merged`: the merge is what its inputs say, only the manager did not do what was asked.
 
 A class's fingerprint binds what its merge was decided from (`inputsDigest`) to how that was read
@@ -354,6 +358,58 @@ class UnitAction:
         )
 
 
+class HookRun:
+    """One run of an administrator's hook (hooks.py), as the record lists it."""
+
+    __slots__ = ("duration_ms", "hook", "message", "status", "target", "verb")
+
+    def __init__(
+        self, hook: str, verb: str, target: str, status: Optional[int], duration_ms: float, message: str = ""
+    ) -> None:
+        self.hook = hook
+        self.verb = verb  # check, generate
+        self.target = target  # "class:image" for check, "class:hierarchy" for generate
+        self.status = status  # the exit status; None: killed at the timeout, or could not start
+        self.duration_ms = duration_ms
+        self.message = message  # the first line of its standard error, or why it did not finish
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+    def reason(self) -> str:
+        """Why it failed, as a rejection or an error names it."""
+        return f"hook {self.hook}: {self.message or f'exit status {self.status}'}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "hook": self.hook,
+            "verb": self.verb,
+            "target": self.target,
+            "status": self.status,
+            "durationMs": self.duration_ms,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, what: str) -> HookRun:
+        _need(data, dict, what)
+        duration = data.get("durationMs", 0)
+        if not isinstance(duration, (int, float)) or isinstance(duration, bool):
+            raise Corrupt(f"{what}.durationMs is not a number")
+        return cls(
+            _need(data.get("hook"), str, f"{what}.hook"),
+            _word(data.get("verb"), HOOK_VERBS, f"{what}.verb"),
+            _need(data.get("target"), str, f"{what}.target"),
+            _maybe(data.get("status"), int, f"{what}.status"),
+            float(duration),
+            _need(data.get("message", ""), str, f"{what}.message"),
+        )
+
+
+HOOK_VERBS = ("check", "generate")
+
+
 def options_key(
     *,
     force: bool = False,
@@ -443,6 +499,7 @@ class HandoffRecord:
         "declined",
         "errors",
         "finished",
+        "hooks",
         "in_initrd",
         "messages",
         "phase",
@@ -476,6 +533,7 @@ class HandoffRecord:
         messages: Optional[list[tuple[int, str]]] = None,
         confirm: Optional[Confirmation] = None,
         actions: Optional[list[UnitAction]] = None,
+        hooks: Optional[list[HookRun]] = None,
     ) -> None:
         self.boot_id = boot_id
         self.phase: Phase = phase
@@ -495,6 +553,7 @@ class HandoffRecord:
         self.messages = messages if messages is not None else []
         self.confirm = confirm
         self.actions = actions if actions is not None else []
+        self.hooks = hooks if hooks is not None else []
 
     @property
     def rejected(self) -> bool:
@@ -520,6 +579,7 @@ class HandoffRecord:
             "timings": dict(self.timings),
             "reload": {"done": self.reload_done, "reason": self.reload_reason},
             "actions": [a.to_json() for a in self.actions],
+            "hooks": [h.to_json() for h in self.hooks],
             "confirmedBy": self.confirmed_by,
             "quickDeclined": self.declined,
             "messages": [[level, text] for level, text in self.messages],
@@ -551,6 +611,7 @@ class HandoffRecord:
             _word(confirmed_by, CONFIRMERS, "confirmedBy")
         confirm = data.get("confirm")
         actions = _need(data.get("actions", []), list, "actions")
+        hooks = _need(data.get("hooks", []), list, "hooks")
         return cls(
             boot_id=_need(data.get("bootId"), str, "bootId"),
             phase=_word(data.get("phase"), PHASES, "phase"),
@@ -572,6 +633,7 @@ class HandoffRecord:
             messages=messages,
             confirm=None if confirm is None else Confirmation.from_json(confirm),
             actions=[UnitAction.from_json(a, f"actions[{i}]") for i, a in enumerate(actions)],
+            hooks=[HookRun.from_json(h, f"hooks[{i}]") for i, h in enumerate(hooks)],
         )
 
 

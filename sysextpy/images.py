@@ -184,6 +184,20 @@ class Workspace:
         os.chmod(path, mode)
         return path
 
+    def read_only_view(self, path: Path, kind: str) -> Path:
+        """A read-only bind of `path` (with what is mounted below it) in the workspace: what a
+        hook is shown of a tree it must not change."""
+        from . import mountapi as m
+
+        where = self.scratch_dir(kind)
+        try:
+            m.mount(path, where, None, m.MS_BIND | m.MS_REC)
+            m.mount(None, where, None, m.MS_BIND | m.MS_REMOUNT | m.MS_RDONLY | m.MS_NODEV | m.MS_NOSUID)
+        except OSError as e:
+            what = os.fspath(path)
+            raise MountError(f"Cannot show {what!r} read-only in the workspace: {e.strerror}") from e
+        return where
+
     def mount_image(self, candidate: Candidate) -> Path:
         """Dissect, attach and mount a raw image read-only inside the workspace; cached per image.
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .discover import Discovery
     from .dissect import TrustContext
     from .handoff import RecordCheck, UnitAction
+    from .hooks import HookSearch
     from .pins import Pins
     from .plan import ClassPlan, Survey
     from .recording import RecordingView
@@ -55,6 +56,7 @@ class Assessment:
     verdicts: dict[tuple[str, str], ExtensionVerdict]  # the trees', by (class, name)
     inputs: list[dict[str, Any]]
     messages: list[tuple[int, str]]
+    hooks: HookSearch
 
 
 def class_settings(
@@ -74,6 +76,7 @@ def assess(opts: Options, view: LiveView, pins: Optional[Pins] = None) -> Assess
     """Read every input of every class through `view`, mounting nothing. With `pins`, every image
     is pinned as soon as it is found, before its inputs are read (pins.py)."""
     from .fingerprint import class_inputs, host_inputs
+    from .hooks import find_all_hooks
     from .plan import is_tree, judge_tree, survey
 
     messages: list[tuple[int, str]] = []
@@ -93,6 +96,8 @@ def assess(opts: Options, view: LiveView, pins: Optional[Pins] = None) -> Assess
         from .dissect import TrustContext  # only disk images are dissected: trees need none of it
 
         trust = TrustContext.from_settings(opts, settings, view)
+    # Every class's, so read outside any class's scope.
+    hooks = find_all_hooks(view)
     verdicts: dict[tuple[str, str], ExtensionVerdict] = {}
     inputs: list[dict[str, Any]] = []
     if found.host.release is not None:
@@ -105,8 +110,8 @@ def assess(opts: Options, view: LiveView, pins: Optional[Pins] = None) -> Assess
                     if is_tree(c)
                 }
                 verdicts.update(((cs.image_class.value, name), v) for name, v in by_name.items())
-                inputs.append(class_inputs(opts, cs, disc, by_name, host_part, view, trust))
-    return Assessment(settings, found, trust, verdicts, inputs, messages)
+                inputs.append(class_inputs(opts, cs, disc, by_name, host_part, view, trust, hooks))
+    return Assessment(settings, found, trust, verdicts, inputs, messages, hooks)
 
 
 def confirmation(opts: Options, a: Assessment, view: RecordingView) -> Confirmation:
@@ -243,6 +248,9 @@ def _adopt(
     from .images import Workspace
     from .plan import Survey, judge_all
 
+    if a.hooks.hooks:
+        # Upstream's merge has no hook's verdict nor generated layer: it is never what we build.
+        return {}
     todo = []
     for run, disc in zip(runs, a.found.discoveries):
         # A class that could be skipped needs no adopting, one with a block device cannot be.
@@ -475,6 +483,7 @@ def _build_and_swap(
     from . import apply
     from .actions import UnitRequest, changed_requests, live_merge_requests
     from .fingerprint import EXTRA_FILE
+    from .hooks import staged
     from .identity import origin_record
     from .images import Workspace
     from .plan import Survey, judge_all
@@ -491,9 +500,11 @@ def _build_and_swap(
     # per class: (what the live merge's extensions asked for, its inputs; what the new ones ask)
     before: dict[str, tuple[dict[str, UnitRequest], Optional[dict[str, Any]]]] = {}
     after: dict[str, dict[str, UnitRequest]] = {}
+    hook_errors: list[str] = []
     ws = Workspace(trust=a.trust, pins=pins)
     ws.enter()
     try:
+        hooks = staged(a.hooks, os.fspath(ws.scratch_dir("hooks", mode=0o700))) if a.hooks.hooks else a.hooks
         sub = Survey(
             root=a.found.root,
             host=a.found.host,
@@ -501,7 +512,8 @@ def _build_and_swap(
             settings=tuple(r.settings for r in todo),
             discoveries=tuple(discoveries),
         )
-        plan = judge_all(opts, sub, view, ws, known=a.verdicts)
+        plan = judge_all(opts, sub, view, ws, known=a.verdicts, hooks=hooks)
+        record.hooks.extend(plan.hook_runs)
         for run, cp in zip(todo, plan.classes):
             merged = list(cp.to_merge)
             entry = record.classes[run.image_class.value]
@@ -551,9 +563,17 @@ def _build_and_swap(
                 sort_keys=True,
             )
             for p in prepared:
-                assembled.append(
-                    (run, apply.build_hierarchy(root, ws, p, merged, origin, {EXTRA_FILE: extra + "\n"}))
-                )
+                try:
+                    item = apply.build_hierarchy(
+                        root, ws, p, merged, origin, {EXTRA_FILE: extra + "\n"}, hooks, record.hooks
+                    )
+                except apply.HookFailed as e:
+                    # This hierarchy keeps the merge it has; the others go on.
+                    log.error("%s", e)
+                    hook_errors.append(str(e))
+                    entry.hierarchies[p.hierarchy] = HierarchyResult("failed", None, None, str(e))
+                    continue
+                assembled.append((run, item))
     except BaseException as e:
         ws.leave()
         apply.discard([item for _, item in assembled])
@@ -566,7 +586,7 @@ def _build_and_swap(
     t_built = time.monotonic()
 
     # Everything is built. From here on, each hierarchy changes in one step.
-    errors: list[str] = []
+    errors: list[str] = list(hook_errors)
     changed = False
     changed_classes: set[str] = set()
     for run, item in assembled:

@@ -34,6 +34,8 @@ TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up t
 if TYPE_CHECKING:
     from typing import Optional
 
+    from .handoff import HookRun
+    from .hooks import HookSearch
     from .images import Workspace
 
 
@@ -86,6 +88,7 @@ class Plan:
     host: HostInfo
     initrd: bool  # the root is an initrd (has /etc/initrd-release)
     classes: tuple[ClassPlan, ...]
+    hook_runs: tuple[HookRun, ...] = ()  # the check hooks run for it, in order
 
     @property
     def rejected(self) -> tuple[str, ...]:
@@ -243,11 +246,14 @@ def judge_all(
     view: LiveView,
     workspace: Optional[Workspace] = None,
     known: Optional[dict[tuple[str, str], ExtensionVerdict]] = None,
+    hooks: Optional[HookSearch] = None,
 ) -> Plan:
     """Judge every image of a survey: trees through the view (or as `known`, keyed by class and
     name, already judged), disk images through their mounts in the workspace (without one: not
-    inspected, which needs root)."""
+    inspected, which needs root). With `hooks`, each image that would be merged is then shown to
+    every check hook, in the workspace."""
     class_plans = []
+    hook_runs: list[HookRun] = []
     for cs, disc in zip(found.settings, found.discoveries):
         verdicts = []
         for c in disc.candidates:
@@ -266,9 +272,42 @@ def judge_all(
                     verdicts.append(ExtensionVerdict(c, Verdict.REJECTED, str(e)))
                     continue
                 verdicts.append(judge(c, found.host, force=opts.force, tree=tree))
+        if hooks is not None and hooks.hooks and workspace is not None and workspace.inside:
+            verdicts = [check_image(v, hooks, workspace, hook_runs) for v in verdicts]
         for v in verdicts:
             # Rejections are named, as warnings, at the end of a run (decide.exit_status).
             level = log.info if v.verdict is Verdict.IGNORED else log.debug
             level("%s %s: %s (%s)", cs.image_class.value, v.name, v.verdict.value, v.reason)
         class_plans.append(ClassPlan(settings=cs, discovery=disc, verdicts=tuple(verdicts)))
-    return Plan(root=found.root, host=found.host, initrd=found.initrd, classes=tuple(class_plans))
+    return Plan(
+        root=found.root,
+        host=found.host,
+        initrd=found.initrd,
+        classes=tuple(class_plans),
+        hook_runs=tuple(hook_runs),
+    )
+
+
+def check_image(
+    verdict: ExtensionVerdict, hooks: HookSearch, workspace: Workspace, runs: list[HookRun]
+) -> ExtensionVerdict:
+    """Show an image that would be merged to the check hooks; the first that refuses rejects it."""
+    from .hooks import CHECK, release_env, run_hook
+    from .images import image_tree
+
+    if verdict.verdict is not Verdict.MERGE:
+        return verdict
+    c = verdict.candidate
+    cls = c.image_class.value
+    try:
+        tree = workspace.read_only_view(image_tree(c, workspace), "check")
+    except ImageError as e:
+        return ExtensionVerdict(c, Verdict.REJECTED, str(e))
+    env = release_env(cls, c.name, verdict.release)
+    for hook in hooks.hooks:
+        done = run_hook(hook, CHECK, [cls, c.name, os.fspath(tree)], f"{cls}:{c.name}", env, hooks.timeout)
+        runs.append(done)
+        if not done.ok:
+            why = done.reason()
+            return ExtensionVerdict(c, Verdict.REJECTED, why, verdict.release, verdict.release_file)
+    return verdict

@@ -106,8 +106,13 @@ def run(
     capture: bool = True,
     env: Optional[Mapping[str, str]] = None,
     timeout: Optional[float] = None,
+    new_session: bool = False,
 ) -> Completed:
-    """Run argv (never through a shell), stdin from /dev/null; raise SysextError on failure when check."""
+    """Run argv (never through a shell), stdin from /dev/null; raise SysextError on failure when check.
+
+    With `new_session` the command gets a session and process group of its own, which the timeout
+    kills whole: a script's children (a `sleep` it waits for) hold its output open and would keep
+    the run waiting."""
     argv = [os.fspath(a) for a in cmd]
     shown = command_line(argv)
     log.debug("+ %s", shown)
@@ -133,9 +138,11 @@ def run(
                 ends.append(w)
                 actions.append((os.POSIX_SPAWN_DUP2, w, target))
         try:
-            pid = os.posix_spawn(path, argv, full_env, file_actions=actions)
+            pid = os.posix_spawn(path, argv, full_env, file_actions=actions, setsid=new_session)
         except FileNotFoundError:
             raise SysextError(f"{argv[0]!r} not found", hint="install it or put it on PATH") from None
+        except PermissionError as e:
+            raise SysextError(f"{argv[0]!r} cannot be executed: {e.strerror}") from e
         except OSError as e:
             raise SysextError(f"cannot start {shown!r}: {e.strerror}") from e
     finally:
@@ -158,7 +165,10 @@ def run(
                 time.sleep(0.001)
         if not finished:
             try:
-                os.kill(pid, _SIGKILL)
+                if new_session:
+                    os.killpg(pid, _SIGKILL)  # the session leader's group: it and its children
+                else:
+                    os.kill(pid, _SIGKILL)
             except ProcessLookupError:
                 pass  # it ended meanwhile; reaped below all the same
             os.waitpid(pid, 0)

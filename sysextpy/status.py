@@ -4,6 +4,8 @@ tells a live merge from a copied tree)."""
 
 from __future__ import annotations
 
+import os
+
 from .live import exact_mount_check, parse_dev, probe, read_metadata
 from .records import record
 
@@ -43,12 +45,18 @@ def live_merge(
     meta = path / image_class.metadata_dir
     names_text = read_metadata(path_s, image_class.metadata_dir, image_class.list_file) or ""
     names = tuple(n for n in names_text.splitlines() if n)
+    try:
+        # The metadata directory is made by the merge; the hierarchy's top carries the newest
+        # change among the merge's inputs instead (apply.input_stamp).
+        since_ns = os.lstat(meta).st_mtime_ns
+    except OSError:
+        since_ns = st.st_mtime_ns
     return path, LiveMerge(
         image_class=image_class,
         hierarchy=hierarchy,
         path=path,
         extensions=names,
-        since_usec=st.st_mtime_ns // 1000,
+        since_usec=since_ns // 1000,
         metadata_dir=meta,
         dev=st.st_dev,
     )

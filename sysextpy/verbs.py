@@ -205,12 +205,15 @@ def verb_plan(opts: Options, env: Mapping[str, str]) -> int:
                 "changes": list(r.changes),
                 "fingerprint": r.fingerprint,
             }
-    if os.geteuid() == 0 and any(c.type.is_file_backed for c in a.found.candidates):
-        # Raw images are inspected in a private mount namespace: nothing shows on the host.
+    if os.geteuid() == 0 and (a.hooks.hooks or any(c.type.is_file_backed for c in a.found.candidates)):
+        # Raw images are inspected, and check hooks shown the images, in a private mount
+        # namespace: nothing shows on the host.
+        from .hooks import staged
         from .images import Workspace
 
         with Workspace(trust=a.trust) as ws:
-            plan = judge_all(opts, a.found, view, ws, known=a.verdicts)
+            hooks = staged(a.hooks, os.fspath(ws.scratch_dir("hooks", mode=0o700)))
+            plan = judge_all(opts, a.found, view, ws, known=a.verdicts, hooks=hooks)
     else:
         plan = judge_all(opts, a.found, view, known=a.verdicts)
     rows = plan_rows(plan)
@@ -231,6 +234,12 @@ def verb_plan(opts: Options, env: Mapping[str, str]) -> int:
     }
     if plan.host.release_error:
         result["hostError"] = plan.host.release_error
+    result["hooks"] = {
+        "hooks": [{"name": h.name, "path": h.inner, "sha256": h.sha256} for h in a.hooks.hooks],
+        "ignored": [list(pair) for pair in a.hooks.ignored],
+        "timeout": a.hooks.timeout,
+        "checks": [r.to_json() for r in plan.hook_runs],
+    }
     if opts.json is not JsonMode.OFF:
         emit_json(result, opts.json)
     else:
@@ -256,6 +265,11 @@ def verb_plan(opts: Options, env: Mapping[str, str]) -> int:
                         print(f"  {change}")
                 where = ", ".join(cp.settings.hierarchies)
                 print(f"\n{cp.image_class.value}: would merge {names} into {where}")
+            if a.hooks.hooks:
+                listed = ", ".join(f"{h.name} ({h.inner})" for h in a.hooks.hooks)
+                print(f"\nhooks: check each image, then generate each hierarchy: {listed}")
+            for inner, why in a.hooks.ignored:
+                print(f"hook {inner} ignored: {why}")
     if plan.host.release_error:
         log.error("%s", plan.host.release_error)
     return culprits_status(

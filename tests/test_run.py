@@ -94,3 +94,17 @@ def test_environment_and_no_capture(tmp_path: Path) -> None:
     )
     assert (done.stdout, done.stderr) == ("", "")
     assert out.read_text() == "C.UTF-8 yes\n"
+
+
+def test_a_timeout_in_a_session_kills_the_childrens_group_too() -> None:
+    started = time.monotonic()
+    with pytest.raises(SysextError, match="did not finish"):
+        run(["sh", "-c", "sleep 30 & wait"], timeout=0.3, new_session=True)
+    assert time.monotonic() - started < 5
+
+
+def test_a_file_that_cannot_be_executed_says_so(tmp_path: Path) -> None:
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\n")
+    with pytest.raises(SysextError, match="cannot be executed"):
+        run([script])

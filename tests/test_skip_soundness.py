@@ -607,6 +607,37 @@ def _unrelated(w: World, cls: str, kind: str) -> None:
     write(w.at("etc/hostname"), "box\n")
 
 
+# The administrator's hooks (below /etc and /usr: changed below the overlays, like certificates)
+
+GENERATE_HOOK = "etc/sysextpy/hooks.d/50-gen.hook"
+
+
+def _hook_text(word: str) -> str:
+    """A generate hook whose output layer holds `word`; it also takes a check, and accepts."""
+    return f'#!/bin/sh\n[ "$1" = generate ] || exit 0\necho {word} > "$5/generated-by-hook"\n'
+
+
+def _hook(word: str, rel: str = GENERATE_HOOK) -> Step:
+    return lambda w, cls, kind: write(w.at(rel), _hook_text(word), mode=0o755)
+
+
+def _hook_edited_same_stat(w: World, cls: str, kind: str) -> None:
+    path = w.at(GENERATE_HOOK)
+    st = path.stat()
+    path.write_text(_hook_text("two"))  # as long as "one"
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _hook_masked(w: World, cls: str, kind: str) -> None:
+    _mkdir(w, "run/sysextpy/hooks.d")
+    w.at("run/sysextpy/hooks.d/50-gen.hook").symlink_to("/dev/null")
+
+
+def _veto_hook(w: World, cls: str, kind: str) -> None:
+    name = _name(cls, kind)
+    write(w.at("etc/sysextpy/hooks.d/40-veto.hook"), f'#!/bin/sh\n[ "$1.$3" != check.{name} ]\n', mode=0o755)
+
+
 CHANGES = "changes"
 NO_EFFECT = "none"
 EITHER = "either"
@@ -726,6 +757,13 @@ CATALOGUE: list[Change] = [
     # Configuration drop-ins.
     Change("drop-in-appears", _drop_in, kinds=NO_KIND),
     Change("drop-in-disappears", _no_drop_in, _drop_in, kinds=NO_KIND),
+    # The administrator's hooks.
+    Change("hook-added", _hook("one"), classes=ALL, kinds=NO_KIND),
+    Change("hook-changed", _hook("other"), _hook("one"), classes=ALL, kinds=NO_KIND),
+    Change("hook-edited-same-size-mtime", _hook_edited_same_stat, _hook("one"), ALL, NO_KIND),
+    Change("hook-removed", _unlink(GENERATE_HOOK), _hook("one"), classes=ALL, kinds=NO_KIND),
+    Change("hook-masked", _hook_masked, _hook("one", "usr/lib/sysextpy/hooks.d/50-gen.hook"), ALL, NO_KIND),
+    Change("hook-vetoes-an-image", _veto_hook),
     # Harmless.
     Change("sysupdate-entry", _sysupdate_entry, kinds=NO_KIND, effect=NO_EFFECT),
     Change("unrelated-files", _unrelated, classes=ALL, kinds=NO_KIND, effect=NO_EFFECT),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sysextpy.errors import SysextError
-from sysextpy.handoff import ClassEntry, HandoffRecord, parse_record
+from sysextpy.handoff import ClassEntry, HandoffRecord, HookRun, parse_record
 from sysextpy.state import boot_id, read_record, run_lock, state_directory, untrusted_directory, write_record
 
 
@@ -87,6 +87,38 @@ def test_deferred_images_read_back_and_older_records_have_none(tmp_path: Path) -
     data["classes"]["sysext"]["deferred"] = [{"name": "a", "reason": why}]
     broken = parse_record(json.dumps(data), boot_id())
     assert broken.record is None and "an entry path in classes.sysext.deferred" in broken.reason
+
+
+def test_hook_runs_read_back_and_older_records_have_none(tmp_path: Path) -> None:
+    """hooks: every hook run, written and read back; a record without the key (an older version)
+    reads with none; a malformed entry makes the record corrupt."""
+    record = _record()
+    record.hooks = [
+        HookRun("50-veto", "check", "sysext:beta", 1, 3.5, "beta is not for this machine"),
+        HookRun("50-depmod", "generate", "sysext:/usr", None, 30000.0, "killed after 30 s"),
+    ]
+    write_record(tmp_path / "state.json", record)
+    data = json.loads((tmp_path / "state.json").read_text())
+    assert data["hooks"][0] == {
+        "hook": "50-veto",
+        "verb": "check",
+        "target": "sysext:beta",
+        "status": 1,
+        "durationMs": 3.5,
+        "message": "beta is not for this machine",
+    }
+    check = read_record(tmp_path / "state.json")
+    assert check.usable and check.record is not None
+    assert [h.to_json() for h in check.record.hooks] == [h.to_json() for h in record.hooks]
+    assert check.record.hooks[1].reason() == "hook 50-depmod: killed after 30 s"
+
+    del data["hooks"]
+    older = parse_record(json.dumps(data), boot_id())
+    assert older.usable and older.record is not None and older.record.hooks == []
+
+    data["hooks"] = [{"hook": "x", "verb": "run", "target": "sysext:a", "status": 0, "durationMs": 1}]
+    broken = parse_record(json.dumps(data), boot_id())
+    assert broken.record is None and "hooks[0].verb" in broken.reason
 
 
 def test_the_directory_is_created_private(tmp_path: Path) -> None:

@@ -93,7 +93,7 @@ def test_live_overlay_is_merged(
         assert merge.path == target
         assert merge.image_class is image_class
         assert merge.metadata_dir == target / image_class.metadata_dir
-        assert merge.since_usec == os.stat(target).st_mtime_ns // 1000
+        assert merge.since_usec == os.stat(target / image_class.metadata_dir).st_mtime_ns // 1000
         # The other class's metadata is not there: not its merge.
         other = CONFEXT if image_class is SYSEXT else SYSEXT
         assert live_merge(fake_root, other, hierarchy) == (target, None)
@@ -221,7 +221,7 @@ def test_status_verb_reports_the_merge(
     fake_root: Path, mountns: None, tmp_path: Path, sysextpy_cmd: RunSysextpy
 ) -> None:
     with overlay(fake_root / "usr", tmp_path / "meta", SYSEXT, ["editor", "tools"]):
-        since = os.stat(fake_root / "usr").st_mtime_ns // 1000
+        since = os.stat(fake_root / "usr/.systemd-sysext").st_mtime_ns // 1000
         result = sysextpy_cmd(f"--root={fake_root}", "status", "--json=short")
         assert result.returncode == EXIT_OK, result.stderr
         assert json.loads(result.stdout) == [
