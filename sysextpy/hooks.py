@@ -267,7 +267,7 @@ def run_hook(
 ) -> HookRun:
     """Run one hook: argv [path, verb, *args], stdin from /dev/null, killed (its whole process
     group) at the timeout."""
-    from .run import run
+    from .run import TimedOut, run
 
     t0 = time.monotonic()
     try:
@@ -275,8 +275,7 @@ def run_hook(
         proc = run(argv, check=False, env=env, timeout=timeout, new_session=True)
     except SysextError as e:
         took = round((time.monotonic() - t0) * 1000, 3)
-        timed_out = type(e.__cause__).__name__ == "TimeoutExpired"  # subprocess is not imported here
-        why = f"killed after {timeout:g} s" if timed_out else str(e)
+        why = f"killed after {timeout:g} s" if isinstance(e, TimedOut) else str(e)
         log.error("Hook %s (%s %s): %s", hook.name, verb, target, why)
         return HookRun(hook.name, verb, target, None, took, why)
     took = round((time.monotonic() - t0) * 1000, 3)

@@ -30,6 +30,10 @@ _SIGKILL = 9  # signal.SIGKILL on Linux; the signal module would bring enum-buil
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_")
 
 
+class TimedOut(SysextError):
+    """A command killed because it did not finish within its time."""
+
+
 @record(frozen=True)
 class Completed:
     """A finished command: its argv, exit status (negative: killed by that signal) and output."""
@@ -172,7 +176,7 @@ def run(
             except ProcessLookupError:
                 pass  # it ended meanwhile; reaped below all the same
             os.waitpid(pid, 0)
-            raise SysextError(f"{shown!r} did not finish within {timeout} s")
+            raise TimedOut(f"{shown!r} did not finish within {timeout:g} s")
     finally:
         for fd in pipes:
             os.close(fd)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sysextpy.errors import SysextError
-from sysextpy.run import command_line, quote, run
+from sysextpy.run import TimedOut, command_line, quote, run
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def test_the_child_gets_no_other_descriptor(tmp_path: Path) -> None:
 
 def test_a_timeout_kills_and_says_so() -> None:
     started = time.monotonic()
-    with pytest.raises(SysextError, match="did not finish within 0.3 s"):
+    with pytest.raises(TimedOut, match="did not finish within 0.3 s"):
         run(["sleep", "30"], timeout=0.3)
     assert time.monotonic() - started < 5
 
