@@ -113,13 +113,14 @@ def early_boot_guest(make_guest: MakeGuest, name: str) -> Guest:
     mutable = guest.host_path("/var/lib/extensions.mutable/etc")
     mutable.mkdir(parents=True)
     mutable.chmod((guest.tree / "etc").stat().st_mode & 0o7777)
-    # A root that has booted before: systemd-update-done's stamp is newer than /usr, so the
-    # ConditionNeedsUpdate= units (systemd-sysusers) run only when the merge marks /usr as updated.
+    # A root that has booted before the extensions arrived: systemd-update-done's stamp is newer
+    # than the base /usr and older than the extensions. The merge marks /usr with the newest change
+    # among its inputs, so the ConditionNeedsUpdate= units (systemd-sysusers) run for them.
     stamp = guest.host_path("/etc/.updated")
-    now = time.time()
-    assert (guest.tree / "usr").stat().st_mtime < now
-    stamp.write_text(f"TIMESTAMP_NSEC={int(now * 1e9)}\n")
-    os.utime(stamp, (now, now))
+    then = (guest.tree / "usr").stat().st_mtime + 1
+    assert then < time.time() - 1
+    stamp.write_text(f"TIMESTAMP_NSEC={int(then * 1e9)}\n")
+    os.utime(stamp, (then, then))
 
     guest.report_paths += [UDEV_LINK, f"{DISK_MOUNT}/hello.txt"]
     guest.report_commands.update(
