@@ -351,7 +351,10 @@ def test_early_boot_without_the_initrd_merge(make_guest: MakeGuest) -> None:
         assert gap_ms(result, "systemd-tmpfiles-setup.service") >= 0
         assert not found.initrd_mount and result.mount(INITRD_MOUNT) is None
         assert not found.fstab_mount
-        assert found.udev_action == "" and not found.udev_link, result.command("udev")
+        # Not asserted: whether the sysext's udev rule reached the disk. The coldplug queued its
+        # events before the merge, but udevd handles them on its own time, and an event it handles
+        # after the merge sees the new rule (it did in one boot out of several). Only the initrd
+        # merge makes the rule apply for certain; the finding is recorded in the timeline.
         assert not found.user and not found.user_by_sysusers
         assert found.userdir == "" and found.tmpfiles_unknown_user
         assert not found.unit_in_first_transaction
