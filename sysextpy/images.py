@@ -76,9 +76,7 @@ class Workspace:
             # or attached from inside another one.
             for pin in self.pins.trees() if self.pins is not None else ():
                 path = os.fspath(pin.candidate.path)
-                self._tree_clones[path] = m.open_tree(
-                    pin.fd, "", m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC | m.AT_EMPTY_PATH
-                )
+                self._tree_clones[path] = pin.clone()
             m.unshare(m.CLONE_NEWNS)
             self._make_private()
             m.mount("sysextpy", self.base, "tmpfs", m.MS_NOSUID | m.MS_NODEV, "mode=0700")

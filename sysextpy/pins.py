@@ -19,6 +19,7 @@ mount, same inode): the inputs may then describe something else, and the run loo
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -53,6 +54,27 @@ class Pin:
     @property
     def is_tree(self) -> bool:
         return self.candidate.type in TREE_TYPES
+
+    def clone(self) -> int:
+        """A fresh detached copy of a pinned directory, for a workspace to attach.
+
+        Older kernels (6.1 and 6.12 among them) copy only mounts of the caller's own namespace,
+        and the pin is a detached mount: open_tree() fails with EINVAL. There the path is cloned
+        again, and used only when it still leads to the mount and inode pinned."""
+        from . import mountapi as m
+
+        try:
+            return m.open_tree(self.fd, "", m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC | m.AT_EMPTY_PATH)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+        path = os.fspath(self.candidate.path)
+        fd = m.open_tree(m.AT_FDCWD, path, m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC)
+        st = os.fstat(fd)
+        if _where(path) != self.where or (st.st_dev, st.st_ino) != self.where[1:]:
+            os.close(fd)
+            raise OSError(errno.ESTALE, "no longer the directory found at discovery", path)
+        return fd
 
 
 class Pins:
