@@ -65,11 +65,12 @@ def basic_checks(result: BootResult, partial: bool = False) -> dict[str, Any]:
 
 
 def reloads_after_switch_root(result: BootResult) -> list[dict[str, Any]]:
-    """The manager reloads in the real root: PID 1 says "Reloading." once per reload (the
-    "Reloading requested from client PID ..." line that may precede it is not counted)."""
+    """The manager reloads in the real root: PID 1 says "Reloading." (systemd 252) or
+    "Reloading..." (262) once per reload (the "Reload(ing) requested from client PID ..." line that
+    may precede it and 262's "Reloading finished in ..." are not counted)."""
     userspace = int(result.require_report()["manager"]["UserspaceTimestampMonotonic"])
     reloads = result.require_report()["reloads"]
-    return [r for r in reloads if r["usec"] >= userspace and r["message"] == "Reloading."]
+    return [r for r in reloads if r["usec"] >= userspace and r["message"] in ("Reloading.", "Reloading...")]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,8 +273,9 @@ def test_rd_switch_off_leaves_the_merge_to_the_real_root(make_guest: MakeGuest, 
     cmdline = ["rd.sysextpy=0"]
     if system == "sid":
         # Its initrd also has systemd's own sysroot units, which merge when ours is switched off
-        # (test_upstream.py); masked, nothing in the initrd merges, as on the host's.
-        cmdline += [f"systemd.mask=systemd-{kind}-sysroot.service" for kind in ("sysext", "confext")]
+        # (test_sysroot_units.py); masked, nothing in the initrd merges, as on the host's. In the
+        # initrd, systemd-debug-generator takes only the rd.-prefixed switch.
+        cmdline += [f"rd.systemd.mask=systemd-{kind}-sysroot.service" for kind in ("sysext", "confext")]
     result = guest.boot(cmdline=cmdline)
     report = basic_checks(result)
 
