@@ -64,8 +64,10 @@ def test_both_merges_installed_only_ours_runs(make_guest: MakeGuest) -> None:
     real root confirms without a remount or a reload."""
     guest = make_guest("both-merges")
     with_extensions(guest)
-    # PID 1 reports how it settles the conflict at debug level only; in the initrd only.
-    result = guest.boot(cmdline=["rd.systemd.log_level=debug"])
+    # PID 1 reports how it settles the conflict at debug level only; in the initrd only. Before
+    # journald runs those lines go through the kernel's log: unthrottled (printk.devkmsg=on) and
+    # with room for all of them (log_buf_len), or some are lost.
+    result = guest.boot(cmdline=["rd.systemd.log_level=debug", "printk.devkmsg=on", "log_buf_len=8M"])
     report = basic_checks(result)
 
     with result.explain():
