@@ -29,7 +29,8 @@ Outputs, in the normal dir:
               sysextpy.service.d/50-class.conf (when one class is switched off)
               sysextpy.service.d/50-handoff.conf: RequiresMountsFor= on the source directories the
               initrd could not reach, and SYSEXTPY_FORCE_REFRESH=1 when the record cannot vouch for
-              the live merge (missing, corrupt, another boot, "merging", "failed", a failed hierarchy)
+              the live merge (corrupt, another boot, "merging", "failed", a failed hierarchy; not
+              when there is none: that refresh never skips, and may adopt upstream's merge)
               or names an unreachable directory that a unit file cannot hold
               sysextpy.service.d/50-automount.conf: After= the .automount units of the automount
               points that source directories lie on, and WantsMountsFor= those directories
@@ -217,6 +218,12 @@ def judge_record(text: Optional[str], current_boot: str, classes: Sequence[str])
 
     Never raises. Unreachable source directories are taken from any record of this boot, whatever
     its phase: they describe the file systems the initrd saw, not the outcome."""
+    if text is None:
+        # Nothing to vouch for and nothing to distrust: the initrd did not merge (rd.sysextpy=0,
+        # an initrd without the module), and without a record the refresh never skips. Forcing it
+        # would also forbid adopting the merge systemd's own sysroot units (systemd >= 261) made
+        # in the initrd instead, and remount it for nothing.
+        return Handoff("", ())
     check = handoff.parse_record(text, current_boot)
     record = check.record
     if record is None or not current_boot or record.boot_id != current_boot:
@@ -736,8 +743,7 @@ def decide(root: str, env: Mapping[str, str], log: Log) -> list[Output]:
         log(LOG_DEBUG, f"{where}: pulling in {unit} for {', '.join(switches.classes)}")
     if hint is not None:
         if hint.force_reason:
-            level = LOG_DEBUG if hint.force_reason == "no handoff record" else LOG_NOTICE
-            log(level, f"{state_path}: {hint.force_reason}; {HOST_UNIT} will refresh in full")
+            log(LOG_NOTICE, f"{state_path}: {hint.force_reason}; {HOST_UNIT} will refresh in full")
         covered = {source for source, _ in automounts.sources} if automounts is not None else set()
         waited = [p for p in hint.requires_mounts if not unit_path_problem(p) and p not in covered]
         if waited:

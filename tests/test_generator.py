@@ -432,7 +432,7 @@ CLASSES = ("sysext", "confext")
 @pytest.mark.parametrize(
     ("text", "force", "mounts"),
     [
-        (None, "no handoff record", ()),
+        (None, "", ()),
         ("", "corrupt record (Expecting value", ()),
         ("null", "corrupt record (the record is not an object)", ()),
         ("[" * 100_000, "corrupt record (nested too deeply)", ()),

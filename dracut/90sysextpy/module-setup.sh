@@ -135,8 +135,11 @@ install() {
     inst_multiple "$systemdsystemunitdir/sysextpy-sysroot.service" || sysextpy_die "cannot install the unit"
     # inst_script also installs the interpreters named in the first lines. Their libraries are
     # resolved now rather than in dracut's final pass, so that the self-check below can run them.
-    DRACUT_RESOLVE_DEPS=1 inst_script "$_generator" || sysextpy_cannot_install "$_generator"
-    DRACUT_RESOLVE_DEPS=1 inst_script "$_launcher" || sysextpy_cannot_install "$_launcher"
+    # dracut 059 resolves now when DRACUT_RESOLVE_DEPS is set; later dracut (dracut-ng) unless
+    # DRACUT_RESOLVE_LAZY is set, and it is set while modules install: without emptying it, the
+    # interpreter is not installed before the self-check, which then fails.
+    DRACUT_RESOLVE_DEPS=1 DRACUT_RESOLVE_LAZY='' inst_script "$_generator" || sysextpy_cannot_install "$_generator"
+    DRACUT_RESOLVE_DEPS=1 DRACUT_RESOLVE_LAZY='' inst_script "$_launcher" || sysextpy_cannot_install "$_launcher"
     # Verity images are opened with it, when the root has it.
     inst_multiple -o veritysetup
     if [[ $hostonly ]]; then

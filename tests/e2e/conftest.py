@@ -116,18 +116,36 @@ def environment(flavour: str) -> harness.Environment:
     return _environments[flavour]
 
 
+# The guests a scenario can boot on: "host", the host release's root and binaries (systemd 252 on
+# Debian 12), and "sid", Debian sid's root with its own initrd (systemd 262). A module runs its
+# scenarios on both with `pytestmark = pytest.mark.parametrize("system", SYSTEMS)`.
+SYSTEMS = ("host", "sid")
+
+
 @pytest.fixture
-def make_guest(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeGuest]:
+def system() -> str:
+    """The guest system of the test's boots; "host" unless the test is parametrized over SYSTEMS."""
+    return "host"
+
+
+@pytest.fixture
+def make_guest(request: pytest.FixtureRequest, tmp_path: Path, system: str) -> Iterator[MakeGuest]:
     """make_guest(name, flavour="stable") -> a Guest whose root is a fresh copy of the cached one.
 
+    On the "sid" system every boot is of the sid guest (whose kernel is the newer one, so a
+    scenario asking for flavour="new" gets what it needs); `flavour` picks the host guest's kernel.
     Boots are summarised for the terminal summary. The guest's disk images are removed after a
     passing test (they are large); after a failure they stay in the test's tmp_path.
     """
     guests: list[harness.Guest] = []
 
     def make(name: str, flavour: str = "stable") -> harness.Guest:
-        # SYSEXTPY_E2E_KERNEL=new boots every scenario with the newer kernel.
-        env = environment(os.environ.get("SYSEXTPY_E2E_KERNEL") or flavour)
+        if system == "sid":
+            flavour = harness.SID_SUITE
+        else:
+            # SYSEXTPY_E2E_KERNEL=new boots every scenario with the newer kernel.
+            flavour = os.environ.get("SYSEXTPY_E2E_KERNEL") or flavour
+        env = environment(flavour)
         workdir = tmp_path / name
         workdir.mkdir()
         guest = harness.Guest(env, workdir, name=name)

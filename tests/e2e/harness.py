@@ -15,14 +15,19 @@ those change:
                                            DESTDIR=...), shared by the initrd and the root
   initrds/<flavour>/<key>/initrd.img       dracut --add sysextpy for one kernel, built with the
                                            staged installation laid over /usr (see build_initrd)
+  roots-sid/<key>/tree                     the second guest's root: Debian sid (its systemd,
+                                           dracut and python3), see build_sid_root
+  stage-for-root/<key>/root                the staged sysextpy with byte code of that root's python
+  initrds/root-<root key>/<key>/initrd.img that root's initrd, built inside it by its own dracut
+                                           (see build_root_initrd)
 
 Each boot copies the root tree, adds sysextpy, the guest-side report unit, the kernel's modules
 and the scenario's extension images, makes an ext4 image of it and boots QEMU (software
 emulation) with a bounded timeout. The guest writes its report to a second serial port and
 powers off; `BootResult` holds the report and the console, and says why when a boot failed.
 
-As a script:  harness.py tools | kernel [--new] | root | initrd [--new] | build [--new] |
-              smoke [--new] [--no-module]    (timings are printed at the end)
+As a script:  harness.py tools | kernel [--new] | root | initrd [--new] | build [--new|--sid] |
+              smoke [--new|--sid] [--no-module]    (timings are printed at the end)
 """
 
 from __future__ import annotations
@@ -646,6 +651,76 @@ def build_base_root() -> BaseRoot:
         return base
 
 
+# The second guest: Debian's development suite, with the systemd, dracut and Python that image-based
+# systems ship now (the host release's are years older). Its initrd is built by its own dracut,
+# inside the root (build_root_initrd), with dracut's systemd-sysext module as a distribution adds
+# it: dracut-core and systemd-cryptsetup (systemd-veritysetup, which that module depends on) are
+# there for the build.
+SID_SUITE = "sid"
+SID_PACKAGES = (*ROOT_PACKAGES, "dracut-core", "systemd-cryptsetup")
+# Bumped whenever the recipe below changes in a way the package list does not show.
+SID_RECIPE = 1
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+# sid's Release file is valid for a week only; a mirror that serves a snapshot of the archive (as
+# the ones these machines use do) has it expired, while every package is still signed.
+SID_APT_OPTION = "Acquire::Check-Valid-Until=false"
+
+
+def sid_apt(cache: Path) -> Apt:
+    """A private apt configuration for sid: candidate versions (the root's cache key), nothing else."""
+    apt = Apt.private(
+        cache / "apt" / SID_SUITE, [f"deb [signed-by={DEBIAN_KEYRING}] {debian_mirror()} {SID_SUITE} main"]
+    )
+    apt = Apt((*apt.options, f"-o{SID_APT_OPTION}"), apt.private_dir)
+    apt.ensure_lists(max_age_days=1)
+    return apt
+
+
+def build_sid_root() -> BaseRoot:
+    """A minimal Debian sid root with systemd, dracut and python3 (no sysextpy yet)."""
+    cache = cache_dir()
+    with cache_lock(cache):
+        versions = sid_apt(cache).candidates(SID_PACKAGES)
+        missing = sorted(name for name, version in versions.items() if version is None)
+        if missing:
+            raise HarnessError(f"{SID_SUITE} has no {', '.join(missing)}")
+        # sid has no -updates or -security suites.
+        sources = [f"deb {debian_mirror()} {SID_SUITE} main"]
+        key = digest(SID_RECIPE, SID_SUITE, sources, versions, MASKED_UNITS)
+        # Apart from the host release's roots: pruning one kind must not drop the other.
+        kind_dir = cache / f"roots-{SID_SUITE}"
+        directory = kind_dir / key
+        base = BaseRoot(key, directory / "tree")
+        if (directory / ".complete").exists():
+            return base
+        ensure_tools()
+        log(f"building the {SID_SUITE} root (mmdebstrap)")
+        with timed(f"root build ({SID_SUITE})"):
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
+            run(
+                [
+                    "mmdebstrap",
+                    "--variant=minbase",
+                    "--include=" + ",".join(SID_PACKAGES),
+                    f"--aptopt={SID_APT_OPTION.replace('=', ' ', 1)}",
+                    "--dpkgopt=path-exclude=/usr/share/man/*",
+                    "--dpkgopt=path-exclude=/usr/share/doc/*",
+                    "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+                    "--dpkgopt=path-exclude=/usr/share/locale/*",
+                    "--dpkgopt=path-exclude=/usr/share/info/*",
+                    SID_SUITE,
+                    base.tree,
+                    *sources,
+                ],
+                timeout=1800,
+            )
+            _configure_root(base.tree, key)
+            (directory / ".complete").write_text(json.dumps(versions) + "\n")
+        prune(kind_dir, directory)
+        return base
+
+
 def _configure_root(tree: Path, key: str) -> None:
     # Not "sysextpy-...": the console and journal are searched for that name when a boot fails.
     (tree / "etc/hostname").write_text("guest\n")
@@ -716,6 +791,88 @@ def stage_sysextpy() -> Path:
         else:
             _fallback_install(dest)
         merge_usr(dest)
+        (directory / ".complete").write_text("")
+        prune(kind_dir, directory)
+        return dest
+
+
+# Run a program chrooted into a root without writing into it: the root (with further layers over
+# it) becomes the lower layers of an overlay whose upper directory is thrown away; /proc, /sys, /dev
+# and a scratch /tmp as on a running system; "$binds" are "host-path:guest-path" pairs bound in.
+_IN_ROOT = """set -eu
+top=$1 layers=$2 binds=$3; shift 3
+mkdir -p "$top/upper" "$top/work" "$top/root"
+mount -t overlay sysextpy-e2e -o "lowerdir=$layers,upperdir=$top/upper,workdir=$top/work" "$top/root"
+mount -t proc proc "$top/root/proc"
+mount -t sysfs sysfs "$top/root/sys"
+mount --rbind /dev "$top/root/dev"
+mount -t tmpfs tmpfs "$top/root/tmp"
+mount -t tmpfs tmpfs "$top/root/var/tmp"
+for bind in $binds; do
+    mkdir -p "$top/root${bind#*:}"
+    mount --bind "${bind%%:*}" "$top/root${bind#*:}"
+done
+exec chroot "$top/root" "$@"
+"""
+
+
+def run_in_root(
+    tree: Path,
+    argv: Sequence[PathLike],
+    *,
+    layers: Sequence[Path] = (),
+    binds: Optional[Mapping[str, Path]] = None,
+    timeout: float = 1800,
+) -> subprocess.CompletedProcess[str]:
+    """`argv` run inside `tree` (with `layers` laid over it, first on top) in a private mount
+    namespace; writes outside `binds` (guest path -> host directory) are discarded."""
+    cache = cache_dir()
+    with tempfile.TemporaryDirectory(dir=cache, prefix="in-root-") as top:
+        return run(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                _IN_ROOT,
+                "sh",
+                top,
+                ":".join(os.fspath(p) for p in (*layers, tree)),
+                " ".join(f"{os.fspath(host)}:{guest}" for guest, host in (binds or {}).items()),
+                *argv,
+            ],
+            timeout=timeout,
+        )
+
+
+PACKAGE_DIR = "/usr/lib/python3/dist-packages/sysextpy"
+
+
+def stage_for_root(stage: Path, base: BaseRoot) -> Path:
+    """The staged installation with its byte code compiled by `base`'s own python3: what `make
+    install PYTHON=/usr/bin/python3` leaves on that root (the host's byte code is for another
+    Python version, which that root's interpreter would ignore and recompile at every start)."""
+    cache = cache_dir()
+    with cache_lock(cache):
+        key = digest(stage.parent.name, base.key)
+        kind_dir = cache / "stage-for-root"
+        directory = kind_dir / key
+        if (directory / ".complete").exists():
+            return directory / "root"
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        dest = directory / "root"
+        run(["cp", "-a", stage, dest])
+        package = dest / PACKAGE_DIR.lstrip("/")
+        for cached in package.glob("__pycache__"):
+            shutil.rmtree(cached)
+        run_in_root(
+            base.tree,
+            ["python3", "-I", "-m", "compileall", "-q", "--invalidation-mode", "checked-hash", PACKAGE_DIR],
+            binds={PACKAGE_DIR: package},
+        )
         (directory / ".complete").write_text("")
         prune(kind_dir, directory)
         return dest
@@ -865,6 +1022,69 @@ def build_initrd(kernel: Kernel, with_module: bool = True) -> Initrd:
             (directory / ".complete").write_text("")
         prune(kind_dir, directory, count=3)
         return Initrd(key, initrd, with_module, initrd.stat().st_size)
+
+
+def build_root_initrd(kernel: Kernel, base: BaseRoot, stage: Path) -> Initrd:
+    """The initrd of a root that is not the host's release, built inside that root by its own
+    dracut, with sysextpy (`stage`) installed and dracut's systemd-sysext module added as a
+    distribution adds it.
+
+    Not the host's dracut with --sysroot: dracut's modules come from the dracut that runs, and the
+    host's (059) predate the systemd this root has (no systemd-executor, no sysroot units in its
+    systemd-sysext module), so that initrd's PID 1 could not start a single service."""
+    dracut_argv = [
+        "dracut",
+        "--force",
+        "--quiet",
+        "--no-hostonly",
+        "--no-hostonly-cmdline",
+        "--no-early-microcode",
+        "--no-compress",
+        "--conf",
+        "/dev/null",
+        "--confdir",
+        "/tmp/conf.d",
+        "--drivers",
+        " ".join(INITRD_DRIVERS),
+        "--omit",
+        " ".join(INITRD_OMIT),
+        "--add",
+        "sysextpy systemd-sysext",
+        "--kver",
+        kernel.kver,
+    ]
+    cache = cache_dir()
+    with cache_lock(cache):
+        inputs = {
+            "kernel": [kernel.package, kernel.version],
+            "root": base.key,
+            "stage": tree_digest([stage], stage),
+            "argv": dracut_argv,
+        }
+        key = digest(inputs)
+        kind_dir = cache / "initrds" / f"root-{base.key}"
+        directory = kind_dir / key
+        initrd = directory / "initrd.img"
+        if (directory / ".complete").exists():
+            return Initrd(key, initrd, True, initrd.stat().st_size)
+        log(f"building the initrd for {kernel.kver} inside the root {base.key}")
+        with timed("initrd build (in root)"):
+            shutil.rmtree(directory, ignore_errors=True)
+            out = directory / "out"
+            out.mkdir(parents=True)
+            proc = run_in_root(
+                base.tree,
+                ["sh", "-c", 'mkdir -p /tmp/conf.d && exec "$@"', "sh", *dracut_argv, "/out/initrd.img"],
+                layers=[stage],
+                binds={f"/usr/lib/modules/{kernel.kver}": kernel.moddir, "/out": out},
+            )
+            os.replace(out / "initrd.img", initrd)
+            out.rmdir()
+            (directory / "dracut.log").write_text(proc.stdout + proc.stderr)
+            (directory / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n")
+            (directory / ".complete").write_text("")
+        prune(kind_dir, directory, count=3)
+        return Initrd(key, initrd, True, initrd.stat().st_size)
 
 
 # --------------------------------------------------------------------------- extension images
@@ -1271,8 +1491,22 @@ class Environment:
     stage: Optional[Path]
 
 
+# The kinds of guest: "stable" and "new" are the host release's root and binaries with the host
+# release's kernel or a newer one; "sid" is Debian sid's root, its own initrd and the newer kernel.
+FLAVOURS = ("stable", "new", "sid")
+
+
 def prepare(flavour: str = "stable", with_module: bool = True) -> Environment:
     ensure_tools()
+    if flavour == SID_SUITE:
+        if not with_module:
+            raise HarnessError("the sid guest is built with the module only")
+        # The newer kernel: nearer to what a system with this systemd runs, and it has
+        # MOVE_MOUNT_BENEATH, which the scenarios on the "new" kernel need.
+        kernel = fetch_kernel("new")
+        base = build_sid_root()
+        stage = stage_for_root(stage_sysextpy(), base)
+        return Environment(kernel, build_root_initrd(kernel, base, stage), base, stage)
     kernel = fetch_kernel(flavour)
     base = build_base_root()
     initrd = build_initrd(kernel, with_module)
@@ -1536,6 +1770,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("step", choices=["tools", "kernel", "root", "stage", "initrd", "build", "smoke"])
     parser.add_argument("--new", dest="flavour", action="store_const", const="new", default="stable")
+    parser.add_argument(
+        "--sid", dest="flavour", action="store_const", const=SID_SUITE, help="the Debian sid guest"
+    )
     parser.add_argument("--no-module", action="store_true", help="initrd without the sysextpy module")
     parser.add_argument("--workdir", help="keep the smoke boot's files here")
     parser.add_argument("-v", "--verbose", action="store_true", help="echo the guest console")
