@@ -5,7 +5,7 @@ VENV ?= .venv
 PREFIX ?= /usr
 DESTDIR ?=
 
-.PHONY: demo test lint venv bench clean man prerequisites
+.PHONY: demo test test-newest lint venv bench clean man prerequisites
 
 # systemd-python is optional (journal logging): without libsystemd-dev and a compiler it cannot
 # be built, and only a run that requires every tool fails for that.
@@ -36,6 +36,19 @@ SYSEXTPY_E2E ?= 1
 export SYSEXTPY_E2E
 test: prerequisites venv
 	$(VENV)/bin/python -m pytest -q
+	$(MAKE) test-newest
+
+# The unit and real-mount tests once more under the newest Python on the machine (pyenv puts
+# several there) when it is newer than $(PYTHON): the package must run on what distributions
+# ship next. Run once, in the pass above: the QEMU boots (the guests' own interpreters run the
+# package there), the initramfs builds (they take the system's interpreter whatever runs pytest)
+# and the long variants (`slow`: every errno at every syscall, 20,000 random trees).
+NEWEST_PYTHON ?= $(shell sh tests/newest-python.sh $(PYTHON))
+test-newest: prerequisites
+	@if [ -z "$(NEWEST_PYTHON)" ]; then echo "test-newest: no Python newer than $(PYTHON)"; exit 0; fi; \
+	$(MAKE) VENV=.venv-newest PYTHON=$(NEWEST_PYTHON) venv && \
+	SYSEXTPY_E2E=0 .venv-newest/bin/python -m pytest -q -p no:cacheprovider -m "not slow" \
+		--ignore=tests/test_dracut.py
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -46,7 +59,7 @@ bench: venv
 	$(VENV)/bin/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-newest .pytest_cache .mypy_cache .ruff_cache
 	rm -f $(MAN_PAGES)
 
 # ---------------------------------------------------------------------------------------------

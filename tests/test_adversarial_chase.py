@@ -153,7 +153,13 @@ LONG_LIMIT = 400
 def kernel_resolve(root_fd: int, path: str) -> tuple[Optional[str], int]:
     """(path below the root, 0) or (None, errno), as the kernel resolves `path` inside root_fd."""
     how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT)
-    fd = _libc.syscall(_SYS_OPENAT2, root_fd, (path or ".").encode(), ctypes.byref(how), ctypes.sizeof(how))
+    encoded = (path or ".").encode()
+    for _ in range(1000):
+        fd = _libc.syscall(_SYS_OPENAT2, root_fd, encoded, ctypes.byref(how), ctypes.sizeof(how))
+        # EAGAIN: a rename or mount anywhere on the machine raced a ".." in the lookup; the kernel
+        # asks to try again rather than risk an escape.
+        if fd >= 0 or ctypes.get_errno() != errno.EAGAIN:
+            break
     if fd < 0:
         return None, ctypes.get_errno()
     try:

@@ -306,6 +306,13 @@ def _setpriv_nobody() -> list[str]:
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
+def _interpreter_for(prefix: list[str]) -> str:
+    """This interpreter, or the system's where the unprivileged user cannot start it (one installed
+    below root's private home, as pyenv's are: its shared library cannot be loaded)."""
+    probe = subprocess.run([*prefix, sys.executable, "-c", ""], capture_output=True, check=False)
+    return sys.executable if probe.returncode == 0 else "/usr/bin/python3"
+
+
 @pytest.mark.parametrize("verb", ["merge", "unmerge", "refresh"])
 def test_mutating_verb_as_non_root_exits_1(verb: str) -> None:
     prefix = _setpriv_nobody()
@@ -316,7 +323,7 @@ def test_mutating_verb_as_non_root_exits_1(verb: str) -> None:
         (root / "usr").mkdir(parents=True)
         env = {k: v for k, v in os.environ.items() if k != "SYSTEMD_LOG_LEVEL"}
         result = subprocess.run(
-            [*prefix, sys.executable, "-m", "sysextpy", f"--root={root}", verb],
+            [*prefix, _interpreter_for(prefix), "-m", "sysextpy", f"--root={root}", verb],
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
