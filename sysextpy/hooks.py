@@ -24,13 +24,13 @@ from __future__ import annotations
 import os
 import time
 
-from .chase import MISSING, root_relative
+from .chase import root_relative
 from .errors import ResolveError, SysextError
 from .handoff import HookRun
 from .log import log
 from .model import ALL_CLASSES
 from .records import record
-from .view import FileTooLarge, NotRegularFile, sha256
+from .view import FileTooLarge, NotRegularFile, drop_in_files, sha256
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -142,27 +142,8 @@ def find_hooks(view: LiveView, hierarchies: Mapping[ImageClass, Sequence[str]]) 
     ignored: list[tuple[str, str]] = []
     if warning:
         log.warning("%s", warning)
-    chosen: dict[str, tuple[str, str]] = {}
-    for inner_dir in HOOK_DIRS:
-        try:
-            directory = view.resolve(inner_dir)
-            names = view.listdir(directory)
-        except ResolveError as e:
-            if e.errno not in MISSING:
-                ignored.append((inner_dir, f"cannot be resolved: {e.message}"))
-            continue
-        except OSError as e:
-            if e.errno not in MISSING:
-                ignored.append((inner_dir, f"cannot be read: {e.strerror}"))
-            continue
-        for name in names:
-            inner = f"{inner_dir}/{name}"
-            if not name.endswith(HOOK_SUFFIX) or name == HOOK_SUFFIX:
-                continue  # a README, a disabled hook.off: not a hook, and said nowhere
-            if name in chosen:
-                ignored.append((inner, f"overridden by {chosen[name][0]}"))
-            else:
-                chosen[name] = (inner, f"{directory.rstrip('/')}/{name}")
+    chosen = drop_in_files(view, HOOK_DIRS, HOOK_SUFFIX, ignored)
+    chosen.pop(HOOK_SUFFIX, None)  # a file named only ".hook" has no name to run it by
     shipped = _Shipped(view, hierarchies)
     hooks: list[Hook] = []
     for name in sorted(chosen):

@@ -29,7 +29,7 @@ from .chase import MISSING, root_relative
 from .errors import ImageError, ParseError, ResolveError, SysextError
 from .log import log
 from .records import record
-from .view import FileTooLarge, NotRegularFile
+from .view import FileTooLarge, NotRegularFile, drop_in_files
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -365,31 +365,14 @@ def find_certificates(view: LiveView) -> CertificateSearch:
     """The trusted `*.crt` certificates of the view's root (§7.3.2): earlier directories override
     later ones by file name, a link to /dev/null (or an empty file) masks, only regular files count,
     other suffixes are ignored (and said so). Everything is resolved inside the root."""
-    chosen: dict[str, tuple[str, str]] = {}
     ignored: list[tuple[str, str]] = []
-    for inner_dir in CERTIFICATE_DIRS:
-        try:
-            directory = view.resolve(inner_dir)
-            names = view.listdir(directory)
-        except ResolveError as e:
-            if e.errno not in MISSING:
-                ignored.append((inner_dir, f"cannot be resolved: {e.message}"))
-            continue
-        except OSError as e:
-            if e.errno not in MISSING:
-                ignored.append((inner_dir, f"cannot be read: {e.strerror}"))
-            continue
-        for name in names:
-            inner = f"{inner_dir}/{name}"
-            if not name.endswith(CERTIFICATE_SUFFIX):
-                ignored.append(
-                    (inner, f"not a {CERTIFICATE_SUFFIX} file (only *{CERTIFICATE_SUFFIX} is read)")
-                )
-                continue
-            if name not in chosen:
-                chosen[name] = (inner, f"{directory.rstrip('/')}/{name}")
-            else:
-                ignored.append((inner, f"overridden by {chosen[name][0]}"))
+    chosen = drop_in_files(
+        view,
+        CERTIFICATE_DIRS,
+        CERTIFICATE_SUFFIX,
+        ignored,
+        other=f"not a {CERTIFICATE_SUFFIX} file (only *{CERTIFICATE_SUFFIX} is read)",
+    )
 
     certs: list[Certificate] = []
     for name in sorted(chosen):

@@ -59,7 +59,7 @@ from .errors import ResolveError
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
     from hashlib import sha256 as sha256
     from typing import Any, Callable, Optional
 
@@ -366,6 +366,45 @@ def _drop_in_names(view: LiveView, directory: str, warnings: list[str]) -> list[
         warnings.append(f"ignoring drop-in directory {directory!r}: {e.strerror}")
         return []
     return [n for n in names if n.endswith(".conf") and not n.startswith(".")]
+
+
+def drop_in_files(
+    view: LiveView,
+    directories: Sequence[str],
+    suffix: str,
+    ignored: list[tuple[str, str]],
+    *,
+    other: Optional[str] = None,
+) -> dict[str, tuple[str, str]]:
+    """name -> (path inside the root, path to it) of the `*suffix` files of `directories`, searched
+    in systemd's order: a file in an earlier directory overrides one of the same name in a later
+    one. What is not used goes to `ignored` as (path inside the root, why): a directory that cannot
+    be resolved or read (a missing one is not said), an overridden file, and, when `other` is given,
+    a file without the suffix, with `other` as the reason (otherwise such files are passed over)."""
+    chosen: dict[str, tuple[str, str]] = {}
+    for inner_dir in directories:
+        try:
+            directory = view.resolve(inner_dir)
+            names = view.listdir(directory)
+        except ResolveError as e:
+            if e.errno not in MISSING:
+                ignored.append((inner_dir, f"cannot be resolved: {e.message}"))
+            continue
+        except OSError as e:
+            if e.errno not in MISSING:
+                ignored.append((inner_dir, f"cannot be read: {e.strerror}"))
+            continue
+        for name in names:
+            inner = f"{inner_dir}/{name}"
+            if not name.endswith(suffix):
+                if other is not None:
+                    ignored.append((inner, other))
+                continue
+            if name in chosen:
+                ignored.append((inner, f"overridden by {chosen[name][0]}"))
+            else:
+                chosen[name] = (inner, f"{directory.rstrip('/')}/{name}")
+    return chosen
 
 
 def search_config_files(view: LiveView, name: str) -> tuple[list[tuple[str, str]], list[str]]:
