@@ -552,7 +552,8 @@ def _generate(
 ) -> list[Path]:
     """Run the generate hooks over a read-only preview of the merged tree; their non-empty
     outputs, the last hook's on top, as layers."""
-    from .hooks import GENERATE, MERGED_INNER, OUT_INNER, run_hook
+    from .hooks import GENERATE, run_hook
+    from .images import MERGED_INNER, OUT_INNER
 
     cls = settings.image_class.value
     below = ([layout.upper] if layout.upper is not None else []) + list(lowers)

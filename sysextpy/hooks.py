@@ -12,8 +12,8 @@ takes the observations again, runs none.
 A hook runs as a copy, in the private workspace, of the bytes that were read and digested, chrooted
 into a read-only view of the root (images.Workspace.hook_root): it runs the root's own tools, never
 those of whoever merges (the initrd, for --root=/sysroot). What it works on is shown to it at fixed
-places inside that view: the image at IMAGE_INNER, the merged tree in place of its hierarchy, the
-output directory at OUT_INNER.
+places inside that view: the image at images.IMAGE_INNER, the merged tree in place of its hierarchy,
+the output directory at images.OUT_INNER.
 
 Extensions cannot add hooks. Every hooks.d directory but /run's lies below a hierarchy that is
 merged over (/etc, /usr), where a live merge shows its extensions' files as if they were the
@@ -59,13 +59,6 @@ TIMEOUT_ENV = "SYSEXTPY_HOOK_TIMEOUT"
 SHIPPED_FILE = "sysextpy-hooks"  # in a merge's metadata directory: hook paths its extensions ship
 CHECK = "check"
 GENERATE = "generate"
-# Inside the view of the root a hook runs in: a read-only tmpfs on /run holds these places.
-HOOK_RUN = "/run/sysextpy"
-HOOKS_INNER = f"{HOOK_RUN}/hooks"  # the staged copies
-IMAGE_INNER = f"{HOOK_RUN}/image"  # check: the image's files
-OUT_INNER = f"{HOOK_RUN}/out"  # generate: where the new layer is written
-MERGED_INNER = f"{HOOK_RUN}/merged"  # generate: the merged tree of a hierarchy the root lacks
-HOOK_RUN_PLACES = (HOOKS_INNER, IMAGE_INNER, OUT_INNER, MERGED_INNER)
 # Not the caller's: the initrd's PATH would name the initrd's directories, a user's their own.
 HOOK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -230,6 +223,8 @@ def staged(search: HookSearch, ws: Workspace, root: Path) -> HookSearch:
     """The hooks as copies of the bytes that were read, ready to run in the view of `root` in the
     workspace: what runs is what the fingerprint took, and a hook found on a noexec mount (/etc
     below a confext merge) can run."""
+    from .images import HOOKS_INNER
+
     directory = ws.scratch_dir("hooks", mode=0o700)
     copies = []
     for i, hook in enumerate(search.hooks):

@@ -28,6 +28,13 @@ if TYPE_CHECKING:
     from .pins import Pins
 
 WORKSPACE = Path("/run/sysextpy/workspace")
+# Inside the view of the root a hook runs in (hook_root): a read-only tmpfs on /run holds these places.
+HOOK_RUN = "/run/sysextpy"
+HOOKS_INNER = f"{HOOK_RUN}/hooks"  # the staged copies
+IMAGE_INNER = f"{HOOK_RUN}/image"  # check: the image's files
+OUT_INNER = f"{HOOK_RUN}/out"  # generate: where the new layer is written
+MERGED_INNER = f"{HOOK_RUN}/merged"  # generate: the merged tree of a hierarchy the root lacks
+HOOK_RUN_PLACES = (HOOKS_INNER, IMAGE_INNER, OUT_INNER, MERGED_INNER)
 # mount(2) errors that describe the image itself: a damaged or unsupported file system. Any other
 # failure to attach or mount an image (memory, busy or exhausted devices, a read error, the file
 # replaced meanwhile...) says more about the moment than about the image.
@@ -210,7 +217,6 @@ class Workspace:
         namespace; an empty writable tmpfs on /tmp; and on /run a read-only tmpfs with the staged
         `hooks` (read-only) and the places where a hook is shown its trees (show_to_hooks)."""
         from . import mountapi as m
-        from .hooks import HOOK_RUN, HOOK_RUN_PLACES, HOOKS_INNER
 
         if self._hook_root is not None:
             return self._hook_root

@@ -292,8 +292,8 @@ def check_image(
     verdict: ExtensionVerdict, hooks: HookSearch, workspace: Workspace, runs: list[HookRun]
 ) -> ExtensionVerdict:
     """Show an image that would be merged to the check hooks; the first that refuses rejects it."""
-    from .hooks import CHECK, IMAGE_INNER, release_env, run_hook
-    from .images import image_tree
+    from .hooks import CHECK, release_env, run_hook
+    from .images import IMAGE_INNER, image_tree
 
     if verdict.verdict is not Verdict.MERGE:
         return verdict
