@@ -8,11 +8,13 @@ the root itself does not have (dummy); another sysext says it is for another ker
 merges: the hooks run chrooted into /sysroot with the root's tools (its shell, its depmod; the
 initrd has no mktemp at all), the second sysext is refused by the hook, and the generated
 modules.dep lies over the merged /usr. After switch-root the real root confirms that merge without
-a remount or a reload, and `modprobe dummy` loads the module from the sysext.
+a remount or a reload, and `modprobe dummy` loads the module from the sysext. At the end, `sysextpy
+plan` in the real root runs the check hooks once more, chrooted into / this time.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -99,6 +101,8 @@ def test_hooks_run_in_the_real_root_during_the_initrd_merge(make_guest: MakeGues
             "modprobe": ["modprobe", "-v", MODULE],
             "lsmod": ["lsmod"],
             "modinfo": ["modinfo", "-n", MODULE],
+            # the same check hooks, run by the real root itself (--root=/), changing nothing
+            "plan": ["sysextpy", "plan", "--json=short"],
         }
     )
     result = guest.boot()
@@ -158,6 +162,15 @@ def test_hooks_run_in_the_real_root_during_the_initrd_merge(make_guest: MakeGues
         ), result.command("modinfo")
         loaded = [line.split()[0] for line in result.command("lsmod")["stdout"].splitlines()[1:]]
         assert MODULE in loaded, loaded
+
+        # After switch-root, with / as the root, the hooks run chrooted into / as they ran in
+        # /sysroot, and come to the same verdicts.
+        plan = result.command("plan")
+        assert plan["returncode"] == 3, plan
+        checks = [
+            (c["hook"], c["target"], c["status"]) for c in json.loads(plan["stdout"])["hooks"]["checks"]
+        ]
+        assert checks == [(h, t, s) for h, v, t, s in _hook_runs(initrd) if v == "check"], plan
 
     REPORT_SECTIONS.setdefault("hooks in the initrd merge", []).extend(
         f"{h['hook']} {h['verb']} {h['target']}: exit {h['status']}, {h['durationMs']:.0f} ms"
