@@ -30,7 +30,7 @@ from typing import Any
 import common as c
 
 sys.path.insert(0, os.fspath(c.REPO))
-from tests.merge_support import equip_root  # noqa: E402  (the repository is on sys.path only now)
+from tests.root_tools import equip_root  # noqa: E402  (the repository is on sys.path only now)
 
 CHECK_HOOK = '#!/bin/sh\n[ "$1" = check ] || exit 0\n[ "$SYSEXTPY_NAME" != refused ]\n'
 GENERATE_HOOK = '#!/bin/sh\n[ "$1" = generate ] || exit 0\nls "$4" > "$5/generated-listing"\n'

@@ -32,10 +32,10 @@ from tests.merge_support import (
     Runner,
     add_confext,
     add_sysext,
-    equip_root,
     read_meta,
     write,
 )
+from tests.root_tools import equip_root
 
 SKIPPED = "Skipping extension refresh because no change was found"
 # What the hooks below call, copied from this machine into each fake root.

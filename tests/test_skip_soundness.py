@@ -42,11 +42,11 @@ from tests.merge_support import (
     add_confext,
     add_sysext,
     confext_tree,
-    equip_root,
     make_raw,
     sysext_tree,
     write,
 )
+from tests.root_tools import equip_root
 from tests.snapshot import differences, snapshot
 from tests.test_dissect import Signer, build_ddi, make_signer, naked_image, sign, trust, verity_format
 
