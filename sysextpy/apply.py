@@ -575,6 +575,10 @@ def _generate(
     merged = hierarchy if ws.hook_place(hierarchy) is not None else MERGED_INNER
     try:
         ws.show_to_hooks(preview, merged)
+    except SysextError:
+        m.umount2(preview, m.MNT_DETACH)
+        raise
+    try:
         env = {"SYSEXTPY_CLASS": cls, "SYSEXTPY_HIERARCHY": hierarchy}
         for hook in hooks.hooks:
             out = ws.scratch_dir("generated")

@@ -201,6 +201,12 @@ def run(
             else:
                 pid = _spawn_chrooted(chroot, path, argv, full_env, actions, new_session)
         except FileNotFoundError:
+            if chroot is not None:
+                # argv[0] is there (the caller put it there): what is missing is its #! interpreter
+                raise SysextError(
+                    f"{argv[0]!r} cannot be started: it, or the interpreter its first line names, "
+                    "is not in the root it runs in"
+                ) from None
             raise SysextError(f"{argv[0]!r} not found", hint="install it or put it on PATH") from None
         except PermissionError as e:
             raise SysextError(f"{argv[0]!r} cannot be executed: {e.strerror}") from e

@@ -367,6 +367,24 @@ def test_a_hook_runs_the_tools_of_the_root(world: Runner, fake_root: Path) -> No
     ]
 
 
+def test_a_hook_whose_interpreter_the_root_lacks(world: Runner, fake_root: Path) -> None:
+    """The host has python3, the root has not: the hook cannot run there, and says why."""
+    assert shutil.which("python3") is not None and not (fake_root / "usr/bin/python3").exists()
+    add_sysext(fake_root, "alpha", {"usr/share/alpha/data": "alpha\n"})
+    write(fake_root / HOOK_DIRS[0].lstrip("/") / "50-py.hook", "#!/usr/bin/python3\n", mode=0o755)
+
+    res = world("merge")
+
+    assert res.returncode == 3, res.stderr
+    why = (
+        "hook 50-py: '/run/sysextpy/hooks/000-50-py.hook' cannot be started: it, or the interpreter "
+        "its first line names, is not in the root it runs in"
+    )
+    assert f"sysext alpha: rejected ({why})" in res.stderr
+    assert not (fake_root / "usr/share/alpha").exists()
+    assert hook_runs(world) == [("50-py", "check", "sysext:alpha", None)]
+
+
 WRITES = """\
 [ "$1" = generate ] && [ "$3" = /usr ] || exit 0
 for path in /usr/written /etc/written /var/written /srv/below/written /written /run/written \\
