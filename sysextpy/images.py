@@ -249,6 +249,9 @@ class Workspace:
             raise MountError(
                 f"Cannot build the view of {os.fspath(root)!r} hooks run in: {e.strerror or e}"
             ) from e
+        except SysextError:
+            self._hook_root = None
+            raise
         return where
 
     def hook_place(self, inner: str) -> Optional[Path]:

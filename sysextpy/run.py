@@ -11,6 +11,7 @@ and error on two pipes (or ours), and nothing else.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import time
@@ -117,7 +118,7 @@ def _spawn_chrooted(
     report_r, report_w = os.pipe()  # close-on-exec: an exec that works closes it empty
     pid = os.fork()
     if pid == 0:
-        code = 0
+        code = errno.EIO  # what is said if something other than an OSError stops it
         try:
             for action in actions:
                 if action[0] == os.POSIX_SPAWN_DUP2:
@@ -133,7 +134,7 @@ def _spawn_chrooted(
                 os.setsid()
             os.execve(path, argv, env)
         except OSError as e:
-            code = e.errno or 0
+            code = e.errno or errno.EIO
         finally:
             # Nothing of this copy of the parent may run on: no exception handler, no atexit.
             os.write(report_w, str(code).encode())

@@ -385,6 +385,18 @@ def test_a_hook_whose_interpreter_the_root_lacks(world: Runner, fake_root: Path)
     assert hook_runs(world) == [("50-py", "check", "sysext:alpha", None)]
 
 
+def test_a_root_without_run_cannot_run_hooks(world: Runner, fake_root: Path) -> None:
+    add_sysext(fake_root, "alpha", {"usr/share/alpha/data": "alpha\n"})
+    hook(fake_root, HOOK_DIRS[0], "50-any.hook", "exit 0\n")
+    (fake_root / "run").rmdir()
+
+    res = world("merge")
+
+    assert res.returncode == 1, res.stderr
+    assert f"{str(fake_root)!r} has no directory /run, where hooks are shown what they work on" in res.stderr
+    assert not (fake_root / "usr/share/alpha").exists()
+
+
 WRITES = """\
 [ "$1" = generate ] && [ "$3" = /usr ] || exit 0
 for path in /usr/written /etc/written /var/written /srv/below/written /written /run/written \\
