@@ -22,11 +22,15 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import common as c
+
+sys.path.insert(0, os.fspath(c.REPO))
+from tests.root_tools import equip_root  # noqa: E402  (the repository is on sys.path only now)
 
 CHECK_HOOK = '#!/bin/sh\n[ "$1" = check ] || exit 0\n[ "$SYSEXTPY_NAME" != refused ]\n'
 GENERATE_HOOK = '#!/bin/sh\n[ "$1" = generate ] || exit 0\nls "$4" > "$5/generated-listing"\n'
@@ -79,6 +83,8 @@ def main() -> None:
             c.build_root(root, 10, 10)
             (root / "run").mkdir(exist_ok=True)
         hooked = roots["with hooks"]
+        # hooks run chrooted in the root, with its own shell and tools
+        equip_root(hooked, "sh", "ls")
         for rel, text in (
             ("etc/sysextpy/hooks.d/50-check.hook", CHECK_HOOK),
             ("usr/lib/sysextpy/hooks.d/50-generate.hook", GENERATE_HOOK),

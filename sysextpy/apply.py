@@ -553,6 +553,7 @@ def _generate(
     """Run the generate hooks over a read-only preview of the merged tree; their non-empty
     outputs, the last hook's on top, as layers."""
     from .hooks import GENERATE, run_hook
+    from .images import MERGED_INNER, OUT_INNER
 
     cls = settings.image_class.value
     below = ([layout.upper] if layout.upper is not None else []) + list(lowers)
@@ -569,12 +570,24 @@ def _generate(
         attrs=m.MOUNT_ATTR_RDONLY | m.MOUNT_ATTR_NODEV | m.MOUNT_ATTR_NOSUID,
     )
     outputs: list[Path] = []
+    # In place, so that tools reading absolute paths (ld.so.conf, depmod's defaults) read the merge;
+    # a hierarchy the root has no directory for yet is shown at MERGED_INNER instead.
+    merged = hierarchy if ws.hook_place(hierarchy) is not None else MERGED_INNER
+    try:
+        ws.show_to_hooks(preview, merged)
+    except SysextError:
+        m.umount2(preview, m.MNT_DETACH)
+        raise
     try:
         env = {"SYSEXTPY_CLASS": cls, "SYSEXTPY_HIERARCHY": hierarchy}
         for hook in hooks.hooks:
             out = ws.scratch_dir("generated")
-            args = [cls, hierarchy, os.fspath(preview), os.fspath(out)]
-            done = run_hook(hook, GENERATE, args, f"{cls}:{hierarchy}", env, hooks.timeout)
+            ws.show_to_hooks(out, OUT_INNER, read_only=False)
+            try:
+                args = [cls, hierarchy, merged, OUT_INNER]
+                done = run_hook(hooks, hook, GENERATE, args, f"{cls}:{hierarchy}", env)
+            finally:
+                ws.hide_from_hooks(OUT_INNER)
             if runs is not None:
                 runs.append(done)
             if not done.ok:
@@ -585,6 +598,7 @@ def _generate(
             if _nonempty_dir(out):
                 outputs.insert(0, out)
     finally:
+        ws.hide_from_hooks(merged)
         m.umount2(preview, m.MNT_DETACH)
     return outputs
 

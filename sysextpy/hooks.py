@@ -9,7 +9,11 @@ view (view.py), name and content, so that they are inputs of every class's finge
 added, changed or removed makes the next refresh rebuild, and a confirming refresh, which only
 takes the observations again, runs none.
 
-A hook runs as a copy, in the private workspace, of the bytes that were read and digested.
+A hook runs as a copy, in the private workspace, of the bytes that were read and digested, chrooted
+into a read-only view of the root (images.Workspace.hook_root): it runs the root's own tools, never
+those of whoever merges (the initrd, for --root=/sysroot). What it works on is shown to it at fixed
+places inside that view: the image at images.IMAGE_INNER, the merged tree in place of its hierarchy,
+the output directory at images.OUT_INNER.
 
 Extensions cannot add hooks. Every hooks.d directory but /run's lies below a hierarchy that is
 merged over (/etc, /usr), where a live merge shows its extensions' files as if they were the
@@ -35,8 +39,10 @@ from .view import FileTooLarge, NotRegularFile, drop_in_files, sha256
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from pathlib import Path
     from typing import Any, Optional
 
+    from .images import Workspace
     from .model import ImageClass
     from .view import LiveView
 
@@ -53,6 +59,8 @@ TIMEOUT_ENV = "SYSEXTPY_HOOK_TIMEOUT"
 SHIPPED_FILE = "sysextpy-hooks"  # in a merge's metadata directory: hook paths its extensions ship
 CHECK = "check"
 GENERATE = "generate"
+# Not the caller's: the initrd's PATH would name the initrd's directories, a user's their own.
+HOOK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @record(frozen=True)
@@ -62,7 +70,7 @@ class Hook:
     path: str  # the host path it resolves to
     sha256: str
     data: bytes = b""  # what was read, and digested: what runs
-    copy: str = ""  # where staged() put it, in the workspace: what runs
+    copy: str = ""  # where staged() put it, inside the hook root: what runs
 
 
 @record(frozen=True)
@@ -70,6 +78,7 @@ class HookSearch:
     hooks: tuple[Hook, ...]
     ignored: tuple[tuple[str, str], ...]  # (path inside the root, why)
     timeout: float
+    chroot: str = ""  # staged(): the view of the root the hooks run in (host path)
 
     def inputs(self) -> dict[str, Any]:
         """What of the hooks decides a merge, as the fingerprint takes it."""
@@ -191,18 +200,23 @@ def _unusable(view: LiveView, inner: str, entry: str, shipped: _Shipped) -> Any:
     return path, data
 
 
-def staged(search: HookSearch, directory: str) -> HookSearch:
-    """The hooks as copies in `directory` (in the workspace) of the bytes that were read: what
-    runs is what the fingerprint took, and a hook found on a noexec mount (/etc below a confext
-    merge) can run."""
+def staged(search: HookSearch, ws: Workspace, root: Path) -> HookSearch:
+    """The hooks as copies of the bytes that were read, ready to run in the view of `root` in the
+    workspace: what runs is what the fingerprint took, and a hook found on a noexec mount (/etc
+    below a confext merge) can run."""
+    from .images import HOOKS_INNER
+
+    directory = ws.scratch_dir("hooks", mode=0o700)
     copies = []
     for i, hook in enumerate(search.hooks):
-        path = os.path.join(directory, f"{i:03d}-{hook.name}{HOOK_SUFFIX}")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o700)
+        name = f"{i:03d}-{hook.name}{HOOK_SUFFIX}"
+        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o700)
         with open(fd, "wb") as f:
             f.write(hook.data)
-        copies.append(Hook(hook.name, hook.inner, hook.path, hook.sha256, hook.data, path))
-    return HookSearch(tuple(copies), search.ignored, search.timeout)
+        copy = f"{HOOKS_INNER}/{name}"
+        copies.append(Hook(hook.name, hook.inner, hook.path, hook.sha256, hook.data, copy))
+    chroot = ws.hook_root(root, directory)
+    return HookSearch(tuple(copies), search.ignored, search.timeout, os.fspath(chroot))
 
 
 def find_all_hooks(view: LiveView) -> HookSearch:
@@ -244,16 +258,19 @@ def _first_line(text: Optional[str]) -> str:
 
 
 def run_hook(
-    hook: Hook, verb: str, args: Sequence[str], target: str, env: Mapping[str, str], timeout: float
+    hooks: HookSearch, hook: Hook, verb: str, args: Sequence[str], target: str, env: Mapping[str, str]
 ) -> HookRun:
-    """Run one hook: argv [path, verb, *args], stdin from /dev/null, killed (its whole process
-    group) at the timeout."""
+    """Run one staged hook: argv [its copy, verb, *args], chrooted into the view of the root, stdin
+    from /dev/null, killed (its whole process group) at the timeout."""
     from .run import TimedOut, run
 
+    timeout = hooks.timeout
+    assert hooks.chroot and hook.copy, "staged() first"
     t0 = time.monotonic()
     try:
-        argv = [hook.copy or hook.path, verb, *args]
-        proc = run(argv, check=False, env=env, timeout=timeout, new_session=True)
+        argv = [hook.copy, verb, *args]
+        full_env = {**env, "PATH": HOOK_PATH}
+        proc = run(argv, check=False, env=full_env, timeout=timeout, new_session=True, chroot=hooks.chroot)
     except SysextError as e:
         took = round((time.monotonic() - t0) * 1000, 3)
         why = f"killed after {timeout:g} s" if isinstance(e, TimedOut) else str(e)

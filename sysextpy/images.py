@@ -28,10 +28,35 @@ if TYPE_CHECKING:
     from .pins import Pins
 
 WORKSPACE = Path("/run/sysextpy/workspace")
+# Inside the view of the root a hook runs in (hook_root): a read-only tmpfs on /run holds these places.
+HOOK_RUN = "/run/sysextpy"
+HOOKS_INNER = f"{HOOK_RUN}/hooks"  # the staged copies
+IMAGE_INNER = f"{HOOK_RUN}/image"  # check: the image's files
+OUT_INNER = f"{HOOK_RUN}/out"  # generate: where the new layer is written
+MERGED_INNER = f"{HOOK_RUN}/merged"  # generate: the merged tree of a hierarchy the root lacks
+HOOK_RUN_PLACES = (HOOKS_INNER, IMAGE_INNER, OUT_INNER, MERGED_INNER)
 # mount(2) errors that describe the image itself: a damaged or unsupported file system. Any other
 # failure to attach or mount an image (memory, busy or exhausted devices, a read error, the file
 # replaced meanwhile...) says more about the moment than about the image.
 IMAGE_MOUNT_ERRNOS = frozenset({errno.EINVAL, errno.EUCLEAN, errno.ENODEV, errno.ENOTBLK})
+
+
+def _read_only_recursive(path: Path) -> None:
+    """Make the mount at `path` and every mount below it read-only (this view of them only)."""
+    from . import mountapi as m
+
+    try:
+        m.mount_setattr(m.AT_FDCWD, path, m.AT_RECURSIVE, m.MOUNT_ATTR_RDONLY, 0)
+        return
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+    # Linux < 5.12: one remount each, keeping the flags a bind remount would otherwise drop
+    kept = m.MS_NOSUID | m.MS_NODEV | m.MS_NOEXEC | m.MS_NOATIME | m.MS_NODIRATIME
+    top = os.path.realpath(path)
+    for point in [top] + [i.mount_point for i in m.submounts_below(top, m.read_mountinfo())]:
+        flags = os.statvfs(point).f_flag & kept
+        m.mount(None, point, None, m.MS_BIND | m.MS_REMOUNT | m.MS_RDONLY | flags)
 
 
 class PassingImageError(ImageError):
@@ -63,6 +88,7 @@ class Workspace:
         # (class, name) of images that failed for a passing reason (PassingImageError)
         self.retry: set[tuple[str, str]] = set()
         self._counter = 0
+        self._hook_root: Optional[Path] = None  # hook_root()
         self.inside = False
 
     def enter(self) -> None:
@@ -142,6 +168,7 @@ class Workspace:
         self._tree_clones.clear()
         self._clone_errors.clear()
         self._trees.clear()
+        self._hook_root = None
 
     def pinned_tree(self, candidate: Candidate) -> Optional[Path]:
         """Where the directory pinned for `candidate` is attached in the workspace, or None when
@@ -184,19 +211,82 @@ class Workspace:
         os.chmod(path, mode)
         return path
 
-    def read_only_view(self, path: Path, kind: str) -> Path:
-        """A read-only bind of `path` (with what is mounted below it) in the workspace: what a
-        hook is shown of a tree it must not change."""
+    def hook_root(self, root: Path, hooks: Path) -> Path:
+        """The root hooks run chrooted in (hooks.py), built once: `root` bound read-only with what
+        is mounted below it, so that a hook runs the root's own tools; /proc, /sys and /dev of this
+        namespace; an empty writable tmpfs on /tmp; and on /run a read-only tmpfs with the staged
+        `hooks` (read-only) and the places where a hook is shown its trees (show_to_hooks)."""
         from . import mountapi as m
 
-        where = self.scratch_dir(kind)
+        if self._hook_root is not None:
+            return self._hook_root
+        where = self.scratch_dir("hook-root")
         try:
-            m.mount(path, where, None, m.MS_BIND | m.MS_REC)
-            m.mount(None, where, None, m.MS_BIND | m.MS_REMOUNT | m.MS_RDONLY | m.MS_NODEV | m.MS_NOSUID)
+            m.mount(root, where, None, m.MS_BIND | m.MS_REC)
+            _read_only_recursive(where)
+            self._hook_root = where
+            run_dir = self.hook_place("/run")
+            if run_dir is None:
+                raise MountError(
+                    f"{os.fspath(root)!r} has no directory /run, where hooks are shown what they work on",
+                    hint="create /run in the root",
+                )
+            for name in ("proc", "sys", "dev"):
+                place = self.hook_place(f"/{name}")
+                if place is not None:
+                    m.mount(f"/{name}", place, None, m.MS_BIND | m.MS_REC)
+            tmp = self.hook_place("/tmp")
+            if tmp is not None:
+                m.mount("tmpfs", tmp, "tmpfs", m.MS_NOSUID | m.MS_NODEV, "mode=1777")
+            m.mount("tmpfs", run_dir, "tmpfs", m.MS_NOSUID | m.MS_NODEV, "mode=0755")
+            for inner in HOOK_RUN_PLACES:
+                os.makedirs(run_dir / os.path.relpath(inner, "/run"), mode=0o755)
+            os.chmod(run_dir / os.path.relpath(HOOK_RUN, "/run"), 0o755)
+            self.show_to_hooks(hooks, HOOKS_INNER)
+            m.mount(None, run_dir, None, m.MS_BIND | m.MS_REMOUNT | m.MS_RDONLY | m.MS_NOSUID | m.MS_NODEV)
         except OSError as e:
-            what = os.fspath(path)
-            raise MountError(f"Cannot show {what!r} read-only in the workspace: {e.strerror}") from e
+            self._hook_root = None
+            raise MountError(
+                f"Cannot build the view of {os.fspath(root)!r} hooks run in: {e.strerror or e}"
+            ) from e
+        except SysextError:
+            self._hook_root = None
+            raise
         return where
+
+    def hook_place(self, inner: str) -> Optional[Path]:
+        """Where `inner`, a path inside the root, lies in the hook root: None unless a directory."""
+        from .chase import resolve_in_root
+
+        assert self._hook_root is not None, "hook_root() first"
+        try:
+            place = resolve_in_root(self._hook_root, inner)
+        except SysextError:
+            return None
+        return place if os.path.isdir(place) and not os.path.islink(place) else None
+
+    def show_to_hooks(self, source: Path, inner: str, read_only: bool = True) -> None:
+        """Bind `source` (with what is mounted below it) at `inner` in the hook root, read-only
+        unless asked otherwise; hide_from_hooks() takes it away again."""
+        from . import mountapi as m
+
+        place = self.hook_place(inner)
+        if place is None:
+            raise MountError(f"Cannot show {os.fspath(source)!r} to hooks at {inner!r}: no directory there")
+        try:
+            m.mount(source, place, None, m.MS_BIND | m.MS_REC)
+            if read_only:
+                _read_only_recursive(place)
+        except OSError as e:
+            raise MountError(f"Cannot show {os.fspath(source)!r} to hooks at {inner!r}: {e.strerror}") from e
+
+    def hide_from_hooks(self, inner: str) -> None:
+        from . import mountapi as m
+
+        place = self.hook_place(inner)
+        if place is not None:
+            # Detached: a process a hook left behind, still in there, must not keep the run waiting.
+            m.umount2(place, m.MNT_DETACH)
 
     def mount_image(self, candidate: Candidate) -> Path:
         """Dissect, attach and mount a raw image read-only inside the workspace; cached per image.

@@ -504,7 +504,7 @@ def _build_and_swap(
     ws = Workspace(trust=a.trust, pins=pins)
     ws.enter()
     try:
-        hooks = staged(a.hooks, os.fspath(ws.scratch_dir("hooks", mode=0o700))) if a.hooks.hooks else a.hooks
+        hooks = staged(a.hooks, ws, root) if a.hooks.hooks else a.hooks
         sub = Survey(
             root=a.found.root,
             host=a.found.host,

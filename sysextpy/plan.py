@@ -293,21 +293,24 @@ def check_image(
 ) -> ExtensionVerdict:
     """Show an image that would be merged to the check hooks; the first that refuses rejects it."""
     from .hooks import CHECK, release_env, run_hook
-    from .images import image_tree
+    from .images import IMAGE_INNER, image_tree
 
     if verdict.verdict is not Verdict.MERGE:
         return verdict
     c = verdict.candidate
     cls = c.image_class.value
     try:
-        tree = workspace.read_only_view(image_tree(c, workspace), "check")
-    except ImageError as e:
+        workspace.show_to_hooks(image_tree(c, workspace), IMAGE_INNER)
+    except SysextError as e:
         return ExtensionVerdict(c, Verdict.REJECTED, str(e))
-    env = release_env(cls, c.name, verdict.release)
-    for hook in hooks.hooks:
-        done = run_hook(hook, CHECK, [cls, c.name, os.fspath(tree)], f"{cls}:{c.name}", env, hooks.timeout)
-        runs.append(done)
-        if not done.ok:
-            why = done.reason()
-            return ExtensionVerdict(c, Verdict.REJECTED, why, verdict.release, verdict.release_file)
+    try:
+        env = release_env(cls, c.name, verdict.release)
+        for hook in hooks.hooks:
+            done = run_hook(hooks, hook, CHECK, [cls, c.name, IMAGE_INNER], f"{cls}:{c.name}", env)
+            runs.append(done)
+            if not done.ok:
+                why = done.reason()
+                return ExtensionVerdict(c, Verdict.REJECTED, why, verdict.release, verdict.release_file)
+    finally:
+        workspace.hide_from_hooks(IMAGE_INNER)
     return verdict

@@ -11,6 +11,7 @@ and error on two pipes (or ours), and nothing else.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import time
@@ -103,6 +104,58 @@ def _collect(pipes: dict[int, list[bytes]], deadline: Optional[float]) -> bool:
     return True
 
 
+def _spawn_chrooted(
+    root: str,
+    path: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    actions: Sequence[tuple[int, ...]],
+    new_session: bool,
+) -> int:
+    """posix_spawn() with a chroot first, which it cannot do: fork, apply the same file actions,
+    chroot, exec. A failure before the exec comes back as its errno on a pipe that a successful
+    exec closes, and is raised here as posix_spawn() would raise it."""
+    report_r, report_w = os.pipe()  # close-on-exec: an exec that works closes it empty
+    pid = os.fork()
+    if pid == 0:
+        code = errno.EIO  # what is said if something other than an OSError stops it
+        try:
+            for action in actions:
+                if action[0] == os.POSIX_SPAWN_DUP2:
+                    os.dup2(action[1], action[2])
+                else:
+                    try:
+                        os.close(action[1])
+                    except OSError:
+                        pass  # closed already: what the action wants
+            os.chroot(root)
+            os.chdir("/")
+            if new_session:
+                os.setsid()
+            os.execve(path, argv, env)
+        except OSError as e:
+            code = e.errno or errno.EIO
+        finally:
+            # Nothing of this copy of the parent may run on: no exception handler, no atexit.
+            os.write(report_w, str(code).encode())
+            os._exit(127)
+    os.close(report_w)
+    try:
+        report = b""
+        while True:
+            chunk = os.read(report_r, 64)
+            if not chunk:
+                break
+            report += chunk
+    finally:
+        os.close(report_r)
+    if report:
+        os.waitpid(pid, 0)
+        code = int(report)
+        raise OSError(code, os.strerror(code), path)
+    return pid
+
+
 def run(
     cmd: Sequence[PathString],
     *,
@@ -111,12 +164,14 @@ def run(
     env: Optional[Mapping[str, str]] = None,
     timeout: Optional[float] = None,
     new_session: bool = False,
+    chroot: Optional[str] = None,
 ) -> Completed:
     """Run argv (never through a shell), stdin from /dev/null; raise SysextError on failure when check.
 
     With `new_session` the command gets a session and process group of its own, which the timeout
     kills whole: a script's children (a `sleep` it waits for) hold its output open and would keep
-    the run waiting."""
+    the run waiting. With `chroot` it runs with that directory as its root (and working directory):
+    argv[0] is then a path inside it, and what it starts comes from there."""
     argv = [os.fspath(a) for a in cmd]
     shown = command_line(argv)
     log.debug("+ %s", shown)
@@ -125,7 +180,7 @@ def run(
     if env:
         full_env.update(env)
     try:
-        path = _executable(argv[0], full_env)
+        path = argv[0] if chroot is not None else _executable(argv[0], full_env)
     except FileNotFoundError:
         raise SysextError(f"{argv[0]!r} not found", hint="install it or put it on PATH") from None
     deadline = time.monotonic() + timeout if timeout is not None else None
@@ -142,8 +197,17 @@ def run(
                 ends.append(w)
                 actions.append((os.POSIX_SPAWN_DUP2, w, target))
         try:
-            pid = os.posix_spawn(path, argv, full_env, file_actions=actions, setsid=new_session)
+            if chroot is None:
+                pid = os.posix_spawn(path, argv, full_env, file_actions=actions, setsid=new_session)
+            else:
+                pid = _spawn_chrooted(chroot, path, argv, full_env, actions, new_session)
         except FileNotFoundError:
+            if chroot is not None:
+                # argv[0] is there (the caller put it there): what is missing is its #! interpreter
+                raise SysextError(
+                    f"{argv[0]!r} cannot be started: it, or the interpreter its first line names, "
+                    "is not in the root it runs in"
+                ) from None
             raise SysextError(f"{argv[0]!r} not found", hint="install it or put it on PATH") from None
         except PermissionError as e:
             raise SysextError(f"{argv[0]!r} cannot be executed: {e.strerror}") from e

@@ -212,7 +212,7 @@ def verb_plan(opts: Options, env: Mapping[str, str]) -> int:
         from .images import Workspace
 
         with Workspace(trust=a.trust) as ws:
-            hooks = staged(a.hooks, os.fspath(ws.scratch_dir("hooks", mode=0o700)))
+            hooks = staged(a.hooks, ws, opts.root) if a.hooks.hooks else a.hooks
             plan = judge_all(opts, a.found, view, ws, known=a.verdicts, hooks=hooks)
     else:
         plan = judge_all(opts, a.found, view, known=a.verdicts)

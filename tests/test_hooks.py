@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """The administrator's hooks (sysextpy/hooks.py): where they are found and which count, `check`
-vetoing one image, `generate` adding a layer, the timeout, and that a confirming refresh runs none.
+vetoing one image, `generate` adding a layer, the timeout, that a confirming refresh runs none, and
+that a hook runs chrooted in a read-only view of the root with the root's own tools.
 
 The lookup is tested on plain directories; everything else with real mounts in the test session's
-private mount namespace, against fake roots, with hooks that are shell scripts.
+private mount namespace, against fake roots, with hooks that are shell scripts: each fake root gets
+a shell and the tools its hooks call (merge_support.equip_root), as a real root has them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,9 +27,19 @@ from sysextpy.hooks import HOOK_DIRS, find_hooks
 from sysextpy.model import ImageClass
 from sysextpy.view import LiveView
 from tests.conftest import RunSysextpy, require_tools
-from tests.merge_support import HOST_RELEASE, Runner, add_confext, add_sysext, read_meta, write
+from tests.merge_support import (
+    HOST_RELEASE,
+    Runner,
+    add_confext,
+    add_sysext,
+    read_meta,
+    write,
+)
+from tests.root_tools import equip_root
 
 SKIPPED = "Skipping extension refresh because no change was found"
+# What the hooks below call, copied from this machine into each fake root.
+HOOK_TOOLS = ("sh", "touch", "ls", "mkdir", "mktemp", "cp", "rm", "basename", "sleep", "cat")
 NO_HIERARCHIES = {ImageClass.SYSEXT: ("/usr", "/opt"), ImageClass.CONFEXT: ("/etc",)}
 
 
@@ -87,6 +100,7 @@ def test_timeout_from_the_environment(tmp_path: Path) -> None:
 
 @pytest.fixture
 def world(mountns: None, fake_root: Path, tmp_path: Path, sysextpy_cmd: RunSysextpy) -> Iterator[Runner]:
+    equip_root(fake_root, *HOOK_TOOLS)
     run = Runner(sysextpy_cmd, fake_root, tmp_path / "state.json")
     yield run
     run("unmerge")
@@ -314,6 +328,112 @@ def test_a_hanging_hook_is_killed_and_the_old_merge_stays(world: Runner, fake_ro
 
 
 # --------------------------------------------------------------------------------------------------
+# Chrooted into a read-only view of the root
+
+ROOT_TOOL = "usr/local/bin/hooktest-tool"  # in the root only, found on the hook's PATH
+ROOT_ONLY = """\
+command -v hooktest-tool >/dev/null || { echo "not in the root" >&2; exit 7; }
+case "$1" in
+check) hooktest-tool "$3" "$4" || exit 1 ;;
+generate) hooktest-tool "$3" "$4" > "$5/by-the-root-tool" ;;
+esac
+"""
+
+
+def test_a_hook_runs_the_tools_of_the_root(world: Runner, fake_root: Path) -> None:
+    """The tool a hook calls exists only in the root being merged: the hook runs in the root."""
+    add_sysext(fake_root, "alpha", {"usr/share/alpha/data": "alpha\n"})
+    add_sysext(fake_root, "refused", {"usr/share/refused/data": "refused\n"})
+    write(
+        fake_root / ROOT_TOOL,
+        '#!/bin/sh\n[ "$1" != refused ] || { echo "the root tool refuses $1" >&2; exit 1; }\n'
+        'echo "root tool: $1 $2"; cat "$2/share/alpha/data" 2>/dev/null || ls "$2/usr/share"\n',
+        mode=0o755,
+    )
+    assert shutil.which("hooktest-tool") is None and not (Path("/") / ROOT_TOOL).exists()
+    hook(fake_root, HOOK_DIRS[0], "50-root.hook", ROOT_ONLY)
+
+    res = world("merge")
+
+    assert res.returncode == 3, res.stderr
+    assert "sysext refused: rejected (hook 50-root: the root tool refuses refused)" in res.stderr
+    assert (fake_root / "usr/share/alpha/data").exists() and not (fake_root / "usr/share/refused").exists()
+    # check got the image at a fixed place inside the view; generate the merged /usr in place, at
+    # /usr itself, so that the merged file is read by its absolute path
+    assert (fake_root / "usr/by-the-root-tool").read_text() == "root tool: /usr /usr\nalpha\n"
+    assert hook_runs(world)[:2] == [
+        ("50-root", "check", "sysext:alpha", 0),
+        ("50-root", "check", "sysext:refused", 1),
+    ]
+
+
+def test_a_hook_whose_interpreter_the_root_lacks(world: Runner, fake_root: Path) -> None:
+    """The host has python3, the root has not: the hook cannot run there, and says why."""
+    assert shutil.which("python3") is not None and not (fake_root / "usr/bin/python3").exists()
+    add_sysext(fake_root, "alpha", {"usr/share/alpha/data": "alpha\n"})
+    write(fake_root / HOOK_DIRS[0].lstrip("/") / "50-py.hook", "#!/usr/bin/python3\n", mode=0o755)
+
+    res = world("merge")
+
+    assert res.returncode == 3, res.stderr
+    why = (
+        "hook 50-py: '/run/sysextpy/hooks/000-50-py.hook' cannot be started: it, or the interpreter "
+        "its first line names, is not in the root it runs in"
+    )
+    assert f"sysext alpha: rejected ({why})" in res.stderr
+    assert not (fake_root / "usr/share/alpha").exists()
+    assert hook_runs(world) == [("50-py", "check", "sysext:alpha", None)]
+
+
+def test_a_root_without_run_cannot_run_hooks(world: Runner, fake_root: Path) -> None:
+    add_sysext(fake_root, "alpha", {"usr/share/alpha/data": "alpha\n"})
+    hook(fake_root, HOOK_DIRS[0], "50-any.hook", "exit 0\n")
+    (fake_root / "run").rmdir()
+
+    res = world("merge")
+
+    assert res.returncode == 1, res.stderr
+    assert f"{str(fake_root)!r} has no directory /run, where hooks are shown what they work on" in res.stderr
+    assert not (fake_root / "usr/share/alpha").exists()
+
+
+WRITES = """\
+[ "$1" = generate ] && [ "$3" = /usr ] || exit 0
+for path in /usr/written /etc/written /var/written /srv/below/written /written /run/written \\
+        "$4/share/written" /tmp/written "$5/written"; do
+    if touch "$path" 2>/dev/null; then echo "$path" >> "$5/writable"; fi
+done
+echo "$4 $5 $0" > "$5/where"
+"""
+
+
+def test_the_view_a_hook_runs_in_is_read_only(world: Runner, fake_root: Path) -> None:
+    """Only /tmp and the output directory can be written; the root, what is mounted below it and
+    the merged tree cannot."""
+    add_sysext(fake_root, "alpha", {"usr/share/alpha/data": "alpha\n"})
+    for sub in ("var", "srv/below"):
+        (fake_root / sub).mkdir(parents=True, exist_ok=True)
+    # a file system of its own below the root: read-only in the view too
+    below = fake_root / "srv/below"
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", os.fspath(below)], check=True)
+    try:
+        hook(fake_root, HOOK_DIRS[0], "50-writes.hook", WRITES)
+        world.ok("merge")
+        assert not (below / "written").exists()
+    finally:
+        subprocess.run(["umount", os.fspath(below)], check=True)
+
+    generated = fake_root / "usr"
+    assert (generated / "writable").read_text().split() == ["/tmp/written", "/run/sysextpy/out/written"]
+    assert (
+        generated / "where"
+    ).read_text() == "/usr /run/sysextpy/out /run/sysextpy/hooks/000-50-writes.hook\n"
+    for path in ("written", "etc/written", "var/written", "run/written", "usr/share/written"):
+        assert not (fake_root / path).exists(), path
+    assert not (Path("/tmp") / "written").exists()
+
+
+# --------------------------------------------------------------------------------------------------
 # depmod over modules of two extensions
 
 MODULE_A = """\
@@ -357,6 +477,7 @@ def test_generate_runs_depmod_over_modules_of_two_extensions(
     world: Runner, fake_root: Path, tmp_path: Path
 ) -> None:
     require_tools("depmod", "gcc")
+    equip_root(fake_root, "depmod")
     kernel = platform.release()
     work = tmp_path / "modules"
     work.mkdir()

@@ -46,6 +46,7 @@ from tests.merge_support import (
     sysext_tree,
     write,
 )
+from tests.root_tools import equip_root
 from tests.snapshot import differences, snapshot
 from tests.test_dissect import Signer, build_ddi, make_signer, naked_image, sign, trust, verity_format
 
@@ -208,7 +209,10 @@ class World:
 
 def build_base(root: Path, images: Images) -> None:
     """Both classes, both kinds: a directory extension, an unsigned raw image, a raw image with
-    signed verity side-cars and a signed GPT disk image (certificate A in etc/verity.d)."""
+    signed verity side-cars and a signed GPT disk image (certificate A in etc/verity.d). A shell
+    for the cases' hooks, which run chrooted in the root, is there from the start: installed
+    later, it would change /usr itself, an input of its own."""
+    equip_root(root, "sh")
     trust(root, images.key_a, "a.crt")
     for cls in CLASSES:
         p = PREFIX[cls]
