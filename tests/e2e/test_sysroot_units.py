@@ -65,9 +65,17 @@ def test_both_merges_installed_only_ours_runs(make_guest: MakeGuest) -> None:
     guest = make_guest("both-merges")
     with_extensions(guest)
     # PID 1 reports how it settles the conflict at debug level only; in the initrd only. Before
-    # journald runs those lines go through the kernel's log: unthrottled (printk.devkmsg=on) and
-    # with room for all of them (log_buf_len), or some are lost.
-    result = guest.boot(cmdline=["rd.systemd.log_level=debug", "printk.devkmsg=on", "log_buf_len=8M"])
+    # journald runs those lines go through the kernel's log: unthrottled by the kernel
+    # (printk.devkmsg=on) and by PID 1 itself (systemd.log_ratelimit_kmsg=0: "Too many messages
+    # being logged to kmsg, ignoring"), with room for all of them (log_buf_len), or some are lost.
+    result = guest.boot(
+        cmdline=[
+            "rd.systemd.log_level=debug",
+            "systemd.log_ratelimit_kmsg=0",
+            "printk.devkmsg=on",
+            "log_buf_len=8M",
+        ]
+    )
     report = basic_checks(result)
 
     with result.explain():
