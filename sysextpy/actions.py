@@ -27,7 +27,6 @@ import os
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
-    from pathlib import Path
     from typing import Any, Optional
 
     from .handoff import ActionKind, UnitAction
@@ -183,7 +182,7 @@ def changed_requests(
 
 
 def live_merge_requests(
-    root: Path, image_class: ImageClass, hierarchies: Sequence[str]
+    root: str, image_class: ImageClass, hierarchies: Sequence[str]
 ) -> tuple[dict[str, UnitRequest], Optional[dict[str, Any]]]:
     """What the extensions of the class's live merges asked for (by name), and the inputs the
     merge was built from (None when unknown: then every extension merged now counts as changed).
@@ -211,7 +210,7 @@ def live_merge_requests(
     return found, inputs
 
 
-def merged_release_request(root: Path, image_class: ImageClass, name: str) -> UnitRequest:
+def merged_release_request(root: str, image_class: ImageClass, name: str) -> UnitRequest:
     """What the extension-release file of a merged extension asks for, read from the merged tree
     inside the root; nothing when it cannot be read."""
     from .errors import ResolveError, SysextError

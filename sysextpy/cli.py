@@ -269,17 +269,11 @@ def confirmable(p: Parsed) -> bool:
 
 def to_options(p: Parsed) -> Options:
     """The Options every verb runs from."""
-    from pathlib import Path
-
     from .model import ImageClass, Options, Verb
     from .records import replace
 
     values = dict(p.values)
     classes: tuple[ImageClass, ...] = tuple(ImageClass(c) for c in values.pop("classes"))
-    if "root" in values:
-        values["root"] = Path(values["root"])
-    if "state" in values:
-        values["state"] = Path(values["state"])
     # A verb is only looked at when there is nothing to show instead (help stops the parse).
     verb = Verb(p.verb) if p.verb is not None and p.show is None else Verb.STATUS
     return replace(Options(), verb=verb, classes=classes, **values)

@@ -11,7 +11,6 @@ import errno
 import json
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from .chase import root_relative
 from .model import Candidate, ImageType, MutableMode
@@ -20,10 +19,11 @@ TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up t
 if TYPE_CHECKING:
     from typing import Any, Optional
 
+    from .chase import StrPath
     from .view import LiveView
 
 
-def crtime_usec(path: Path, fd: Optional[int] = None) -> int:
+def crtime_usec(path: StrPath, fd: Optional[int] = None) -> int:
     """The birth time of `path` (or of the file open as `fd`), in microseconds, or 0."""
     from . import mountapi as m
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
 
 from .errors import ImageError, MountError, SysextError
 from .log import log
@@ -21,13 +20,15 @@ from .model import Candidate, ImageClass, ImageType
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Callable, Optional
 
+    from .chase import StrPath
     from .dissect import ImagePlan, MountStep, TrustContext
     from .loopdev import LoopDevice
     from .pins import Pins
 
-WORKSPACE = Path("/run/sysextpy/workspace")
+WORKSPACE = "/run/sysextpy/workspace"
 # mount(2) errors that describe the image itself: a damaged or unsupported file system. Any other
 # failure to attach or mount an image (memory, busy or exhausted devices, a read error, the file
 # replaced meanwhile...) says more about the moment than about the image.
@@ -43,14 +44,14 @@ class Workspace:
     """A private mount namespace with a tmpfs scratch directory; see the module docstring."""
 
     def __init__(
-        self, base: Path = WORKSPACE, trust: Optional[TrustContext] = None, pins: Optional[Pins] = None
+        self, base: str = WORKSPACE, trust: Optional[TrustContext] = None, pins: Optional[Pins] = None
     ) -> None:
-        self.base = base
+        self.base = os.fspath(base)
         # The images as discovery found them; without pins, images are opened by path.
         self.pins = pins
         self._tree_clones: dict[str, int] = {}  # path -> a bind clone of a pinned directory
         self._clone_errors: dict[str, str] = {}  # path -> why it could not be cloned
-        self._trees: dict[str, Path] = {}  # path -> where the copy is attached in the workspace
+        self._trees: dict[str, str] = {}  # path -> where the copy is attached in the workspace
         # How raw images may be mounted (root, image policy, certificates). Without one, each
         # image gets the context of the root it was found in, with that root's configured policy.
         self.trust = trust
@@ -59,7 +60,7 @@ class Workspace:
         self._host_ns: Optional[int] = None
         self._cwd: Optional[int] = None
         self._root: Optional[int] = None
-        self._mounted: dict[tuple[str, str], Path] = {}
+        self._mounted: dict[tuple[str, str], str] = {}
         # (class, name) of images that failed for a passing reason (PassingImageError)
         self.retry: set[tuple[str, str]] = set()
         self._counter = 0
@@ -68,7 +69,7 @@ class Workspace:
     def enter(self) -> None:
         from . import mountapi as m
 
-        self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.makedirs(self.base, mode=0o700, exist_ok=True)
         self._host_ns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         self._cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
         self._root = os.open("/", os.O_PATH | os.O_CLOEXEC)
@@ -143,7 +144,7 @@ class Workspace:
         self._clone_errors.clear()
         self._trees.clear()
 
-    def pinned_tree(self, candidate: Candidate) -> Optional[Path]:
+    def pinned_tree(self, candidate: Candidate) -> Optional[str]:
         """Where the directory pinned for `candidate` is attached in the workspace, or None when
         it is not pinned (the caller uses its path)."""
         from . import mountapi as m
@@ -175,16 +176,17 @@ class Workspace:
     def __exit__(self, *exc: object) -> None:
         self.leave()
 
-    def scratch_dir(self, kind: str, mode: int = 0o755, name: Optional[str] = None) -> Path:
+    def scratch_dir(self, kind: str, mode: int = 0o755, name: Optional[str] = None) -> str:
         """A fresh directory in the workspace tmpfs; `name` gives it a stable path (recorded in origin)."""
         self._counter += 1
-        path = self.base / kind / (name or str(self._counter))
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.mkdir(mode=mode)
+        parent = os.path.join(self.base, kind)
+        path = os.path.join(parent, name or str(self._counter))
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        os.mkdir(path, mode)
         os.chmod(path, mode)
         return path
 
-    def read_only_view(self, path: Path, kind: str) -> Path:
+    def read_only_view(self, path: str, kind: str) -> str:
         """A read-only bind of `path` (with what is mounted below it) in the workspace: what a
         hook is shown of a tree it must not change."""
         from . import mountapi as m
@@ -198,7 +200,7 @@ class Workspace:
             raise MountError(f"Cannot show {what!r} read-only in the workspace: {e.strerror}") from e
         return where
 
-    def mount_image(self, candidate: Candidate) -> Path:
+    def mount_image(self, candidate: Candidate) -> str:
         """Dissect, attach and mount a raw image read-only inside the workspace; cached per image.
 
         ImageError when the image is broken, untrusted or refused by the image policy; nothing
@@ -218,17 +220,17 @@ class Workspace:
                 "%s %s: %s", candidate.image_class.value, candidate.name, note
             )
         target = self.scratch_dir("images")
-        mounted: list[Path] = []
+        mounted: list[str] = []
         try:
             for step in plan.steps:
-                where = target / step.where if step.where else target
-                if step.where and not where.is_dir():
+                where = os.path.join(target, step.where) if step.where else target
+                if step.where and not os.path.isdir(where):
                     if mounted:
                         raise ImageError(
                             f"the image's root file system has no /{step.where} to mount the "
                             f"{step.designator} partition on"
                         )
-                    where.mkdir(mode=0o755)
+                    os.mkdir(where, 0o755)
                 self._mount_step(step, where)
                 mounted.append(where)
         except BaseException as e:
@@ -241,7 +243,7 @@ class Workspace:
         self._mounted[key] = target
         return target
 
-    def _file_fd(self, path: Path) -> Optional[int]:
+    def _file_fd(self, path: StrPath) -> Optional[int]:
         return self.pins.file_fd(path) if self.pins is not None else None
 
     def _trust_for(self, candidate: Candidate) -> TrustContext:
@@ -254,7 +256,7 @@ class Workspace:
             self._trust_by_root[root] = TrustContext.for_candidate(candidate, os.environ)
         return self._trust_by_root[root]
 
-    def _mount_step(self, step: MountStep, where: Path) -> None:
+    def _mount_step(self, step: MountStep, where: str) -> None:
         """Attach one file system (through dm-verity when the plan says so) and mount it at `where`."""
         from . import mountapi as m
         from .loopdev import LoopDevice
@@ -318,7 +320,9 @@ class Workspace:
         hash_loop = attach(v.hash_file, v.hash_offset, v.hash_size)
         signature_file: Optional[Path] = None
         if v.kernel_check and v.signature is not None:
-            signature_file = self.scratch_dir("signatures") / "roothash.p7s"
+            from pathlib import Path  # only for signed raw images: verity.py works in Paths
+
+            signature_file = Path(self.scratch_dir("signatures"), "roothash.p7s")
             signature_file.write_bytes(v.signature.data)
         self._counter += 1
         # Unique per activation: the device of the current merge may still be in use during a refresh.
@@ -332,7 +336,7 @@ class Workspace:
         )
         return activate(act), name
 
-    def _unmount_all(self, mounted: list[Path]) -> None:
+    def _unmount_all(self, mounted: list[str]) -> None:
         from . import mountapi as m
 
         for where in reversed(mounted):
@@ -342,7 +346,7 @@ class Workspace:
                 log.warning("Could not unmount %s: %s", where, e.strerror)
 
 
-def image_tree(candidate: Candidate, workspace: Optional[Workspace]) -> Path:
+def image_tree(candidate: Candidate, workspace: Optional[Workspace]) -> str:
     """The directory holding an image's file tree (the directory itself, or its mount)."""
     if candidate.type in (ImageType.DIRECTORY, ImageType.SUBVOLUME):
         pinned = workspace.pinned_tree(candidate) if workspace is not None else None

@@ -31,7 +31,6 @@ from .util import is_truthy
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from pathlib import Path
     from typing import Any, Optional
 
     from .actions import UnitRequest
@@ -151,7 +150,7 @@ class ClassRun:
         return self.settings.image_class
 
 
-def _live_inputs(root: Path, cs: ClassSettings) -> Optional[dict[str, Any]]:
+def _live_inputs(root: str, cs: ClassSettings) -> Optional[dict[str, Any]]:
     """The inputs a live merge of the class was built from, from its metadata."""
     from .status import live_merge
 
@@ -207,7 +206,7 @@ def class_runs(
     return runs
 
 
-def _fill_verdicts(entry: ClassEntry, cp: ClassPlan, root: Path) -> None:
+def _fill_verdicts(entry: ClassEntry, cp: ClassPlan, root: str) -> None:
     """A class's merged, rejected, ignored and deferred images, as its record entry lists them."""
     entry.merged = [v.name for v in cp.to_merge]
     entry.rejected = [(v.name, v.reason) for v in cp.verdicts if v.verdict is Verdict.REJECTED]
@@ -220,7 +219,7 @@ def _fill_verdicts(entry: ClassEntry, cp: ClassPlan, root: Path) -> None:
     ]
 
 
-def _log_deferred(check: RecordCheck, runs: list[ClassRun], found: Survey, root: Path) -> None:
+def _log_deferred(check: RecordCheck, runs: list[ClassRun], found: Survey, root: str) -> None:
     """Name the images that the initrd of this boot left to this run, and why it did."""
     from .state import boot_id, in_initrd
 
@@ -661,7 +660,7 @@ def _act(changes: list[tuple[str, UnitRequest]]) -> list[UnitAction]:
     return perform(planned)
 
 
-def _old_reloaders(root: Path, cs: ClassSettings, still_merged: set[str]) -> set[str]:
+def _old_reloaders(root: str, cs: ClassSettings, still_merged: set[str]) -> set[str]:
     """Extensions of the live merge that ask for a reload and are going away."""
     found: set[str] = set()
     for h in cs.hierarchies:
@@ -669,7 +668,7 @@ def _old_reloaders(root: Path, cs: ClassSettings, still_merged: set[str]) -> set
     return found - still_merged
 
 
-def _write_quietly(path: Path, record: HandoffRecord) -> None:
+def _write_quietly(path: str, record: HandoffRecord) -> None:
     from .state import write_record
 
     try:
@@ -731,7 +730,7 @@ def do_unmerge(opts: Options, env: Mapping[str, str]) -> int:
     return EXIT_FAILURE if failed or any(a.result == "failed" for a in record.actions) else EXIT_OK
 
 
-def _old_reloaders_of(root: Path, cls: ImageClass, hierarchy: str) -> set[str]:
+def _old_reloaders_of(root: str, cls: ImageClass, hierarchy: str) -> set[str]:
     """Extensions of the live merge on `hierarchy` that asked for a reload."""
     from .status import live_merge
 

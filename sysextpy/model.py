@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import enum
-from pathlib import Path
 
 from .records import field, record
 from .state import STATE_PATH
@@ -145,8 +144,8 @@ class Candidate:
     name: str
     image_class: ImageClass
     type: ImageType
-    path: Path  # fully resolved, root-prefixed
-    entry: Path  # the directory entry that named it (root-prefixed, unresolved)
+    path: str  # fully resolved, root-prefixed
+    entry: str  # the directory entry that named it (root-prefixed, unresolved)
     search_dir: str  # the search directory inside the root, e.g. "/etc/extensions"
     mtime_usec: int = 0
     crtime_usec: int = 0
@@ -157,7 +156,7 @@ class Candidate:
 class Skipped:
     """A directory entry discovery did not turn into an image, and why."""
 
-    entry: Path
+    entry: str
     image_class: ImageClass
     reason: str
     name: Optional[str] = None
@@ -215,7 +214,7 @@ class Verb(enum.Enum):
         return self in (Verb.MERGE, Verb.UNMERGE, Verb.REFRESH)
 
 
-DEFAULT_STATE_PATH = Path(STATE_PATH)
+DEFAULT_STATE_PATH = STATE_PATH
 
 
 @record(frozen=True)
@@ -224,7 +223,7 @@ class Options:
 
     verb: Verb = Verb.STATUS
     classes: tuple[ImageClass, ...] = ALL_CLASSES
-    root: Path = Path("/")
+    root: str = "/"  # absolute and normalised (cli.py), never a pathlib.Path: see paths below
     root_given: bool = False
     mutable: Optional[MutableMode] = None
     force: bool = False
@@ -234,7 +233,7 @@ class Options:
     noexec: Optional[bool] = None
     json: JsonMode = JsonMode.OFF
     legend: bool = True
-    state: Path = DEFAULT_STATE_PATH
+    state: str = DEFAULT_STATE_PATH
     debug: bool = False
 
     @property

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
 
 from .discover import Discovery, discover
 from .errors import ImageError, ResolveError, SysextError
@@ -84,7 +83,7 @@ class ClassPlan:
 
 @record(frozen=True)
 class Plan:
-    root: Path
+    root: str
     host: HostInfo
     initrd: bool  # the root is an initrd (has /etc/initrd-release)
     classes: tuple[ClassPlan, ...]
@@ -184,7 +183,7 @@ def is_tree(candidate: Candidate) -> bool:
 class Survey:
     """What discovery found, before any image was opened."""
 
-    root: Path
+    root: str
     host: HostInfo
     initrd: bool
     settings: tuple[ClassSettings, ...]
