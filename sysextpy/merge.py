@@ -477,14 +477,13 @@ def _build_and_swap(
     t_decided: float,
 ) -> int:
     # Only now the modules that build and mount: a skipped refresh never loads them.
-    import json
-
     from . import apply
     from .actions import UnitRequest, changed_requests, live_merge_requests
     from .fingerprint import EXTRA_FILE
     from .hooks import staged
     from .identity import origin_record
     from .images import Workspace
+    from .jsonlite import dump_json_indented
     from .plan import Survey, judge_all
     from .reload import decide_reload, reload_manager
     from .state import now_usec, write_record
@@ -548,7 +547,7 @@ def _build_and_swap(
                 cp.settings.overlay_options,
                 identities,
             )
-            extra = json.dumps(
+            extra = dump_json_indented(
                 {
                     "tool": f"sysextpy {__version__}",
                     "fingerprint": run.fingerprint,
@@ -558,7 +557,7 @@ def _build_and_swap(
                     "reload": reload_flags,
                     "units": {n: r.to_json() for n, r in units.items() if r.restart or r.reload_or_restart},
                 },
-                indent=1,
+                indent=" ",
                 sort_keys=True,
             )
             for p in prepared:

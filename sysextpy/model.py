@@ -223,7 +223,7 @@ class Options:
 
     verb: Verb = Verb.STATUS
     classes: tuple[ImageClass, ...] = ALL_CLASSES
-    root: str = "/"  # absolute and normalised (cli.py), never a pathlib.Path: see paths below
+    root: str = "/"  # absolute and normalised (cli.py); paths are str: pathlib costs milliseconds to import
     root_given: bool = False
     mutable: Optional[MutableMode] = None
     force: bool = False
