@@ -15,14 +15,10 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Mapping, Sequence
 
 from . import mountapi as m
 from .chase import resolve_in_root, root_relative
 from .errors import MountError, ResolveError, SysextError
-from .hooks import SHIPPED_FILE, shipped_hooks
-from .identity import format_origin
-from .images import Workspace, image_tree
 from .live import format_dev, read_metadata
 from .log import log
 from .model import (
@@ -39,11 +35,13 @@ from .status import live_merge
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from typing import Any, Optional
 
     from .chase import StrPath
     from .handoff import HookRun
     from .hooks import HookSearch
+    from .images import Workspace
 
 OVERLAY_MAX_LAYERS = 500  # the kernel's limit on lower layers (OVL_MAX_STACK)
 DEFAULT_MUTABLE_OPTIONS = "redirect_dir=on,noatime,metacopy=off,index=off"
@@ -352,6 +350,8 @@ def prepare_hierarchy(
 ) -> Prepared:
     """Call with the workspace entered. Detaches old overlays in the private namespace only, so
     that the new layers reach the hierarchy underneath, not the current merged view."""
+    from .images import image_tree  # what builds: an unmerge loads none of it
+
     cls = settings.image_class
     target = resolve_in_root(root, hierarchy, missing_ok=True)
     exists = os.path.isdir(target)
@@ -395,6 +395,10 @@ def build_hierarchy(
 
     With `hooks`, each generate hook is shown the merged tree as it will be and what it writes
     becomes a read-only layer above the extensions; a hook that fails raises HookFailed."""
+    from .hooks import SHIPPED_FILE, shipped_hooks
+    from .identity import format_origin
+    from .images import image_tree
+
     settings, layout = prep.settings, prep.layout
     cls, hierarchy, host_dir = settings.image_class, prep.hierarchy, prep.host_dir
     result = Assembled(cls, hierarchy, prep.target, None, tuple(n for n, _ in prep.layers), prep.was_merged)
@@ -499,6 +503,7 @@ def input_stamp(
     hierarchy's own directory, the hooks and their directories. A merge's top carries it, so
     that ConditionNeedsUpdate= sees a real change and not every merge (a merge at each boot)."""
     from .hooks import HOOK_DIRS
+    from .images import image_tree
 
     newest = 0
 

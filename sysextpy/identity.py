@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Mapping, Sequence
 
 from .chase import root_relative
 from .model import Candidate, ImageType, MutableMode
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from typing import Any, Optional
 
     from .chase import StrPath

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
 
 from . import __version__
 from .chase import root_relative
@@ -30,7 +29,7 @@ from .util import is_truthy
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from typing import Any, Optional
 
     from .actions import UnitRequest

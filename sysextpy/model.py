@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import enum
-
-from .records import field, record
+from .records import Enumeration, field, record
 from .state import STATE_PATH
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
@@ -13,7 +11,7 @@ if TYPE_CHECKING:
     from typing import Optional
 
 
-class ImageClass(enum.Enum):
+class ImageClass(Enumeration):
     SYSEXT = "sysext"
     CONFEXT = "confext"
 
@@ -93,7 +91,7 @@ def component_name(hierarchy: str) -> str:
     return hierarchy.strip("/").replace("/", ".")
 
 
-class MutableMode(enum.Enum):
+class MutableMode(Enumeration):
     NO = "no"
     YES = "yes"
     AUTO = "auto"
@@ -110,7 +108,7 @@ class MutableMode(enum.Enum):
         return self in (MutableMode.IMPORT, MutableMode.EPHEMERAL_IMPORT)
 
 
-class ImageType(enum.Enum):
+class ImageType(Enumeration):
     DIRECTORY = "directory"
     SUBVOLUME = "subvolume"
     RAW = "raw"
@@ -122,7 +120,7 @@ class ImageType(enum.Enum):
         return self in (ImageType.RAW, ImageType.BLOCK)
 
 
-class Verdict(enum.Enum):
+class Verdict(Enumeration):
     MERGE = "merge"
     IGNORED = "ignored"  # not for this host or shadowed/masked: not an error, like upstream
     REJECTED = "rejected"  # broken or untrusted: an error for this image, the others go on
@@ -131,7 +129,7 @@ class Verdict(enum.Enum):
     DEFERRED = "deferred"
 
 
-class JsonMode(enum.Enum):
+class JsonMode(Enumeration):
     OFF = "off"
     SHORT = "short"
     PRETTY = "pretty"
@@ -201,7 +199,7 @@ class ExtensionVerdict:
         return self.candidate.name
 
 
-class Verb(enum.Enum):
+class Verb(Enumeration):
     STATUS = "status"
     LIST = "list"
     MERGE = "merge"

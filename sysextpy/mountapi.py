@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import functools
 import os
-from collections.abc import Sequence
 
 from .errors import MountError, ParseError
 from .records import record
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from typing import Optional, Union
+    from collections.abc import Sequence
+    from typing import Callable, Optional, Union
 
     StrPath = Union[str, "os.PathLike[str]"]
     MountOptions = Sequence[tuple[str, Optional[str]]]
@@ -449,8 +448,24 @@ def file_handle(path: StrPath, fd: Optional[int] = None) -> Optional[tuple[int, 
 # ---------------------------------------------------------------------------------------------
 # Feature probes, cached per process
 
+_PROBED: dict[str, bool] = {}
 
-@functools.cache
+
+def _once(probe: Callable[[], bool]) -> Callable[[], bool]:
+    """functools.cache for a probe without arguments, without importing functools for it."""
+
+    def cached() -> bool:
+        found = _PROBED.get(probe.__name__)
+        if found is None:
+            found = _PROBED[probe.__name__] = probe()
+        return found
+
+    cached.__name__ = cached.__qualname__ = probe.__name__
+    cached.__doc__ = probe.__doc__
+    return cached
+
+
+@_once
 def have_new_mount_api() -> bool:
     try:
         fd = fsopen("overlay", FSOPEN_CLOEXEC)
@@ -460,7 +475,7 @@ def have_new_mount_api() -> bool:
     return True
 
 
-@functools.cache
+@_once
 def have_lowerdir_plus() -> bool:
     """Whether overlayfs takes one layer per fsconfig call ("lowerdir+", Linux >= 6.8).
 
@@ -496,7 +511,7 @@ def _kernel_at_least(major: int, minor: int) -> bool:
     return found is not None and found >= (major, minor)
 
 
-@functools.cache
+@_once
 def have_move_mount_beneath() -> bool:
     """Whether move_mount() knows MOVE_MOUNT_BENEATH (Linux >= 6.5)."""
     # Unknown flags are refused with EINVAL before the (invalid) fd is looked at; a known flag

@@ -9,7 +9,6 @@ module that mounts.
 
 from __future__ import annotations
 
-import functools
 import os
 
 from .discover import Discovery, discover
@@ -62,13 +61,10 @@ class ClassPlan:
     @property
     def to_merge(self) -> tuple[ExtensionVerdict, ...]:
         """Images to merge, in upstream's order: ascending by name, version-compared."""
-        from .versioncomp import compare_versions
-
-        def by_name(a: ExtensionVerdict, b: ExtensionVerdict) -> int:
-            return compare_versions(a.name, b.name)
+        from .versioncomp import version_key
 
         chosen = [v for v in self.verdicts if v.verdict is Verdict.MERGE]
-        return tuple(sorted(chosen, key=functools.cmp_to_key(by_name)))
+        return tuple(sorted(chosen, key=lambda v: version_key(v.name)))
 
     @property
     def skipped(self) -> tuple[Skipped, ...]:
