@@ -208,8 +208,9 @@ def _read_regular(path: str, limit: int, *, allow_growth: bool = False) -> bytes
         parts: list[bytes] = []
         total = 0
         while True:
-            # The file may grow after fstat(); read one byte past the limit to notice.
-            chunk = os.read(fd, limit + 1 - total)
+            # The file may grow after fstat(); read one byte past the limit to notice. The buffer is
+            # sized by the file: one of megabytes for a small file costs more than reading it.
+            chunk = os.read(fd, min(limit + 1 - total, max(st.st_size + 1 - total, 1 << 16)))
             if not chunk:
                 break
             parts.append(chunk)
