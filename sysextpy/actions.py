@@ -182,11 +182,12 @@ def changed_requests(
 
 
 def live_merge_requests(
-    root: str, image_class: ImageClass, hierarchies: Sequence[str]
+    root: str, image_class: ImageClass, hierarchies: Sequence[str], reloading: Optional[set[str]] = None
 ) -> tuple[dict[str, UnitRequest], Optional[dict[str, Any]]]:
     """What the extensions of the class's live merges asked for (by name), and the inputs the
     merge was built from (None when unknown: then every extension merged now counts as changed).
-    Read before a swap or an unmerge: what goes away may exist nowhere else."""
+    Read before a swap or an unmerge: what goes away may exist nowhere else. The names of those
+    that asked for a manager reload are added to `reloading`, from the same reading."""
     from .live import read_live_extra
     from .status import live_merge
 
@@ -205,6 +206,10 @@ def live_merge_requests(
             continue
         for name, request in live_requests(extra).items():
             found.setdefault(name, request)
+        if reloading is not None:
+            flags = extra.get("reload")
+            if isinstance(flags, dict):
+                reloading.update(n for n, flag in flags.items() if flag)
         if inputs is None and isinstance(extra.get("inputs"), dict):
             inputs = extra["inputs"]
     return found, inputs

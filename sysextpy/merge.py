@@ -529,8 +529,10 @@ def _build_and_swap(
                 for v in merged
             }
             requesting.update(n for n, flag in reload_flags.items() if flag)
-            requesting.update(_old_reloaders(root, cp.settings, set(reload_flags)))
-            before[cls] = live_merge_requests(root, run.image_class, cp.settings.hierarchies)
+            # and those of the live merge that asked for one and are going away
+            old_reloading: set[str] = set()
+            before[cls] = live_merge_requests(root, run.image_class, cp.settings.hierarchies, old_reloading)
+            requesting.update(old_reloading - set(reload_flags))
             after[cls] = units
             prepared = [
                 apply.prepare_hierarchy(root, ws, cp.settings, h, merged) for h in cp.settings.hierarchies
@@ -562,7 +564,15 @@ def _build_and_swap(
             for p in prepared:
                 try:
                     item = apply.build_hierarchy(
-                        root, ws, p, merged, origin, {EXTRA_FILE: extra + "\n"}, hooks, record.hooks
+                        root,
+                        ws,
+                        p,
+                        merged,
+                        origin,
+                        {EXTRA_FILE: extra + "\n"},
+                        hooks,
+                        record.hooks,
+                        tree_changes=view.tree_changes,
                     )
                 except apply.HookFailed as e:
                     # This hierarchy keeps the merge it has; the others go on.
@@ -658,14 +668,6 @@ def _act(changes: list[tuple[str, UnitRequest]]) -> list[UnitAction]:
     return perform(planned)
 
 
-def _old_reloaders(root: str, cs: ClassSettings, still_merged: set[str]) -> set[str]:
-    """Extensions of the live merge that ask for a reload and are going away."""
-    found: set[str] = set()
-    for h in cs.hierarchies:
-        found |= _old_reloaders_of(root, cs.image_class, h)
-    return found - still_merged
-
-
 def _write_quietly(path: str, record: HandoffRecord) -> None:
     from .state import write_record
 
@@ -688,9 +690,7 @@ def do_unmerge(opts: Options, env: Mapping[str, str]) -> int:
     # what the extensions that go away asked for: read before their merges are gone
     going: dict[ImageClass, list[tuple[str, UnitRequest]]] = {}
     for cls in classes:
-        for h in hierarchies[cls]:
-            requesting |= _old_reloaders_of(opts.root, cls, h)
-        old, _ = live_merge_requests(opts.root, cls, hierarchies[cls])
+        old, _ = live_merge_requests(opts.root, cls, hierarchies[cls], requesting)
         going[cls] = changed_requests(cls.value, old, None, {}, {})
     failed: list[str] = []
     changed = False
@@ -726,18 +726,6 @@ def do_unmerge(opts: Options, env: Mapping[str, str]) -> int:
     record.reload_reason = why
     write_record(opts.state, record)
     return EXIT_FAILURE if failed or any(a.result == "failed" for a in record.actions) else EXIT_OK
-
-
-def _old_reloaders_of(root: str, cls: ImageClass, hierarchy: str) -> set[str]:
-    """Extensions of the live merge on `hierarchy` that asked for a reload."""
-    from .status import live_merge
-
-    path, live = live_merge(root, cls, hierarchy)
-    if live is None or path is None:
-        return set()
-    extra = read_live_extra(os.fspath(path), cls.metadata_dir) or {}
-    flags = extra.get("reload") or {}
-    return {n for n, f in flags.items() if f} if isinstance(flags, dict) else set()
 
 
 def _hierarchies_of(opts: Options, env: Mapping[str, str]) -> dict[ImageClass, tuple[str, ...]]:
