@@ -390,11 +390,13 @@ def build_hierarchy(
     extra: Optional[Mapping[str, str]] = None,
     hooks: Optional[HookSearch] = None,
     hook_runs: Optional[list[HookRun]] = None,
+    tree_changes: Optional[Mapping[str, int]] = None,
 ) -> Assembled:
     """Build the hierarchy's overlay as a detached tree. Call with the workspace entered.
 
     With `hooks`, each generate hook is shown the merged tree as it will be and what it writes
-    becomes a read-only layer above the extensions; a hook that fails raises HookFailed."""
+    becomes a read-only layer above the extensions; a hook that fails raises HookFailed.
+    `tree_changes` holds the newest change time of trees already walked (input_stamp)."""
     from .hooks import SHIPPED_FILE, shipped_hooks
     from .identity import format_origin
     from .images import image_tree
@@ -461,7 +463,7 @@ def build_hierarchy(
         )
         dev = os.stat(staging).st_dev
         _write(os.path.join(meta, "dev"), format_dev(dev) + "\n")
-        stamp = input_stamp(root, ws, merged, host_dir, hooks)
+        stamp = input_stamp(root, ws, merged, host_dir, hooks, tree_changes)
         os.utime(meta_top, ns=(stamp, stamp))
         for rel, sub_fd in prep.carried:
             dest = os.path.join(staging, rel)
@@ -497,11 +499,15 @@ def input_stamp(
     merged: Sequence[ExtensionVerdict],
     host_dir: Optional[str],
     hooks: Optional[HookSearch],
+    tree_changes: Optional[Mapping[str, int]] = None,
 ) -> int:
     """The newest change time (ns) among what a merge is made of: every entry of each directory
     extension, each disk image, the search directories (an image added or removed), the
     hierarchy's own directory, the hooks and their directories. A merge's top carries it, so
-    that ConditionNeedsUpdate= sees a real change and not every merge (a merge at each boot)."""
+    that ConditionNeedsUpdate= sees a real change and not every merge (a merge at each boot).
+
+    A tree found in `tree_changes` (path -> newest change time, ns) was walked whole when its digest
+    was taken for the inputs of this run (view.tree_digest_now): it is not walked again."""
     from .hooks import HOOK_DIRS
     from .images import image_tree
 
@@ -529,6 +535,10 @@ def input_stamp(
         take(os.path.dirname(c.entry))
         take(c.entry)
         if c.type in (ImageType.DIRECTORY, ImageType.SUBVOLUME):
+            known = tree_changes.get(c.path) if tree_changes is not None else None
+            if known is not None:
+                newest = max(newest, known)
+                continue
             tree = image_tree(c, ws)
             take(tree)
             walk(tree)
