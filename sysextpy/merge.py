@@ -205,9 +205,10 @@ def class_runs(
     return runs
 
 
-def _fill_verdicts(entry: ClassEntry, cp: ClassPlan, root: str) -> None:
-    """A class's merged, rejected, ignored and deferred images, as its record entry lists them."""
-    entry.merged = [v.name for v in cp.to_merge]
+def _fill_verdicts(entry: ClassEntry, cp: ClassPlan, root: str, merged: Sequence[ExtensionVerdict]) -> None:
+    """A class's merged (`merged`, what cp.to_merge gave), rejected, ignored and deferred images, as
+    its record entry lists them."""
+    entry.merged = [v.name for v in merged]
     entry.rejected = [(v.name, v.reason) for v in cp.verdicts if v.verdict is Verdict.REJECTED]
     entry.rejected += [
         (s.name or os.fspath(s.entry), s.reason) for s in cp.skipped if s.verdict is Verdict.REJECTED
@@ -286,7 +287,7 @@ def _adopt(
                 unreachable=run.unreachable,
                 hierarchies=results,
             )
-            _fill_verdicts(entry, cp, opts.root)
+            _fill_verdicts(entry, cp, opts.root, cp.to_merge)
             adopted[cls] = entry
     return adopted
 
@@ -482,7 +483,7 @@ def _build_and_swap(
     from .hooks import staged
     from .identity import origin_record
     from .images import Workspace
-    from .jsonlite import dump_json_indented
+    from .jsonlite import dump_json
     from .plan import Survey, judge_all
     from .reload import decide_reload, reload_manager
     from .state import now_usec, write_record
@@ -512,9 +513,9 @@ def _build_and_swap(
         plan = judge_all(opts, sub, view, ws, known=a.verdicts, hooks=hooks)
         record.hooks.extend(plan.hook_runs)
         for run, cp in zip(todo, plan.classes):
-            merged = list(cp.to_merge)
+            merged = list(cp.to_merge)  # sorted by version comparison: taken once
             entry = record.classes[run.image_class.value]
-            _fill_verdicts(entry, cp, opts.root)
+            _fill_verdicts(entry, cp, opts.root, merged)
             _log_choice(
                 [v.name for v in merged], sum(1 for v in cp.verdicts if v.verdict is Verdict.IGNORED)
             )
@@ -548,7 +549,8 @@ def _build_and_swap(
                 cp.settings.overlay_options,
                 identities,
             )
-            extra = dump_json_indented(
+            # Compact, through the C encoder: the inputs of hundreds of extensions are long.
+            extra = dump_json(
                 {
                     "tool": f"sysextpy {__version__}",
                     "fingerprint": run.fingerprint,
@@ -558,8 +560,6 @@ def _build_and_swap(
                     "reload": reload_flags,
                     "units": {n: r.to_json() for n, r in units.items() if r.restart or r.reload_or_restart},
                 },
-                indent=" ",
-                sort_keys=True,
             )
             for p in prepared:
                 try:
