@@ -61,33 +61,49 @@ else:
         cls.__record_defaults__ = defaults
         cls.__record_fields__ = names
 
-        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-            if len(args) > len(names):
-                raise TypeError(f"{cls.__name__}() takes {len(names)} arguments, got {len(args)}")
-            values = dict(zip(names, args))
-            for key, value in kwargs.items():
-                if key not in defaults:
-                    raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {key!r}")
-                if key in values:
-                    raise TypeError(f"{cls.__name__}() got multiple values for argument {key!r}")
-                values[key] = value
-            setter = object.__setattr__
-            for name in names:
-                if name in values:
-                    setter(self, name, values[name])
-                    continue
-                default = defaults[name]
-                if default is _MISSING:
-                    raise TypeError(f"{cls.__name__}() missing required argument {name!r}")
-                if isinstance(default, _Field):
-                    if default.default_factory is not _MISSING:
-                        setter(self, name, default.default_factory())
-                    elif default.default is not _MISSING:
-                        setter(self, name, default.default)
-                    else:
-                        raise TypeError(f"{cls.__name__}() missing required argument {name!r}")
+        # The defaults sorted once, so that building a record does the least per field.
+        plain: dict[str, Any] = {}  # name -> default value
+        factories: dict[str, Any] = {}  # name -> default_factory
+        required: list[str] = []
+        for name, default in defaults.items():
+            if isinstance(default, _Field):
+                if default.default_factory is not _MISSING:
+                    factories[name] = default.default_factory
+                elif default.default is not _MISSING:
+                    plain[name] = default.default
                 else:
-                    setter(self, name, default)
+                    required.append(name)
+            elif default is _MISSING:
+                required.append(name)
+            else:
+                plain[name] = default
+        position = {name: i for i, name in enumerate(names)}
+        count = len(names)
+
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            given = len(args)
+            if given > count:
+                raise TypeError(f"{cls.__name__}() takes {count} arguments, got {given}")
+            values = dict(plain)
+            if given:
+                values.update(zip(names, args))
+            for key in kwargs:
+                at = position.get(key)
+                if at is None:
+                    raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {key!r}")
+                if at < given:
+                    raise TypeError(f"{cls.__name__}() got multiple values for argument {key!r}")
+            values.update(kwargs)
+            if len(values) < count:
+                for name, factory in factories.items():
+                    if name not in values:
+                        values[name] = factory()
+                for name in required:
+                    if name not in values:
+                        raise TypeError(f"{cls.__name__}() missing required argument {name!r}")
+            # Straight into the instance's dict: a frozen record's __setattr__ refuses, as it should
+            # for everyone else.
+            self.__dict__.update(values)
             post = getattr(self, "__post_init__", None)
             if post is not None:
                 post()

@@ -97,3 +97,63 @@ def test_the_vocabulary_is_the_enum_it_declares(cls: Any) -> None:
     for m in cls:
         assert cls(m.value) is m and cls[m.name] is m
         assert repr(m) == repr(real[m.name]) and str(m) == str(real[m.name])
+
+
+# --------------------------------------------------------------------------------------------------
+# record against dataclasses.dataclass
+
+
+def _fields(ns: dict[str, Any], field_fn: Any) -> None:
+    ns["__annotations__"] = {"a": "int", "b": "str", "c": "list[int]", "d": "int"}
+    ns["b"] = "b"
+    ns["c"] = field_fn(default_factory=list)
+    ns["d"] = field_fn(default=4)
+
+
+def _classes() -> tuple[Any, Any]:
+    import dataclasses
+
+    from sysextpy import records
+
+    made = []
+    for decorate, field_fn in (
+        (dataclasses.dataclass(frozen=True), dataclasses.field),
+        (records.record(frozen=True), records.field),
+    ):
+        ns: dict[str, Any] = {}
+        _fields(ns, field_fn)
+        made.append(decorate(type("Point", (), ns)))
+    return made[0], made[1]
+
+
+CALLS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+    ((1,), {}),
+    ((1, "x"), {}),
+    ((1, "x", [2], 5), {}),
+    ((), {"a": 1}),
+    ((1,), {"d": 7, "b": "y"}),
+    ((), {}),  # a is missing
+    ((1, "x", [], 5, 6), {}),  # too many
+    ((1,), {"a": 2}),  # twice
+    ((1,), {"e": 2}),  # unknown
+]
+
+
+@pytest.mark.parametrize("args, kwargs", CALLS)
+def test_record_builds_as_dataclass_does(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    real, light = _classes()
+
+    def build(cls: Any) -> Any:
+        try:
+            made = cls(*args, **kwargs)
+        except TypeError:
+            return TypeError
+        return (made.a, made.b, made.c, made.d, made == cls(*args, **kwargs), repr(made))
+
+    assert build(light) == build(real)
+    if build(real) is not TypeError:
+        made = light(*args, **kwargs)
+        if len(args) < 3:  # c from its factory: a fresh list for each record
+            assert made.c is not light(*args, **kwargs).c
+        with pytest.raises(AttributeError):
+            made.a = 9
