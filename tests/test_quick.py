@@ -209,13 +209,14 @@ def test_confirming_refresh_loads_no_heavy_module(merged: World) -> None:
 
 
 # What a merge, a forced refresh and an unmerge of directory extensions may load beyond what the
-# interpreter and `os` load anyway: ctypes (the mount syscalls), fcntl (the lock), errno, the C parts of
+# interpreter and `os` load anyway: ctypes (the mount syscalls), fcntl (the lock), errno, gc, the C parts of
 # json and sha256, and functools' C half (cmp_to_key). Never pathlib, re, enum, json, typing,
 # collections, functools or dataclasses: each costs milliseconds of every merge on the boot path.
 MUTATING_STDLIB = {
     "__future__",
     "errno",
     "fcntl",
+    "gc",
     "_json",
     "_sha256",
     "_sha2",
