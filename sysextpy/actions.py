@@ -27,7 +27,6 @@ import os
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
-    from pathlib import Path
     from typing import Any, Optional
 
     from .handoff import ActionKind, UnitAction
@@ -183,11 +182,12 @@ def changed_requests(
 
 
 def live_merge_requests(
-    root: Path, image_class: ImageClass, hierarchies: Sequence[str]
+    root: str, image_class: ImageClass, hierarchies: Sequence[str], reloading: Optional[set[str]] = None
 ) -> tuple[dict[str, UnitRequest], Optional[dict[str, Any]]]:
     """What the extensions of the class's live merges asked for (by name), and the inputs the
     merge was built from (None when unknown: then every extension merged now counts as changed).
-    Read before a swap or an unmerge: what goes away may exist nowhere else."""
+    Read before a swap or an unmerge: what goes away may exist nowhere else. The names of those
+    that asked for a manager reload are added to `reloading`, from the same reading."""
     from .live import read_live_extra
     from .status import live_merge
 
@@ -206,12 +206,16 @@ def live_merge_requests(
             continue
         for name, request in live_requests(extra).items():
             found.setdefault(name, request)
+        if reloading is not None:
+            flags = extra.get("reload")
+            if isinstance(flags, dict):
+                reloading.update(n for n, flag in flags.items() if flag)
         if inputs is None and isinstance(extra.get("inputs"), dict):
             inputs = extra["inputs"]
     return found, inputs
 
 
-def merged_release_request(root: Path, image_class: ImageClass, name: str) -> UnitRequest:
+def merged_release_request(root: str, image_class: ImageClass, name: str) -> UnitRequest:
     """What the extension-release file of a merged extension asks for, read from the merged tree
     inside the root; nothing when it cannot be read."""
     from .errors import ResolveError, SysextError

@@ -32,7 +32,6 @@ from .live import EXTRA_FILE, exact_mount_check, format_dev, probe, read_metadat
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from pathlib import Path
     from typing import Any, Optional
 
     from .images import Workspace
@@ -44,7 +43,7 @@ if TYPE_CHECKING:
 _FILE_KINDS = ("rd", "id")
 
 
-def upstream_merges(root: Path, settings: ClassSettings) -> dict[str, tuple[str, os.stat_result]]:
+def upstream_merges(root: str, settings: ClassSettings) -> dict[str, tuple[str, os.stat_result]]:
     """The class's hierarchies that carry a live merge without sysextpy's metadata: upstream's."""
     found: dict[str, tuple[str, os.stat_result]] = {}
     meta = settings.image_class.metadata_dir
@@ -129,7 +128,7 @@ def _flags_differ(path: str, attrs: int) -> str:
     return ""
 
 
-def _mutable_dirs(root: Path, settings: ClassSettings) -> Optional[dict[str, str]]:
+def _mutable_dirs(root: str, settings: ClassSettings) -> Optional[dict[str, str]]:
     """The mutable directories this run would record in `origin`, or None when that cannot be
     known without merging (ephemeral modes use a directory of the merging tool's own)."""
     from .chase import resolve_in_root, root_relative

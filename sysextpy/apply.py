@@ -15,15 +15,10 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from . import mountapi as m
 from .chase import resolve_in_root, root_relative
 from .errors import MountError, ResolveError, SysextError
-from .hooks import SHIPPED_FILE, shipped_hooks
-from .identity import format_origin
-from .images import Workspace, image_tree
 from .live import format_dev, read_metadata
 from .log import log
 from .model import (
@@ -40,11 +35,13 @@ from .status import live_merge
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from typing import Any, Optional
 
     from .chase import StrPath
     from .handoff import HookRun
     from .hooks import HookSearch
+    from .images import Workspace
 
 OVERLAY_MAX_LAYERS = 500  # the kernel's limit on lower layers (OVL_MAX_STACK)
 DEFAULT_MUTABLE_OPTIONS = "redirect_dir=on,noatime,metacopy=off,index=off"
@@ -68,7 +65,7 @@ class Assembled:
 
     image_class: ImageClass
     hierarchy: str
-    target: Path
+    target: str
     tree_fd: Optional[int]
     contributing: tuple[str, ...] = ()
     was_merged: bool = False
@@ -78,14 +75,14 @@ class Assembled:
 
 @record(frozen=True)
 class MutableLayout:
-    upper: Optional[Path]
-    work: Optional[Path]
-    import_dirs: tuple[Path, ...]
+    upper: Optional[str]
+    work: Optional[str]
+    import_dirs: tuple[str, ...]
     recorded: Optional[str]  # what origin's mutableDirs records for this hierarchy
     host_is_upper: bool
 
 
-def _mode_bits(path: Optional[Path]) -> int:
+def _mode_bits(path: Optional[str]) -> int:
     if path is None:
         return 0o755
     try:
@@ -94,19 +91,19 @@ def _mode_bits(path: Optional[Path]) -> int:
         return 0o755
 
 
-def _ensure_mutable_dir(root: Path, path: Path, mode: int) -> None:
+def _ensure_mutable_dir(root: str, path: str, mode: int) -> None:
     """Create a missing mutable directory; parents 0755, the directory itself the hierarchy's mode."""
     rel = root_relative(root, path)
     current = root
     for part in [p for p in rel.split("/") if p]:
-        current = current / part
-        if not current.exists():
+        current = os.path.join(current, part)
+        if not os.path.exists(current):
             os.mkdir(current, 0o755)
     os.chmod(path, mode)
 
 
 def mutable_layout(
-    root: Path, settings: ClassSettings, hierarchy: str, host_dir: Optional[Path], ws: Workspace
+    root: str, settings: ClassSettings, hierarchy: str, host_dir: Optional[str], ws: Workspace
 ) -> MutableLayout:
     mode = settings.mutable
     comp = component_name(hierarchy)
@@ -114,7 +111,7 @@ def mutable_layout(
     if mode is MutableMode.NO:
         return MutableLayout(None, None, (), None, False)
 
-    persistent: Optional[Path] = None
+    persistent: Optional[str] = None
     if mode in (MutableMode.YES, MutableMode.AUTO, MutableMode.IMPORT, MutableMode.EPHEMERAL_IMPORT):
         try:
             persistent = resolve_in_root(root, f"{MUTABLE_BASE}/{comp}")
@@ -124,7 +121,7 @@ def mutable_layout(
             if mode is MutableMode.YES:
                 persistent = resolve_in_root(root, f"{MUTABLE_BASE}/{comp}", missing_ok=True)
                 _ensure_mutable_dir(root, persistent, want_mode)
-        if persistent is not None and not persistent.is_dir():
+        if persistent is not None and not os.path.isdir(persistent):
             raise SysextError(f"Mutable directory {os.fspath(persistent)!r} is not a directory.")
     same_as_host = False
     if persistent is not None and host_dir is not None:
@@ -163,20 +160,21 @@ def mutable_layout(
         )
     if os.statvfs(persistent).f_flag & os.ST_RDONLY:
         raise SysextError(f"Can't use {os.fspath(persistent)!r} as an upperdir as it is read-only.")
-    work = persistent.parent / f".systemd-{comp}-workdir"
+    parent = os.path.dirname(persistent)
+    work = os.path.join(parent, f".systemd-{comp}-workdir")
     # Checked before the work directory is made, so that a refusal leaves nothing behind.
-    if os.stat(persistent.parent).st_dev != os.stat(persistent).st_dev:
+    if os.stat(parent).st_dev != os.stat(persistent).st_dev:
         raise SysextError(
             f"Work directory {os.fspath(work)!r} would not be on the same file system "
             f"as {os.fspath(persistent)!r}.",
             hint="overlayfs needs upperdir and workdir on one file system (EXDEV)",
         )
-    if not work.exists():
+    if not os.path.exists(work):
         os.mkdir(work, 0o700)
     return MutableLayout(persistent, work, (), root_relative(root, persistent), same_as_host)
 
 
-def _nonempty_dir(path: Path) -> bool:
+def _nonempty_dir(path: str) -> bool:
     try:
         with os.scandir(path) as it:
             return any(True for _ in it)
@@ -184,13 +182,13 @@ def _nonempty_dir(path: Path) -> bool:
         return False
 
 
-def hierarchy_in_image(tree: Path, hierarchy: str) -> Optional[Path]:
+def hierarchy_in_image(tree: str, hierarchy: str) -> Optional[str]:
     """The image's copy of the hierarchy (the image is its own root), if it is a non-empty directory."""
     try:
         inner = resolve_in_root(tree, hierarchy)
     except ResolveError:
         return None
-    if not inner.is_dir() or not _nonempty_dir(inner):
+    if not os.path.isdir(inner) or not _nonempty_dir(inner):
         return None
     return inner
 
@@ -225,7 +223,7 @@ _ATTR_TO_MS = (
 
 
 def _mount_overlay(
-    staging: Path,
+    staging: str,
     lowers: Sequence[str],
     *,
     upperdir: Optional[str],
@@ -255,7 +253,7 @@ def _mount_overlay(
     m.mount(source, staging, "overlay", flags, data)
 
 
-def _remove_tree(top: Path) -> None:
+def _remove_tree(top: str) -> None:
     """Remove a directory tree without following links; what cannot be removed stays (said at
     debug level)."""
     try:
@@ -273,12 +271,12 @@ def _remove_tree(top: Path) -> None:
         log.debug("Could not remove %s: %s", top, e)
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: str, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
 
 
-def _carry_submounts(target: Path) -> list[tuple[str, int]]:
+def _carry_submounts(target: str) -> list[tuple[str, int]]:
     """Clone every top-level mount below `target` (recursively), so it can be re-attached inside
     the new overlay. Returns (path relative to target, detached tree fd)."""
     infos = m.read_mountinfo()
@@ -315,13 +313,13 @@ def _carry_submounts(target: Path) -> list[tuple[str, int]]:
     return carried
 
 
-def _put_back_submounts(target: Path, carried: list[tuple[str, int]]) -> None:
+def _put_back_submounts(target: str, carried: list[tuple[str, int]]) -> None:
     """Re-attach mounts carried off an overlay that has just been detached from `target`.
 
     A mount whose place on the plain hierarchy is already a mount point is the original that
     the merge cloned into the overlay: it never left, so its clone is dropped."""
     for rel, fd in carried:
-        dest = target / rel
+        dest = os.path.join(target, rel)
         try:
             if not os.path.lexists(dest):
                 log.warning("Submount %s not put back: the hierarchy has no such path.", dest)
@@ -339,22 +337,24 @@ class Prepared:
 
     settings: ClassSettings
     hierarchy: str
-    target: Path
-    host_dir: Optional[Path]
+    target: str
+    host_dir: Optional[str]
     was_merged: bool
-    layers: list[tuple[str, Path]]
+    layers: list[tuple[str, str]]
     layout: MutableLayout
     carried: list[tuple[str, int]]
 
 
 def prepare_hierarchy(
-    root: Path, ws: Workspace, settings: ClassSettings, hierarchy: str, merged: Sequence[ExtensionVerdict]
+    root: str, ws: Workspace, settings: ClassSettings, hierarchy: str, merged: Sequence[ExtensionVerdict]
 ) -> Prepared:
     """Call with the workspace entered. Detaches old overlays in the private namespace only, so
     that the new layers reach the hierarchy underneath, not the current merged view."""
+    from .images import image_tree  # what builds: an unmerge loads none of it
+
     cls = settings.image_class
     target = resolve_in_root(root, hierarchy, missing_ok=True)
-    exists = target.is_dir()
+    exists = os.path.isdir(target)
     _, live = live_merge(root, cls, hierarchy)
     was_merged = live is not None
     carried: list[tuple[str, int]] = _carry_submounts(target) if exists else []
@@ -367,8 +367,8 @@ def prepare_hierarchy(
                     f"Failed to set the old merge on {os.fspath(target)!r} aside: {e.strerror}"
                 ) from e
             _, live = live_merge(root, cls, hierarchy)
-        host_dir: Optional[Path] = target if exists else None
-        layers: list[tuple[str, Path]] = []
+        host_dir: Optional[str] = target if exists else None
+        layers: list[tuple[str, str]] = []
         for v in merged:
             inner = hierarchy_in_image(image_tree(v.candidate, ws), hierarchy)
             if inner is not None:
@@ -382,7 +382,7 @@ def prepare_hierarchy(
 
 
 def build_hierarchy(
-    root: Path,
+    root: str,
     ws: Workspace,
     prep: Prepared,
     merged: Sequence[ExtensionVerdict],
@@ -390,11 +390,17 @@ def build_hierarchy(
     extra: Optional[Mapping[str, str]] = None,
     hooks: Optional[HookSearch] = None,
     hook_runs: Optional[list[HookRun]] = None,
+    tree_changes: Optional[Mapping[str, int]] = None,
 ) -> Assembled:
     """Build the hierarchy's overlay as a detached tree. Call with the workspace entered.
 
     With `hooks`, each generate hook is shown the merged tree as it will be and what it writes
-    becomes a read-only layer above the extensions; a hook that fails raises HookFailed."""
+    becomes a read-only layer above the extensions; a hook that fails raises HookFailed.
+    `tree_changes` holds the newest change time of trees already walked (input_stamp)."""
+    from .hooks import SHIPPED_FILE, shipped_hooks
+    from .identity import format_origin
+    from .images import image_tree
+
     settings, layout = prep.settings, prep.layout
     cls, hierarchy, host_dir = settings.image_class, prep.hierarchy, prep.host_dir
     result = Assembled(cls, hierarchy, prep.target, None, tuple(n for n, _ in prep.layers), prep.was_merged)
@@ -404,30 +410,33 @@ def build_hierarchy(
 
         mode_bits = _mode_bits(host_dir)
         meta_top = ws.scratch_dir("meta", mode=mode_bits)
-        meta = meta_top / cls.metadata_dir
-        meta.mkdir(mode=0o755)
-        _write(meta / cls.list_file, "".join(f"{v.name}\n" for v in merged))
-        _write(meta / "origin", format_origin(origin))
+        meta = os.path.join(meta_top, cls.metadata_dir)
+        os.mkdir(meta, 0o755)
+        _write(os.path.join(meta, cls.list_file), "".join(f"{v.name}\n" for v in merged))
+        _write(os.path.join(meta, "origin"), format_origin(origin))
         for filename, text in (extra or {}).items():
-            _write(meta / filename, text)  # ours beyond upstream's files, e.g. the fingerprint
-        trees = [(v.name, os.fspath(image_tree(v.candidate, ws))) for v in merged]
+            # ours beyond upstream's files, e.g. the fingerprint
+            _write(os.path.join(meta, filename), text)
+        trees = [(v.name, image_tree(v.candidate, ws)) for v in merged]
         shipped = shipped_hooks(trees, hierarchy)
         if shipped:
-            _write(meta / SHIPPED_FILE, "".join(f"{path}\t{name}\n" for path, name in shipped))
+            _write(os.path.join(meta, SHIPPED_FILE), "".join(f"{path}\t{name}\n" for path, name in shipped))
 
-        lowers: list[Path] = []
+        lowers: list[str] = []
         lowers.extend(layout.import_dirs)
         lowers.extend(path for _, path in reversed(prep.layers))
         if host_dir is not None and _nonempty_dir(host_dir) and not layout.host_is_upper:
             lowers.append(host_dir)
             host_dev = os.stat(host_dir).st_dev
             if os.major(host_dev) != 0:
-                _write(meta / "backing", format_dev(host_dev) + "\n")
+                _write(os.path.join(meta, "backing"), format_dev(host_dev) + "\n")
         if hooks is not None and hooks.hooks:
             lowers[:0] = _generate(ws, settings, hierarchy, layout, lowers, hooks, hook_runs)
         lowers.insert(0, meta_top)
         if layout.work is not None and not settings.mutable.is_ephemeral:
-            _write(meta / "work_dir", c_escape(root_relative(root, layout.work).lstrip("/")) + "\n")
+            _write(
+                os.path.join(meta, "work_dir"), c_escape(root_relative(root, layout.work).lstrip("/")) + "\n"
+            )
         os.chmod(layout.upper if layout.upper is not None else meta_top, mode_bits)
         if layout.upper is None and len(lowers) < 2:
             # overlayfs wants two lower layers without an upper one; an empty layer changes nothing
@@ -445,29 +454,30 @@ def build_hierarchy(
         staging = ws.scratch_dir("staging")
         _mount_overlay(
             staging,
-            [os.fspath(p) for p in lowers],
-            upperdir=os.fspath(layout.upper) if layout.upper else None,
-            workdir=os.fspath(layout.work) if layout.work else None,
+            lowers,
+            upperdir=layout.upper,
+            workdir=layout.work,
             source=cls.value,
             options=_overlay_options(settings, mutable=not read_only),
             attrs=mount_attrs(settings, read_only=read_only),
         )
         dev = os.stat(staging).st_dev
-        _write(meta / "dev", format_dev(dev) + "\n")
-        stamp = input_stamp(root, ws, merged, host_dir, hooks)
+        _write(os.path.join(meta, "dev"), format_dev(dev) + "\n")
+        stamp = input_stamp(root, ws, merged, host_dir, hooks, tree_changes)
         os.utime(meta_top, ns=(stamp, stamp))
         for rel, sub_fd in prep.carried:
-            dest = staging / rel
+            dest = os.path.join(staging, rel)
             if not os.path.lexists(dest):
                 result.notes.append(f"submount {rel!r} dropped: the new overlay has no {rel!r}")
                 log.warning(
-                    "Submount %s not carried over: the new overlay has no such path.", prep.target / rel
+                    "Submount %s not carried over: the new overlay has no such path.",
+                    os.path.join(prep.target, rel),
                 )
                 continue
             m.move_mount(sub_fd, "", m.AT_FDCWD, dest, m.MOVE_MOUNT_F_EMPTY_PATH)
         if not read_only:
             # Keep the metadata read-only even though the overlay is writable.
-            meta_view = staging / cls.metadata_dir
+            meta_view = os.path.join(staging, cls.metadata_dir)
             m.mount(meta_view, meta_view, None, m.MS_BIND)
             m.mount(None, meta_view, None, m.MS_BIND | m.MS_REMOUNT | m.MS_RDONLY | m.MS_NODEV | m.MS_NOSUID)
         result.tree_fd = m.open_tree(
@@ -484,17 +494,22 @@ def build_hierarchy(
 
 
 def input_stamp(
-    root: Path,
+    root: str,
     ws: Workspace,
     merged: Sequence[ExtensionVerdict],
-    host_dir: Optional[Path],
+    host_dir: Optional[str],
     hooks: Optional[HookSearch],
+    tree_changes: Optional[Mapping[str, int]] = None,
 ) -> int:
     """The newest change time (ns) among what a merge is made of: every entry of each directory
     extension, each disk image, the search directories (an image added or removed), the
     hierarchy's own directory, the hooks and their directories. A merge's top carries it, so
-    that ConditionNeedsUpdate= sees a real change and not every merge (a merge at each boot)."""
+    that ConditionNeedsUpdate= sees a real change and not every merge (a merge at each boot).
+
+    A tree found in `tree_changes` (path -> newest change time, ns) was walked whole when its digest
+    was taken for the inputs of this run (view.tree_digest_now): it is not walked again."""
     from .hooks import HOOK_DIRS
+    from .images import image_tree
 
     newest = 0
 
@@ -517,10 +532,14 @@ def input_stamp(
 
     for v in merged:
         c = v.candidate
-        take(os.path.dirname(os.fspath(c.entry)))
+        take(os.path.dirname(c.entry))
         take(c.entry)
         if c.type in (ImageType.DIRECTORY, ImageType.SUBVOLUME):
-            tree = os.fspath(image_tree(c, ws))
+            known = tree_changes.get(c.path) if tree_changes is not None else None
+            if known is not None:
+                newest = max(newest, known)
+                continue
+            tree = image_tree(c, ws)
             take(tree)
             walk(tree)
         else:
@@ -546,10 +565,10 @@ def _generate(
     settings: ClassSettings,
     hierarchy: str,
     layout: MutableLayout,
-    lowers: Sequence[Path],
+    lowers: Sequence[str],
     hooks: HookSearch,
     runs: Optional[list[HookRun]],
-) -> list[Path]:
+) -> list[str]:
     """Run the generate hooks over a read-only preview of the merged tree; their non-empty
     outputs, the last hook's on top, as layers."""
     from .hooks import GENERATE, run_hook
@@ -562,14 +581,14 @@ def _generate(
     preview = ws.scratch_dir("preview")
     _mount_overlay(
         preview,
-        [os.fspath(p) for p in below],
+        below,
         upperdir=None,
         workdir=None,
         source=cls,
         options=[],
         attrs=m.MOUNT_ATTR_RDONLY | m.MOUNT_ATTR_NODEV | m.MOUNT_ATTR_NOSUID,
     )
-    outputs: list[Path] = []
+    outputs: list[str] = []
     # In place, so that tools reading absolute paths (ld.so.conf, depmod's defaults) read the merge;
     # a hierarchy the root has no directory for yet is shown at MERGED_INNER instead.
     merged = hierarchy if ws.hook_place(hierarchy) is not None else MERGED_INNER
@@ -603,7 +622,7 @@ def _generate(
     return outputs
 
 
-def _is_ours_on_top(root: Path, cls: ImageClass, hierarchy: str, new_id: Optional[int]) -> bool:
+def _is_ours_on_top(root: str, cls: ImageClass, hierarchy: str, new_id: Optional[int]) -> bool:
     path, live = live_merge(root, cls, hierarchy)
     if live is None or path is None:
         return False
@@ -612,7 +631,7 @@ def _is_ours_on_top(root: Path, cls: ImageClass, hierarchy: str, new_id: Optiona
     return m.unique_mount_id(path) != new_id
 
 
-def detach_merge(root: Path, cls: ImageClass, hierarchy: str, keep_id: Optional[int] = None) -> int:
+def detach_merge(root: str, cls: ImageClass, hierarchy: str, keep_id: Optional[int] = None) -> int:
     """Detach our overlay(s) on the hierarchy, stopping at `keep_id`. Returns how many."""
     count = 0
     while _is_ours_on_top(root, cls, hierarchy, keep_id):
@@ -627,7 +646,7 @@ def detach_merge(root: Path, cls: ImageClass, hierarchy: str, keep_id: Optional[
     return count
 
 
-def _merge_hidden_below(target: Path, cls: ImageClass) -> bool:
+def _merge_hidden_below(target: str, cls: ImageClass) -> bool:
     """Whether the visible mount on `target` sits right on another overlay merge of the class: one
     that a run left hidden when it died or failed between mounting beneath and detaching."""
     point = os.path.realpath(target)
@@ -640,14 +659,14 @@ def _merge_hidden_below(target: Path, cls: ImageClass) -> bool:
     return bool(below) and below[0].fstype == "overlay" and below[0].source == cls.value
 
 
-def swap_in(root: Path, item: Assembled) -> str:
+def swap_in(root: str, item: Assembled) -> str:
     """Put an assembled tree onto its hierarchy (host namespace). Returns what happened."""
     cls, hierarchy = item.image_class, item.hierarchy
     if item.tree_fd is None:
         # Nothing to merge here any more: a full unmerge, which also keeps later submounts.
         return "unmerged" if unmerge_hierarchy(root, cls, hierarchy) else "untouched"
     target = item.target
-    if not target.exists():
+    if not os.path.exists(target):
         _ensure_mutable_dir(root, target, 0o755)
     _, live = live_merge(root, cls, hierarchy)
     try:
@@ -694,7 +713,7 @@ def discard(items: Sequence[Assembled]) -> None:
             item.tree_fd = None
 
 
-def unmerge_hierarchy(root: Path, cls: ImageClass, hierarchy: str) -> bool:
+def unmerge_hierarchy(root: str, cls: ImageClass, hierarchy: str) -> bool:
     """Detach every merge of ours on the hierarchy and remove its recorded work directory."""
     path, live = live_merge(root, cls, hierarchy)
     if live is None or path is None:
@@ -716,8 +735,9 @@ def unmerge_hierarchy(root: Path, cls: ImageClass, hierarchy: str) -> bool:
     finally:
         _put_back_submounts(path, carried)
     for rel in work_dirs:
-        wd = Path(os.path.join(root, rel))
-        if wd.name.startswith(".systemd-") and wd.name.endswith("-workdir"):
+        wd = os.path.join(root, rel)
+        name = os.path.basename(wd)
+        if name.startswith(".systemd-") and name.endswith("-workdir"):
             _remove_tree(wd)  # best effort, like upstream
     log.info("Unmerged '%s'.", os.fspath(path))
     return True

@@ -176,13 +176,11 @@ def resolve(
     return here or "/"
 
 
-def resolve_in_root(root: StrPath, path: StrPath, *, missing_ok: bool = False) -> Path:
+def resolve_in_root(root: StrPath, path: StrPath, *, missing_ok: bool = False) -> str:
     """resolve() for callers with paths: the root is tidied and must be an accessible directory.
 
     `root` is used as spelled (absolute, normalised, not symlink-resolved); pass `canonical_root()`
     of it if results are later stripped with `root_relative`."""
-    from pathlib import Path
-
     root_s = normalize_root(root)
     spelled = os.fspath(path)
     try:
@@ -196,7 +194,7 @@ def resolve_in_root(root: StrPath, path: StrPath, *, missing_ok: bool = False) -
         raise ResolveError(
             f"Cannot resolve {spelled!r} inside {root_s!r}: the root is not a directory", errno=errno.ENOTDIR
         )
-    return Path(resolve(root_s, spelled, missing_ok=missing_ok))
+    return resolve(root_s, spelled, missing_ok=missing_ok)
 
 
 def exists_in_root(root: StrPath, path: StrPath) -> bool:

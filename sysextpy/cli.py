@@ -8,6 +8,7 @@ import on the boot path, where argparse would be the most expensive import we ha
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -269,17 +270,11 @@ def confirmable(p: Parsed) -> bool:
 
 def to_options(p: Parsed) -> Options:
     """The Options every verb runs from."""
-    from pathlib import Path
-
     from .model import ImageClass, Options, Verb
     from .records import replace
 
     values = dict(p.values)
     classes: tuple[ImageClass, ...] = tuple(ImageClass(c) for c in values.pop("classes"))
-    if "root" in values:
-        values["root"] = Path(values["root"])
-    if "state" in values:
-        values["state"] = Path(values["state"])
     # A verb is only looked at when there is nothing to show instead (help stops the parse).
     verb = Verb(p.verb) if p.verb is not None and p.show is None else Verb.STATUS
     return replace(Options(), verb=verb, classes=classes, **values)
@@ -302,6 +297,22 @@ def _print_mutable_help(opts: Options) -> None:
 def main(argv: Optional[Sequence[str]] = None, *, confirming: bool = True) -> int:
     """The program. A refresh that the recorded observations can confirm is done by decide.confirm_refresh
     without the rest of the package (unless `confirming` is False); anything else runs here."""
+    # A run lasts milliseconds and leaves no garbage cycles worth collecting: the collector's passes
+    # over what the imports made cost about 1 ms of each run (5 % of a merge, 2 ms at 100 + 100).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _run(argv, confirming=confirming)
+    finally:
+        if collecting:
+            # Without a collection on the way out: everything made meanwhile counts as old (moved
+            # to the oldest generation, the young one's count reset), as if it had been collected.
+            gc.freeze()
+            gc.unfreeze()
+            gc.enable()
+
+
+def _run(argv: Optional[Sequence[str]], *, confirming: bool) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:

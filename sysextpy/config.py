@@ -8,8 +8,6 @@ whole; what they say is parsed here.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 from .errors import ParseError, SysextError
 from .model import ImageClass, MutableMode
 from .records import record
@@ -18,6 +16,7 @@ from .view import CONFIG_DIRS, read_text
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Collection
     from typing import Optional
 
     from .view import LiveView

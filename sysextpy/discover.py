@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from pathlib import Path
 
 from .chase import MISSING, join_root, root_relative
 from .errors import ResolveError, SysextError
@@ -123,7 +122,7 @@ def _entry_to_candidate(
     inner = f"{search_dir}/{entry_name}"
 
     def skip(reason: str, verdict: Verdict = Verdict.IGNORED, name: Optional[str] = None) -> Skipped:
-        return Skipped(entry=Path(entry), image_class=image_class, reason=reason, name=name, verdict=verdict)
+        return Skipped(entry=entry, image_class=image_class, reason=reason, name=name, verdict=verdict)
 
     try:
         resolved = view.resolve(inner)
@@ -198,8 +197,8 @@ def _entry_to_candidate(
             name=name,
             image_class=image_class,
             type=image_type,
-            path=Path(resolved),
-            entry=Path(entry),
+            path=resolved,
+            entry=entry,
             search_dir=search_dir,
             mtime_usec=_usec(st.mtime_ns),
             crtime_usec=0,
@@ -228,7 +227,7 @@ def discover(view: LiveView, image_class: ImageClass, *, initrd: bool) -> Discov
                 continue
             reason = f"search directory cannot be used: {e}"
             warnings.append(f"{search_dir}: {reason}")
-            skipped.append(Skipped(Path(search_dir), image_class, reason, verdict=Verdict.REJECTED))
+            skipped.append(Skipped(search_dir, image_class, reason, verdict=Verdict.REJECTED))
             continue
         except FileNotFoundError:
             missing.append(search_dir)
@@ -236,7 +235,7 @@ def discover(view: LiveView, image_class: ImageClass, *, initrd: bool) -> Discov
         except OSError as e:
             reason = f"search directory cannot be read: {e.strerror}"
             warnings.append(f"{search_dir}: {reason}")
-            skipped.append(Skipped(Path(search_dir), image_class, reason, verdict=Verdict.REJECTED))
+            skipped.append(Skipped(search_dir, image_class, reason, verdict=Verdict.REJECTED))
             continue
         for entry_name in names:
             if entry_name.startswith(".sysupdate."):

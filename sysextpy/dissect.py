@@ -131,7 +131,9 @@ class TrustContext:
         view = LiveView(os.fspath(root), env)
         policy: Optional[str] = None
         try:
-            policy = resolve_settings(Options(root=root), candidate.image_class, view).image_policy
+            policy = resolve_settings(
+                Options(root=os.fspath(root)), candidate.image_class, view
+            ).image_policy
         except SysextError as e:
             log.warning("Cannot read the image policy configuration of %s: %s", root, e)
         return cls(
@@ -522,7 +524,7 @@ def _dissect_naked(
     step = MountStep(
         designator=designator,
         where="usr" if designator == "usr" else "",
-        source=candidate.path,
+        source=Path(candidate.path),
         offset=0,
         size=0,
         fstype=fstype,
@@ -531,7 +533,7 @@ def _dissect_naked(
         verity=verity,
     )
     return ImagePlan(
-        path=candidate.path,
+        path=Path(candidate.path),
         kind=fstype,
         steps=(step,),
         policy=":".join(policy_words(policy, d) for d in ("root", "usr")),
@@ -693,7 +695,7 @@ def _dissect_gpt(
             assert root_hash is not None and vp is not None
             verity = VerityPlan(
                 root_hash=root_hash,
-                hash_file=candidate.path,
+                hash_file=Path(candidate.path),
                 hash_offset=vp.offset,
                 hash_size=vp.size,
                 signature=signature,
@@ -706,7 +708,7 @@ def _dissect_gpt(
             MountStep(
                 designator=designator,
                 where="usr" if designator == "usr" else "",
-                source=candidate.path,
+                source=Path(candidate.path),
                 offset=p.offset,
                 size=p.size,
                 fstype=fstype,
@@ -727,7 +729,7 @@ def _dissect_gpt(
     if not steps:
         raise ImageError("nothing to mount: the image policy ignores every partition of the image")
     return ImagePlan(
-        path=candidate.path,
+        path=Path(candidate.path),
         kind="gpt",
         steps=tuple(steps),
         policy=":".join(policy_words(policy, d) for d in ("root", "usr")),

@@ -27,7 +27,6 @@ refresh that does happen can say which extension and which field changed.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 
 from . import __version__
 from .chase import MISSING, root_relative
@@ -39,6 +38,7 @@ from .view import sha256
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any, Optional
 
     from .discover import Discovery

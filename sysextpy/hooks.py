@@ -39,7 +39,6 @@ from .view import FileTooLarge, NotRegularFile, drop_in_files, sha256
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from pathlib import Path
     from typing import Any, Optional
 
     from .images import Workspace
@@ -200,7 +199,7 @@ def _unusable(view: LiveView, inner: str, entry: str, shipped: _Shipped) -> Any:
     return path, data
 
 
-def staged(search: HookSearch, ws: Workspace, root: Path) -> HookSearch:
+def staged(search: HookSearch, ws: Workspace, root: str) -> HookSearch:
     """The hooks as copies of the bytes that were read, ready to run in the view of `root` in the
     workspace: what runs is what the fingerprint took, and a hook found on a noexec mount (/etc
     below a confext merge) can run."""
@@ -210,13 +209,13 @@ def staged(search: HookSearch, ws: Workspace, root: Path) -> HookSearch:
     copies = []
     for i, hook in enumerate(search.hooks):
         name = f"{i:03d}-{hook.name}{HOOK_SUFFIX}"
-        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o700)
+        fd = os.open(f"{directory}/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o700)
         with open(fd, "wb") as f:
             f.write(hook.data)
         copy = f"{HOOKS_INNER}/{name}"
         copies.append(Hook(hook.name, hook.inner, hook.path, hook.sha256, hook.data, copy))
     chroot = ws.hook_root(root, directory)
-    return HookSearch(tuple(copies), search.ignored, search.timeout, os.fspath(chroot))
+    return HookSearch(tuple(copies), search.ignored, search.timeout, chroot)
 
 
 def find_all_hooks(view: LiveView) -> HookSearch:

@@ -8,22 +8,21 @@ give the same record in every run (and the same record systemd-sysext writes).
 from __future__ import annotations
 
 import errno
-import json
 import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from .chase import root_relative
 from .model import Candidate, ImageType, MutableMode
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from typing import Any, Optional
 
+    from .chase import StrPath
     from .view import LiveView
 
 
-def crtime_usec(path: Path, fd: Optional[int] = None) -> int:
+def crtime_usec(path: StrPath, fd: Optional[int] = None) -> int:
     """The birth time of `path` (or of the file open as `fd`), in microseconds, or 0."""
     from . import mountapi as m
 
@@ -109,7 +108,9 @@ def format_origin(record: Mapping[str, Any]) -> str:
 
     A path that is not valid UTF-8 reaches us with its odd bytes as lone surrogates; they are
     written as JSON escapes, so the text stays valid UTF-8 and reads back the same."""
-    text = json.dumps(record, indent="\t", separators=(",", " : "), ensure_ascii=False)
+    from .jsonlite import dump_json_indented
+
+    text = dump_json_indented(record, indent="\t", key_separator=" : ", ascii_only=False)
     if not text.isascii():
         text = "".join(f"\\u{ord(c):04x}" if "\ud800" <= c <= "\udfff" else c for c in text)
     return text + "\n"

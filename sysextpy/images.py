@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
 
 from .errors import ImageError, MountError, SysextError
 from .log import log
@@ -21,13 +20,15 @@ from .model import Candidate, ImageClass, ImageType
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Callable, Optional
 
+    from .chase import StrPath
     from .dissect import ImagePlan, MountStep, TrustContext
     from .loopdev import LoopDevice
     from .pins import Pins
 
-WORKSPACE = Path("/run/sysextpy/workspace")
+WORKSPACE = "/run/sysextpy/workspace"
 # Inside the view of the root a hook runs in (hook_root): a read-only tmpfs on /run holds these places.
 HOOK_RUN = "/run/sysextpy"
 HOOKS_INNER = f"{HOOK_RUN}/hooks"  # the staged copies
@@ -41,7 +42,7 @@ HOOK_RUN_PLACES = (HOOKS_INNER, IMAGE_INNER, OUT_INNER, MERGED_INNER)
 IMAGE_MOUNT_ERRNOS = frozenset({errno.EINVAL, errno.EUCLEAN, errno.ENODEV, errno.ENOTBLK})
 
 
-def _read_only_recursive(path: Path) -> None:
+def _read_only_recursive(path: str) -> None:
     """Make the mount at `path` and every mount below it read-only (this view of them only)."""
     from . import mountapi as m
 
@@ -68,14 +69,14 @@ class Workspace:
     """A private mount namespace with a tmpfs scratch directory; see the module docstring."""
 
     def __init__(
-        self, base: Path = WORKSPACE, trust: Optional[TrustContext] = None, pins: Optional[Pins] = None
+        self, base: str = WORKSPACE, trust: Optional[TrustContext] = None, pins: Optional[Pins] = None
     ) -> None:
-        self.base = base
+        self.base = os.fspath(base)
         # The images as discovery found them; without pins, images are opened by path.
         self.pins = pins
         self._tree_clones: dict[str, int] = {}  # path -> a bind clone of a pinned directory
         self._clone_errors: dict[str, str] = {}  # path -> why it could not be cloned
-        self._trees: dict[str, Path] = {}  # path -> where the copy is attached in the workspace
+        self._trees: dict[str, str] = {}  # path -> where the copy is attached in the workspace
         # How raw images may be mounted (root, image policy, certificates). Without one, each
         # image gets the context of the root it was found in, with that root's configured policy.
         self.trust = trust
@@ -84,17 +85,17 @@ class Workspace:
         self._host_ns: Optional[int] = None
         self._cwd: Optional[int] = None
         self._root: Optional[int] = None
-        self._mounted: dict[tuple[str, str], Path] = {}
+        self._mounted: dict[tuple[str, str], str] = {}
         # (class, name) of images that failed for a passing reason (PassingImageError)
         self.retry: set[tuple[str, str]] = set()
         self._counter = 0
-        self._hook_root: Optional[Path] = None  # hook_root()
+        self._hook_root: Optional[str] = None  # hook_root()
         self.inside = False
 
     def enter(self) -> None:
         from . import mountapi as m
 
-        self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.makedirs(self.base, mode=0o700, exist_ok=True)
         self._host_ns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         self._cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
         self._root = os.open("/", os.O_PATH | os.O_CLOEXEC)
@@ -170,7 +171,7 @@ class Workspace:
         self._trees.clear()
         self._hook_root = None
 
-    def pinned_tree(self, candidate: Candidate) -> Optional[Path]:
+    def pinned_tree(self, candidate: Candidate) -> Optional[str]:
         """Where the directory pinned for `candidate` is attached in the workspace, or None when
         it is not pinned (the caller uses its path)."""
         from . import mountapi as m
@@ -202,16 +203,17 @@ class Workspace:
     def __exit__(self, *exc: object) -> None:
         self.leave()
 
-    def scratch_dir(self, kind: str, mode: int = 0o755, name: Optional[str] = None) -> Path:
+    def scratch_dir(self, kind: str, mode: int = 0o755, name: Optional[str] = None) -> str:
         """A fresh directory in the workspace tmpfs; `name` gives it a stable path (recorded in origin)."""
         self._counter += 1
-        path = self.base / kind / (name or str(self._counter))
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.mkdir(mode=mode)
+        parent = os.path.join(self.base, kind)
+        path = os.path.join(parent, name or str(self._counter))
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        os.mkdir(path, mode)
         os.chmod(path, mode)
         return path
 
-    def hook_root(self, root: Path, hooks: Path) -> Path:
+    def hook_root(self, root: str, hooks: str) -> str:
         """The root hooks run chrooted in (hooks.py), built once: `root` bound read-only with what
         is mounted below it, so that a hook runs the root's own tools; /proc, /sys and /dev of this
         namespace; an empty writable tmpfs on /tmp; and on /run a read-only tmpfs with the staged
@@ -240,8 +242,8 @@ class Workspace:
                 m.mount("tmpfs", tmp, "tmpfs", m.MS_NOSUID | m.MS_NODEV, "mode=1777")
             m.mount("tmpfs", run_dir, "tmpfs", m.MS_NOSUID | m.MS_NODEV, "mode=0755")
             for inner in HOOK_RUN_PLACES:
-                os.makedirs(run_dir / os.path.relpath(inner, "/run"), mode=0o755)
-            os.chmod(run_dir / os.path.relpath(HOOK_RUN, "/run"), 0o755)
+                os.makedirs(os.path.join(run_dir, os.path.relpath(inner, "/run")), mode=0o755)
+            os.chmod(os.path.join(run_dir, os.path.relpath(HOOK_RUN, "/run")), 0o755)
             self.show_to_hooks(hooks, HOOKS_INNER)
             m.mount(None, run_dir, None, m.MS_BIND | m.MS_REMOUNT | m.MS_RDONLY | m.MS_NOSUID | m.MS_NODEV)
         except OSError as e:
@@ -254,7 +256,7 @@ class Workspace:
             raise
         return where
 
-    def hook_place(self, inner: str) -> Optional[Path]:
+    def hook_place(self, inner: str) -> Optional[str]:
         """Where `inner`, a path inside the root, lies in the hook root: None unless a directory."""
         from .chase import resolve_in_root
 
@@ -265,7 +267,7 @@ class Workspace:
             return None
         return place if os.path.isdir(place) and not os.path.islink(place) else None
 
-    def show_to_hooks(self, source: Path, inner: str, read_only: bool = True) -> None:
+    def show_to_hooks(self, source: str, inner: str, read_only: bool = True) -> None:
         """Bind `source` (with what is mounted below it) at `inner` in the hook root, read-only
         unless asked otherwise; hide_from_hooks() takes it away again."""
         from . import mountapi as m
@@ -288,7 +290,7 @@ class Workspace:
             # Detached: a process a hook left behind, still in there, must not keep the run waiting.
             m.umount2(place, m.MNT_DETACH)
 
-    def mount_image(self, candidate: Candidate) -> Path:
+    def mount_image(self, candidate: Candidate) -> str:
         """Dissect, attach and mount a raw image read-only inside the workspace; cached per image.
 
         ImageError when the image is broken, untrusted or refused by the image policy; nothing
@@ -308,17 +310,17 @@ class Workspace:
                 "%s %s: %s", candidate.image_class.value, candidate.name, note
             )
         target = self.scratch_dir("images")
-        mounted: list[Path] = []
+        mounted: list[str] = []
         try:
             for step in plan.steps:
-                where = target / step.where if step.where else target
-                if step.where and not where.is_dir():
+                where = os.path.join(target, step.where) if step.where else target
+                if step.where and not os.path.isdir(where):
                     if mounted:
                         raise ImageError(
                             f"the image's root file system has no /{step.where} to mount the "
                             f"{step.designator} partition on"
                         )
-                    where.mkdir(mode=0o755)
+                    os.mkdir(where, 0o755)
                 self._mount_step(step, where)
                 mounted.append(where)
         except BaseException as e:
@@ -331,7 +333,7 @@ class Workspace:
         self._mounted[key] = target
         return target
 
-    def _file_fd(self, path: Path) -> Optional[int]:
+    def _file_fd(self, path: StrPath) -> Optional[int]:
         return self.pins.file_fd(path) if self.pins is not None else None
 
     def _trust_for(self, candidate: Candidate) -> TrustContext:
@@ -344,7 +346,7 @@ class Workspace:
             self._trust_by_root[root] = TrustContext.for_candidate(candidate, os.environ)
         return self._trust_by_root[root]
 
-    def _mount_step(self, step: MountStep, where: Path) -> None:
+    def _mount_step(self, step: MountStep, where: str) -> None:
         """Attach one file system (through dm-verity when the plan says so) and mount it at `where`."""
         from . import mountapi as m
         from .loopdev import LoopDevice
@@ -408,7 +410,9 @@ class Workspace:
         hash_loop = attach(v.hash_file, v.hash_offset, v.hash_size)
         signature_file: Optional[Path] = None
         if v.kernel_check and v.signature is not None:
-            signature_file = self.scratch_dir("signatures") / "roothash.p7s"
+            from pathlib import Path  # only for signed raw images: verity.py works in Paths
+
+            signature_file = Path(self.scratch_dir("signatures"), "roothash.p7s")
             signature_file.write_bytes(v.signature.data)
         self._counter += 1
         # Unique per activation: the device of the current merge may still be in use during a refresh.
@@ -422,7 +426,7 @@ class Workspace:
         )
         return activate(act), name
 
-    def _unmount_all(self, mounted: list[Path]) -> None:
+    def _unmount_all(self, mounted: list[str]) -> None:
         from . import mountapi as m
 
         for where in reversed(mounted):
@@ -432,7 +436,7 @@ class Workspace:
                 log.warning("Could not unmount %s: %s", where, e.strerror)
 
 
-def image_tree(candidate: Candidate, workspace: Optional[Workspace]) -> Path:
+def image_tree(candidate: Candidate, workspace: Optional[Workspace]) -> str:
     """The directory holding an image's file tree (the directory itself, or its mount)."""
     if candidate.type in (ImageType.DIRECTORY, ImageType.SUBVOLUME):
         pinned = workspace.pinned_tree(candidate) if workspace is not None else None

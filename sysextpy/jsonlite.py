@@ -80,3 +80,88 @@ def dump_json(value: Any, *, ascii_only: bool = True) -> str:
         encoder = make_encoder(None, _unsupported, quote, None, ":", ",", True, False, True)
         _encoders[ascii_only] = encoder
     return "".join(encoder(value, 0))
+
+
+def dump_json_indented(
+    value: Any,
+    *,
+    indent: str,
+    item_separator: str = ",",
+    key_separator: str = ": ",
+    sort_keys: bool = False,
+    ascii_only: bool = True,
+) -> str:
+    """json.dumps(value, indent=indent, separators=(item_separator, key_separator),
+    sort_keys=sort_keys, ensure_ascii=ascii_only), for dicts, lists, tuples, strings, numbers,
+    booleans and None: the standard encoder writes indented text in Python only, through `re`."""
+    try:
+        from _json import encode_basestring, encode_basestring_ascii
+    except ImportError:  # an interpreter without the C accelerator
+        import json
+
+        return json.dumps(
+            value,
+            indent=indent,
+            separators=(item_separator, key_separator),
+            sort_keys=sort_keys,
+            ensure_ascii=ascii_only,
+        )
+    quote = encode_basestring_ascii if ascii_only else encode_basestring
+    out: list[str] = []
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, str):
+            return quote(v)
+        if v is None:
+            return "null"
+        if v is True:
+            return "true"
+        if v is False:
+            return "false"
+        if isinstance(v, int):
+            return int.__repr__(v)
+        if isinstance(v, float):
+            if v != v:
+                return "NaN"
+            if v in (float("inf"), float("-inf")):
+                return "Infinity" if v > 0 else "-Infinity"
+            return float.__repr__(v)
+        raise TypeError(f"Object of type {type(v).__name__} is not JSON serializable")
+
+    def key_text(k: Any) -> str:
+        if isinstance(k, str):
+            return k
+        if isinstance(k, (bool, int, float)) or k is None:
+            return scalar(k)
+        raise TypeError(f"keys must be str, int, float, bool or None, not {type(k).__name__}")
+
+    def write(v: Any, level: int) -> None:
+        if isinstance(v, dict):
+            if not v:
+                out.append("{}")
+                return
+            inner = "\n" + indent * (level + 1)
+            out.append("{" + inner)
+            items = sorted(v.items()) if sort_keys else v.items()
+            for i, (k, item) in enumerate(items):
+                if i:
+                    out.append(item_separator + inner)
+                out.append(quote(key_text(k)) + key_separator)
+                write(item, level + 1)
+            out.append("\n" + indent * level + "}")
+        elif isinstance(v, (list, tuple)):
+            if not v:
+                out.append("[]")
+                return
+            inner = "\n" + indent * (level + 1)
+            out.append("[" + inner)
+            for i, item in enumerate(v):
+                if i:
+                    out.append(item_separator + inner)
+                write(item, level + 1)
+            out.append("\n" + indent * level + "]")
+        else:
+            out.append(scalar(v))
+
+    write(value, 0)
+    return "".join(out)

@@ -92,12 +92,15 @@ def read_metadata(hierarchy: str, metadata_dir: str, name: str, limit: int = 1 <
     finally:
         os.close(dfd)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             return None
         parts: list[bytes] = []
         total = 0
         while total < limit:
-            chunk = os.read(fd, limit - total)
+            # Sized by the file, not by the limit: a buffer of megabytes for a file of a few hundred
+            # bytes costs more than reading it.
+            chunk = os.read(fd, min(limit - total, max(st.st_size + 1 - total, 1 << 16)))
             if not chunk:
                 break
             parts.append(chunk)

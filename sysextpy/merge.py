@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
 
 from . import __version__
 from .chase import root_relative
@@ -30,8 +29,7 @@ from .util import is_truthy
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-    from pathlib import Path
+    from collections.abc import Mapping, Sequence
     from typing import Any, Optional
 
     from .actions import UnitRequest
@@ -151,7 +149,7 @@ class ClassRun:
         return self.settings.image_class
 
 
-def _live_inputs(root: Path, cs: ClassSettings) -> Optional[dict[str, Any]]:
+def _live_inputs(root: str, cs: ClassSettings) -> Optional[dict[str, Any]]:
     """The inputs a live merge of the class was built from, from its metadata."""
     from .status import live_merge
 
@@ -207,9 +205,10 @@ def class_runs(
     return runs
 
 
-def _fill_verdicts(entry: ClassEntry, cp: ClassPlan, root: Path) -> None:
-    """A class's merged, rejected, ignored and deferred images, as its record entry lists them."""
-    entry.merged = [v.name for v in cp.to_merge]
+def _fill_verdicts(entry: ClassEntry, cp: ClassPlan, root: str, merged: Sequence[ExtensionVerdict]) -> None:
+    """A class's merged (`merged`, what cp.to_merge gave), rejected, ignored and deferred images, as
+    its record entry lists them."""
+    entry.merged = [v.name for v in merged]
     entry.rejected = [(v.name, v.reason) for v in cp.verdicts if v.verdict is Verdict.REJECTED]
     entry.rejected += [
         (s.name or os.fspath(s.entry), s.reason) for s in cp.skipped if s.verdict is Verdict.REJECTED
@@ -220,7 +219,7 @@ def _fill_verdicts(entry: ClassEntry, cp: ClassPlan, root: Path) -> None:
     ]
 
 
-def _log_deferred(check: RecordCheck, runs: list[ClassRun], found: Survey, root: Path) -> None:
+def _log_deferred(check: RecordCheck, runs: list[ClassRun], found: Survey, root: str) -> None:
     """Name the images that the initrd of this boot left to this run, and why it did."""
     from .state import boot_id, in_initrd
 
@@ -288,7 +287,7 @@ def _adopt(
                 unreachable=run.unreachable,
                 hierarchies=results,
             )
-            _fill_verdicts(entry, cp, opts.root)
+            _fill_verdicts(entry, cp, opts.root, cp.to_merge)
             adopted[cls] = entry
     return adopted
 
@@ -478,14 +477,13 @@ def _build_and_swap(
     t_decided: float,
 ) -> int:
     # Only now the modules that build and mount: a skipped refresh never loads them.
-    import json
-
     from . import apply
     from .actions import UnitRequest, changed_requests, live_merge_requests
     from .fingerprint import EXTRA_FILE
     from .hooks import staged
     from .identity import origin_record
     from .images import Workspace
+    from .jsonlite import dump_json
     from .plan import Survey, judge_all
     from .reload import decide_reload, reload_manager
     from .state import now_usec, write_record
@@ -515,9 +513,9 @@ def _build_and_swap(
         plan = judge_all(opts, sub, view, ws, known=a.verdicts, hooks=hooks)
         record.hooks.extend(plan.hook_runs)
         for run, cp in zip(todo, plan.classes):
-            merged = list(cp.to_merge)
+            merged = list(cp.to_merge)  # sorted by version comparison: taken once
             entry = record.classes[run.image_class.value]
-            _fill_verdicts(entry, cp, opts.root)
+            _fill_verdicts(entry, cp, opts.root, merged)
             _log_choice(
                 [v.name for v in merged], sum(1 for v in cp.verdicts if v.verdict is Verdict.IGNORED)
             )
@@ -532,8 +530,10 @@ def _build_and_swap(
                 for v in merged
             }
             requesting.update(n for n, flag in reload_flags.items() if flag)
-            requesting.update(_old_reloaders(root, cp.settings, set(reload_flags)))
-            before[cls] = live_merge_requests(root, run.image_class, cp.settings.hierarchies)
+            # and those of the live merge that asked for one and are going away
+            old_reloading: set[str] = set()
+            before[cls] = live_merge_requests(root, run.image_class, cp.settings.hierarchies, old_reloading)
+            requesting.update(old_reloading - set(reload_flags))
             after[cls] = units
             prepared = [
                 apply.prepare_hierarchy(root, ws, cp.settings, h, merged) for h in cp.settings.hierarchies
@@ -549,7 +549,8 @@ def _build_and_swap(
                 cp.settings.overlay_options,
                 identities,
             )
-            extra = json.dumps(
+            # Compact, through the C encoder: the inputs of hundreds of extensions are long.
+            extra = dump_json(
                 {
                     "tool": f"sysextpy {__version__}",
                     "fingerprint": run.fingerprint,
@@ -559,13 +560,19 @@ def _build_and_swap(
                     "reload": reload_flags,
                     "units": {n: r.to_json() for n, r in units.items() if r.restart or r.reload_or_restart},
                 },
-                indent=1,
-                sort_keys=True,
             )
             for p in prepared:
                 try:
                     item = apply.build_hierarchy(
-                        root, ws, p, merged, origin, {EXTRA_FILE: extra + "\n"}, hooks, record.hooks
+                        root,
+                        ws,
+                        p,
+                        merged,
+                        origin,
+                        {EXTRA_FILE: extra + "\n"},
+                        hooks,
+                        record.hooks,
+                        tree_changes=view.tree_changes,
                     )
                 except apply.HookFailed as e:
                     # This hierarchy keeps the merge it has; the others go on.
@@ -661,15 +668,7 @@ def _act(changes: list[tuple[str, UnitRequest]]) -> list[UnitAction]:
     return perform(planned)
 
 
-def _old_reloaders(root: Path, cs: ClassSettings, still_merged: set[str]) -> set[str]:
-    """Extensions of the live merge that ask for a reload and are going away."""
-    found: set[str] = set()
-    for h in cs.hierarchies:
-        found |= _old_reloaders_of(root, cs.image_class, h)
-    return found - still_merged
-
-
-def _write_quietly(path: Path, record: HandoffRecord) -> None:
+def _write_quietly(path: str, record: HandoffRecord) -> None:
     from .state import write_record
 
     try:
@@ -691,9 +690,7 @@ def do_unmerge(opts: Options, env: Mapping[str, str]) -> int:
     # what the extensions that go away asked for: read before their merges are gone
     going: dict[ImageClass, list[tuple[str, UnitRequest]]] = {}
     for cls in classes:
-        for h in hierarchies[cls]:
-            requesting |= _old_reloaders_of(opts.root, cls, h)
-        old, _ = live_merge_requests(opts.root, cls, hierarchies[cls])
+        old, _ = live_merge_requests(opts.root, cls, hierarchies[cls], requesting)
         going[cls] = changed_requests(cls.value, old, None, {}, {})
     failed: list[str] = []
     changed = False
@@ -729,18 +726,6 @@ def do_unmerge(opts: Options, env: Mapping[str, str]) -> int:
     record.reload_reason = why
     write_record(opts.state, record)
     return EXIT_FAILURE if failed or any(a.result == "failed" for a in record.actions) else EXIT_OK
-
-
-def _old_reloaders_of(root: Path, cls: ImageClass, hierarchy: str) -> set[str]:
-    """Extensions of the live merge on `hierarchy` that asked for a reload."""
-    from .status import live_merge
-
-    path, live = live_merge(root, cls, hierarchy)
-    if live is None or path is None:
-        return set()
-    extra = read_live_extra(os.fspath(path), cls.metadata_dir) or {}
-    flags = extra.get("reload") or {}
-    return {n for n, f in flags.items() if f} if isinstance(flags, dict) else set()
 
 
 def _hierarchies_of(opts: Options, env: Mapping[str, str]) -> dict[ImageClass, tuple[str, ...]]:

@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import enum
-from pathlib import Path
-
-from .records import field, record
+from .records import Enumeration, field, record
 from .state import STATE_PATH
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
@@ -14,7 +11,7 @@ if TYPE_CHECKING:
     from typing import Optional
 
 
-class ImageClass(enum.Enum):
+class ImageClass(Enumeration):
     SYSEXT = "sysext"
     CONFEXT = "confext"
 
@@ -94,7 +91,7 @@ def component_name(hierarchy: str) -> str:
     return hierarchy.strip("/").replace("/", ".")
 
 
-class MutableMode(enum.Enum):
+class MutableMode(Enumeration):
     NO = "no"
     YES = "yes"
     AUTO = "auto"
@@ -111,7 +108,7 @@ class MutableMode(enum.Enum):
         return self in (MutableMode.IMPORT, MutableMode.EPHEMERAL_IMPORT)
 
 
-class ImageType(enum.Enum):
+class ImageType(Enumeration):
     DIRECTORY = "directory"
     SUBVOLUME = "subvolume"
     RAW = "raw"
@@ -123,7 +120,7 @@ class ImageType(enum.Enum):
         return self in (ImageType.RAW, ImageType.BLOCK)
 
 
-class Verdict(enum.Enum):
+class Verdict(Enumeration):
     MERGE = "merge"
     IGNORED = "ignored"  # not for this host or shadowed/masked: not an error, like upstream
     REJECTED = "rejected"  # broken or untrusted: an error for this image, the others go on
@@ -132,7 +129,7 @@ class Verdict(enum.Enum):
     DEFERRED = "deferred"
 
 
-class JsonMode(enum.Enum):
+class JsonMode(Enumeration):
     OFF = "off"
     SHORT = "short"
     PRETTY = "pretty"
@@ -145,8 +142,8 @@ class Candidate:
     name: str
     image_class: ImageClass
     type: ImageType
-    path: Path  # fully resolved, root-prefixed
-    entry: Path  # the directory entry that named it (root-prefixed, unresolved)
+    path: str  # fully resolved, root-prefixed
+    entry: str  # the directory entry that named it (root-prefixed, unresolved)
     search_dir: str  # the search directory inside the root, e.g. "/etc/extensions"
     mtime_usec: int = 0
     crtime_usec: int = 0
@@ -157,7 +154,7 @@ class Candidate:
 class Skipped:
     """A directory entry discovery did not turn into an image, and why."""
 
-    entry: Path
+    entry: str
     image_class: ImageClass
     reason: str
     name: Optional[str] = None
@@ -202,7 +199,7 @@ class ExtensionVerdict:
         return self.candidate.name
 
 
-class Verb(enum.Enum):
+class Verb(Enumeration):
     STATUS = "status"
     LIST = "list"
     MERGE = "merge"
@@ -215,7 +212,7 @@ class Verb(enum.Enum):
         return self in (Verb.MERGE, Verb.UNMERGE, Verb.REFRESH)
 
 
-DEFAULT_STATE_PATH = Path(STATE_PATH)
+DEFAULT_STATE_PATH = STATE_PATH
 
 
 @record(frozen=True)
@@ -224,7 +221,7 @@ class Options:
 
     verb: Verb = Verb.STATUS
     classes: tuple[ImageClass, ...] = ALL_CLASSES
-    root: Path = Path("/")
+    root: str = "/"  # absolute and normalised (cli.py); paths are str: pathlib costs milliseconds to import
     root_given: bool = False
     mutable: Optional[MutableMode] = None
     force: bool = False
@@ -234,7 +231,7 @@ class Options:
     noexec: Optional[bool] = None
     json: JsonMode = JsonMode.OFF
     legend: bool = True
-    state: Path = DEFAULT_STATE_PATH
+    state: str = DEFAULT_STATE_PATH
     debug: bool = False
 
     @property

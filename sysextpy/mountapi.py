@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import functools
 import os
-import re
-from collections.abc import Sequence
 
 from .errors import MountError, ParseError
 from .records import record
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from typing import Optional, Union
+    from collections.abc import Sequence
+    from typing import Callable, Optional, Union
 
     StrPath = Union[str, "os.PathLike[str]"]
     MountOptions = Sequence[tuple[str, Optional[str]]]
@@ -450,8 +448,24 @@ def file_handle(path: StrPath, fd: Optional[int] = None) -> Optional[tuple[int, 
 # ---------------------------------------------------------------------------------------------
 # Feature probes, cached per process
 
+_PROBED: dict[str, bool] = {}
 
-@functools.cache
+
+def _once(probe: Callable[[], bool]) -> Callable[[], bool]:
+    """functools.cache for a probe without arguments, without importing functools for it."""
+
+    def cached() -> bool:
+        found = _PROBED.get(probe.__name__)
+        if found is None:
+            found = _PROBED[probe.__name__] = probe()
+        return found
+
+    cached.__name__ = cached.__qualname__ = probe.__name__
+    cached.__doc__ = probe.__doc__
+    return cached
+
+
+@_once
 def have_new_mount_api() -> bool:
     try:
         fd = fsopen("overlay", FSOPEN_CLOEXEC)
@@ -461,7 +475,7 @@ def have_new_mount_api() -> bool:
     return True
 
 
-@functools.cache
+@_once
 def have_lowerdir_plus() -> bool:
     """Whether overlayfs takes one layer per fsconfig call ("lowerdir+", Linux >= 6.8).
 
@@ -483,14 +497,21 @@ def have_lowerdir_plus() -> bool:
     return True
 
 
+def kernel_version(release: str) -> Optional[tuple[int, int]]:
+    """(major, minor) from the start of a kernel release string ("6.8.0-31-generic"), or None."""
+    first, dot, rest = release.partition(".")
+    second = rest[: len(rest) - len(rest.lstrip("0123456789"))]
+    if not (dot and first and second and all("0" <= c <= "9" for c in first)):
+        return None
+    return int(first), int(second)
+
+
 def _kernel_at_least(major: int, minor: int) -> bool:
-    found = re.match(r"(\d+)\.(\d+)", os.uname().release)
-    if found is None:
-        return False
-    return (int(found.group(1)), int(found.group(2))) >= (major, minor)
+    found = kernel_version(os.uname().release)
+    return found is not None and found >= (major, minor)
 
 
-@functools.cache
+@_once
 def have_move_mount_beneath() -> bool:
     """Whether move_mount() knows MOVE_MOUNT_BENEATH (Linux >= 6.5)."""
     # Unknown flags are refused with EINVAL before the (invalid) fd is looked at; a known flag
@@ -570,9 +591,31 @@ _VFS_OPTIONS: dict[str, tuple[int, int, bool]] = {
 
 
 def parse_mount_options(text: str) -> list[tuple[str, Optional[str]]]:
-    """Split "a=b,c,d=e\\,f" into [("a","b"), ("c",None), ("d","e\\,f")]; escapes are kept."""
+    """Split "a=b,c,d=e\\,f" into [("a","b"), ("c",None), ("d","e\\,f")]; escapes are kept.
+
+    Items are the runs of escaped characters (a backslash and the character after it, never a
+    newline) and characters other than ',' and '\\'; empty items are dropped, and a backslash
+    that escapes nothing ends the item it stands in."""
+    items: list[str] = []
+    current: list[str] = []
+    i, end = 0, len(text)
+    while i < end:
+        ch = text[i]
+        if ch == "\\" and i + 1 < end and text[i + 1] != "\n":
+            current.append(text[i : i + 2])
+            i += 2
+            continue
+        if ch in ",\\":
+            if current:
+                items.append("".join(current))
+                current = []
+        else:
+            current.append(ch)
+        i += 1
+    if current:
+        items.append("".join(current))
     result: list[tuple[str, Optional[str]]] = []
-    for item in re.findall(r"(?:\\.|[^,\\])+", text):
+    for item in items:
         key, sep, value = item.partition("=")
         result.append((key, value if sep else None))
     return result
@@ -608,7 +651,7 @@ def split_vfs_options(options: MountOptions) -> tuple[int, int, list[tuple[str, 
 
 def escape_overlay_path(path: StrPath) -> str:
     """Backslash-escape what overlayfs treats specially in "lowerdir=" and friends."""
-    return re.sub(r"([\\,:])", r"\\\1", os.fsdecode(path))
+    return os.fsdecode(path).replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
 
 
 def _check_layer_count(lowerdirs: Sequence[StrPath], upperdir: Optional[StrPath]) -> None:
@@ -740,8 +783,24 @@ class MountInfo:
     optional_fields: tuple[str, ...] = ()  # "shared:N", "master:N", "propagate_from:N", "unbindable"
 
 
+_OCTAL = "01234567"
+
+
 def _unescape_octal(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+    """Decode the octal escapes of mountinfo (\\040 for a space...)."""
+    if "\\" not in field:
+        return field
+    out: list[str] = []
+    i, end = 0, len(field)
+    while i < end:
+        ch = field[i]
+        if ch == "\\" and i + 3 < end and all(c in _OCTAL for c in field[i + 1 : i + 4]):
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
 
 
 def parse_mountinfo(text: str) -> list[MountInfo]:

@@ -8,8 +8,6 @@ absolute symlink in an image or in --root never escapes to the host.
 
 from __future__ import annotations
 
-import re
-
 from .chase import MISSING, root_relative
 from .errors import ImageError, ParseError, ResolveError, SysextError
 from .model import HostRelease, ImageClass
@@ -38,13 +36,19 @@ __all__ = [
 STRICT_XATTR = "user.extension-release.strict"
 RELEASE_PREFIX = "extension-release."
 
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_KEY_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+_KEY_CHARS = _KEY_START | frozenset("0123456789")
 _BLANK = " \t\r"  # a lone CR (not part of CRLF) counts as blank, like in systemd
 _DOUBLE_QUOTE_ESCAPABLE = '"\\`$'
 
 
 # --------------------------------------------------------------------------------------------------
 # The parser
+
+
+def is_valid_key(key: str) -> bool:
+    """A shell variable name, as os-release(5) allows: [A-Za-z_][A-Za-z0-9_]*."""
+    return bool(key) and key[0] in _KEY_START and all(c in _KEY_CHARS for c in key)
 
 
 def parse_os_release(text: str) -> dict[str, str]:
@@ -92,7 +96,7 @@ def parse_os_release_verbose(text: str) -> tuple[dict[str, str], list[str]]:
 
         key = src[pos:key_end].rstrip(_BLANK)
         value, pos, line, closed = _read_value(src, key_end + 1, line)
-        if not _KEY.match(key):
+        if not is_valid_key(key):
             warnings.append(
                 f"line {start_line}: ignoring assignment to {key!r}: not a valid name "
                 "(letters, digits and '_', not starting with a digit)"

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 
 from .model import JsonMode
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
 

@@ -9,9 +9,7 @@ module that mounts.
 
 from __future__ import annotations
 
-import functools
 import os
-from pathlib import Path
 
 from .discover import Discovery, discover
 from .errors import ImageError, ResolveError, SysextError
@@ -63,13 +61,10 @@ class ClassPlan:
     @property
     def to_merge(self) -> tuple[ExtensionVerdict, ...]:
         """Images to merge, in upstream's order: ascending by name, version-compared."""
-        from .versioncomp import compare_versions
-
-        def by_name(a: ExtensionVerdict, b: ExtensionVerdict) -> int:
-            return compare_versions(a.name, b.name)
+        from .versioncomp import version_key
 
         chosen = [v for v in self.verdicts if v.verdict is Verdict.MERGE]
-        return tuple(sorted(chosen, key=functools.cmp_to_key(by_name)))
+        return tuple(sorted(chosen, key=lambda v: version_key(v.name)))
 
     @property
     def skipped(self) -> tuple[Skipped, ...]:
@@ -84,7 +79,7 @@ class ClassPlan:
 
 @record(frozen=True)
 class Plan:
-    root: Path
+    root: str
     host: HostInfo
     initrd: bool  # the root is an initrd (has /etc/initrd-release)
     classes: tuple[ClassPlan, ...]
@@ -184,7 +179,7 @@ def is_tree(candidate: Candidate) -> bool:
 class Survey:
     """What discovery found, before any image was opened."""
 
-    root: Path
+    root: str
     host: HostInfo
     initrd: bool
     settings: tuple[ClassSettings, ...]

@@ -32,6 +32,7 @@ class RecordingView(LiveView):
     def __init__(self, root: str, env: Mapping[str, str], pins: Optional[Pins] = None) -> None:
         super().__init__(root, env, pins=pins)
         self._live = LiveView(self.root, env, pins=pins)
+        self.tree_changes = self._live.tree_changes  # the trees' digests are taken by the live view
         self.observations: list[list[Any]] = []
         self.scope = ""  # "": every class's
         self._scopes: list[set[str]] = []  # per observation, the scopes that asked for it

@@ -11,9 +11,9 @@ from .records import record
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from pathlib import Path
     from typing import Optional
 
+    from .chase import StrPath
     from .model import ImageClass
 
 __all__ = ["LiveMerge", "live_merge", "parse_dev"]
@@ -23,27 +23,24 @@ __all__ = ["LiveMerge", "live_merge", "parse_dev"]
 class LiveMerge:
     image_class: ImageClass
     hierarchy: str  # as configured, e.g. "/usr"
-    path: Path  # resolved, root-prefixed
+    path: str  # resolved, root-prefixed
     extensions: tuple[str, ...]
     since_usec: int
-    metadata_dir: Path
+    metadata_dir: str
     dev: int  # st_dev of the merged hierarchy: the overlay's own device
 
 
 def live_merge(
-    root: Path, image_class: ImageClass, hierarchy: str
-) -> tuple[Optional[Path], Optional[LiveMerge]]:
+    root: StrPath, image_class: ImageClass, hierarchy: str
+) -> tuple[Optional[str], Optional[LiveMerge]]:
     """Resolve `hierarchy` inside the root; return (resolved path or None if missing, live merge or None)."""
-    from pathlib import Path
-
-    path_s, st = probe(root, image_class.metadata_dir, hierarchy, exact_mount_check)
-    if path_s is None:
+    path, st = probe(root, image_class.metadata_dir, hierarchy, exact_mount_check)
+    if path is None:
         return None, None
-    path = Path(path_s)
     if st is None:
         return path, None
-    meta = path / image_class.metadata_dir
-    names_text = read_metadata(path_s, image_class.metadata_dir, image_class.list_file) or ""
+    meta = os.path.join(path, image_class.metadata_dir)
+    names_text = read_metadata(path, image_class.metadata_dir, image_class.list_file) or ""
     names = tuple(n for n in names_text.splitlines() if n)
     try:
         # The metadata directory is made by the merge; the hierarchy's top carries the newest

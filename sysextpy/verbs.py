@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 
 from .errors import SysextError
 from .log import log
@@ -13,6 +12,7 @@ from .output import emit_json, emit_table, format_usec
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any, Optional
 
     from .view import LiveView

@@ -9,7 +9,15 @@ a cleverer formulation would silently change.
 
 from __future__ import annotations
 
-import functools
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from functools import cmp_to_key
+else:
+    try:
+        # The C function functools re-exports, without functools' own imports (collections...).
+        from _functools import cmp_to_key
+    except ImportError:  # an interpreter without it
+        from functools import cmp_to_key
 
 _DIGITS = frozenset("0123456789")
 _ALPHA = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -98,5 +106,5 @@ def compare_versions(a: str, b: str) -> int:
         i, j = ea, eb
 
 
-version_key = functools.cmp_to_key(compare_versions)
+version_key = cmp_to_key(compare_versions)
 """Sort key: `sorted(names, key=version_key)` orders oldest first."""

@@ -208,8 +208,9 @@ def _read_regular(path: str, limit: int, *, allow_growth: bool = False) -> bytes
         parts: list[bytes] = []
         total = 0
         while True:
-            # The file may grow after fstat(); read one byte past the limit to notice.
-            chunk = os.read(fd, limit + 1 - total)
+            # The file may grow after fstat(); read one byte past the limit to notice. The buffer is
+            # sized by the file: one of megabytes for a small file costs more than reading it.
+            chunk = os.read(fd, min(limit + 1 - total, max(st.st_size + 1 - total, 1 << 16)))
             if not chunk:
                 break
             parts.append(chunk)
@@ -223,11 +224,14 @@ def _read_regular(path: str, limit: int, *, allow_growth: bool = False) -> bytes
         os.close(fd)
 
 
-def tree_digest_now(top: str) -> str:
+def tree_digest_now(top: str, changed: Optional[dict[str, int]] = None) -> str:
     """sha256 over (relative path, mode, size, mtime, ctime, link target) of `top` and every entry
     below it (of `top` itself every field a Stat records). File contents are not read: any change
     to a file changes its ctime, which nobody can set back, and the directory's own entry covers
-    renames and new files."""
+    renames and new files.
+
+    With `changed`, the newest change time (ns) of the tree, `top` and all, goes into it under
+    `top`, where the walk saw every entry: what apply.input_stamp needs, without a second walk."""
     h = sha256()
     try:
         st = os.lstat(top)
@@ -236,6 +240,8 @@ def tree_digest_now(top: str) -> str:
         return h.hexdigest()
     # The top's own stat() fields, all of them: a stat() of the tree is then implied by its digest.
     lines = [f"\0{st.st_mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_rdev}\n"]
+    newest = st.st_ctime_ns
+    whole = True
     count = 0
     stack = [(top, "")]
     scandir, readlink, kind_of = os.scandir, os.readlink, stat.S_IFMT
@@ -248,12 +254,14 @@ def tree_digest_now(top: str) -> str:
                 entries = list(it)
         except OSError as e:
             append(f"{rel}\0error:{e.errno}\n")
+            whole = False
             continue
         if len(entries) > 1:
             entries.sort(key=_NAME)
         count += len(entries)
         if count > TREE_ENTRY_LIMIT:
             append("\0truncated\n")
+            whole = False
             break
         for entry in entries:
             path = f"{rel}/{entry.name}"
@@ -261,7 +269,10 @@ def tree_digest_now(top: str) -> str:
                 st = entry.stat(follow_symlinks=False)
             except OSError as e:
                 append(f"{path}\0error:{e.errno}\n")
+                whole = False
                 continue
+            if st.st_ctime_ns > newest:
+                newest = st.st_ctime_ns
             mode = st.st_mode
             kind = kind_of(mode)
             if kind == directory_kind:
@@ -276,6 +287,8 @@ def tree_digest_now(top: str) -> str:
                     extra = "?"
             append(f"{path}\0{mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{extra}\n")
     h.update("".join(lines).encode("utf-8", "surrogateescape"))
+    if changed is not None and whole:
+        changed[top] = newest
     return h.hexdigest()
 
 
@@ -476,6 +489,8 @@ class LiveView:
         # A snapshot view (replay) looks at each directory a resolution passes once: the search
         # directories lie on the way to every image in them.
         self._lstat: Optional[Callable[[str], os.stat_result]] = _cached_lstat({}) if snapshot else None
+        # tree -> its newest change time (ns), taken with its digest (tree_digest_now)
+        self.tree_changes: dict[str, int] = {}
 
     # -- the environment and the machine
 
@@ -557,7 +572,7 @@ class LiveView:
         return search_config_files(self, name)
 
     def tree_digest(self, path: str) -> str:
-        return tree_digest_now(path)
+        return tree_digest_now(path, self.tree_changes)
 
     def file_identity(self, path: str, located: bool) -> dict[str, Any]:
         return file_identity_now(path, located, self.file_pin(path))

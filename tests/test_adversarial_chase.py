@@ -208,7 +208,7 @@ def check_tree(entries: list[tuple[str, Node]], paths: list[tuple[str, bool]]) -
 def check_path(tree: Tree, root: Path, root_fd: int, path: str, missing_ok: bool) -> None:
     want = model(tree, path, missing_ok)
     try:
-        got: Optional[Path] = resolve_in_root(root, path, missing_ok=missing_ok)
+        got: Optional[str] = resolve_in_root(root, path, missing_ok=missing_ok)
         err = 0
     except ResolveError as e:
         got, err = None, e.errno

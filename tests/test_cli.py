@@ -65,10 +65,10 @@ OPTION_CASES: list[tuple[list[str], dict[str, Any]]] = [
     (["--class=sysext"], {"classes": SYSEXT_ONLY}),
     (["--class", "confext"], {"classes": CONFEXT_ONLY}),
     (["--class=all"], {"classes": ALL_CLASSES}),
-    (["--root=/srv/r"], {"root": Path("/srv/r"), "root_given": True}),
-    (["--root", "/srv/r/"], {"root": Path("/srv/r"), "root_given": True}),
-    (["--root=/srv//a/../r/."], {"root": Path("/srv/r"), "root_given": True}),
-    (["--root=/srv/r", "--root="], {"root": Path("/"), "root_given": False}),
+    (["--root=/srv/r"], {"root": "/srv/r", "root_given": True}),
+    (["--root", "/srv/r/"], {"root": "/srv/r", "root_given": True}),
+    (["--root=/srv//a/../r/."], {"root": "/srv/r", "root_given": True}),
+    (["--root=/srv/r", "--root="], {"root": "/", "root_given": False}),
     (["--mutable=yes"], {"mutable": MutableMode.YES}),
     (["--mutable", "ephemeral-import"], {"mutable": MutableMode.EPHEMERAL_IMPORT}),
     (["--mutable=auto"], {"mutable": MutableMode.AUTO}),
@@ -93,8 +93,8 @@ OPTION_CASES: list[tuple[list[str], dict[str, Any]]] = [
     (["--json=pretty", "--json=off"], {"json": JsonMode.OFF}),
     (["--no-legend"], {"legend": False}),
     (["--no-pager"], {}),
-    (["--state=/tmp/s.json"], {"state": Path("/tmp/s.json")}),
-    (["--state", "/run/x/../y.json"], {"state": Path("/run/y.json")}),
+    (["--state=/tmp/s.json"], {"state": "/tmp/s.json"}),
+    (["--state", "/run/x/../y.json"], {"state": "/run/y.json"}),
     (["--debug"], {"debug": True}),
     (
         ["--class=sysext", "--force", "--no-reload", "--json=short", "--no-legend"],
@@ -118,8 +118,8 @@ def test_option_parses_before_and_after_the_verb(
 def test_relative_root_and_state_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     opts = parsed("--root=r/../sub", "--state=s.json")
-    assert opts.root == tmp_path / "sub"
-    assert opts.state == tmp_path / "s.json"
+    assert opts.root == os.fspath(tmp_path / "sub")
+    assert opts.state == os.fspath(tmp_path / "s.json")
     assert parsed().state == DEFAULT_STATE_PATH
 
 

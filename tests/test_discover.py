@@ -488,7 +488,7 @@ def test_links_resolve_inside_the_root(
     else:
         assert found(d) == {"img": expected}
         root = _ROOTS[id(d)]
-        assert d.candidates[0].path.is_relative_to(root)
+        assert Path(d.candidates[0].path).is_relative_to(root)
 
 
 def test_symlink_loop_is_rejected_and_scanning_goes_on(base: Path) -> None:
@@ -524,7 +524,7 @@ def test_search_dir_that_is_not_a_directory_is_rejected(
     d = scan_tree(place, {**tree, "var/lib/extensions/ok": "dir", "run/extensions/early": "dir"})
     assert [c.name for c in d.candidates] == ["early", "ok"]
     (s,) = d.skipped
-    assert s.entry == Path("/etc/extensions")
+    assert s.entry == "/etc/extensions"
     assert s.verdict is Verdict.REJECTED
     assert "search directory cannot" in s.reason
     assert "/etc/extensions" not in d.missing_dirs
@@ -542,7 +542,7 @@ def test_unreadable_search_dir_is_rejected_and_scanning_goes_on(base: Path) -> N
         helpers.reset_ids()
     assert [c.name for c in d.candidates] == ["ok"]
     (s,) = d.skipped
-    assert (s.entry, s.verdict) == (Path("/etc/extensions"), Verdict.REJECTED)
+    assert (s.entry, s.verdict) == ("/etc/extensions", Verdict.REJECTED)
     assert s.reason == "search directory cannot be read: Permission denied"
     assert d.warnings == ("/etc/extensions: search directory cannot be read: Permission denied",)
 
@@ -574,8 +574,8 @@ def test_candidate_fields(base: Path) -> None:
         name="foo",
         image_class=SYSEXT,
         type=ImageType.RAW,
-        path=root / "run/extensions/foo.raw",
-        entry=root / "run/extensions/foo.raw",
+        path=os.fspath(root / "run/extensions/foo.raw"),
+        entry=os.fspath(root / "run/extensions/foo.raw"),
         search_dir="/run/extensions",
         mtime_usec=os.stat(root / "run/extensions/foo.raw").st_mtime_ns // 1000,
         crtime_usec=0,

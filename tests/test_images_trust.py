@@ -421,7 +421,7 @@ def test_usr_partition_needs_usr_in_the_root_file_system(
         [PartSpec("root", root_fs.read_bytes()), PartSpec("usr", usr_fs.read_bytes())],
     )
     with Workspace(trust=TrustContext(LiveView(os.fspath(fake_root), {}), dm_verity=False)) as ws:
-        tree = ws.mount_image(candidate(fake_root, image))
+        tree = Path(ws.mount_image(candidate(fake_root, image)))
         assert (tree / "usr/share/both/hello").read_text() == "hello from both\n"
         assert (tree / "usr/lib/extension-release.d/extension-release.both").exists()
     # Without /usr in the root file system the usr partition has nowhere to go.

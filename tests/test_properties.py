@@ -41,15 +41,17 @@ from sysextpy.fstab import parse_fstab_mount_points, unescape_fstab
 from sysextpy.gpt import GptError, known_architectures, parse_partition_table, select_partitions, type_uuid
 from sysextpy.handoff import SCHEMA, ClassEntry, Confirmation, HandoffRecord, HierarchyResult, parse_record
 from sysextpy.identity import format_origin
+from sysextpy.jsonlite import dump_json_indented
 from sysextpy.model import HostInfo, HostRelease, ImageClass, component_name
 from sysextpy.mountapi import (
     classic_overlay_options,
     escape_overlay_path,
+    kernel_version,
     parse_mount_options,
     parse_mountinfo,
     split_vfs_options,
 )
-from sysextpy.osrelease import image_base_name, image_name_is_valid, parse_os_release_verbose
+from sysextpy.osrelease import image_base_name, image_name_is_valid, is_valid_key, parse_os_release_verbose
 from sysextpy.policy import (
     DESIGNATORS,
     PROTECTIONS,
@@ -130,6 +132,13 @@ def test_os_release_any_text(text: str) -> None:
     assert all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) for k in fields)
     assert all(isinstance(v, str) for v in fields.values())
     assert all(isinstance(w, str) and w for w in warnings)
+
+
+@NORMAL
+@given(st.text(st.sampled_from(list("aZ_09é٣\n -")), max_size=6) | any_text)
+@counted("os-release: a valid name is what [A-Za-z_][A-Za-z0-9_]* matches")
+def test_os_release_key_like_the_regular_expression(key: str) -> None:
+    assert is_valid_key(key) is bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key))
 
 
 _keys = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
@@ -646,6 +655,57 @@ def test_origin_round_trip(record: dict[str, Any]) -> None:
     assert all(not line.startswith(" ") for line in text.split("\n"))
 
 
+# Every float, NaN and the infinities too: json.dumps writes them (allow_nan), and so must we.
+_json_any_floats = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | any_text,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        | st.dictionaries(st.integers() | st.booleans() | st.none(), inner, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
+@NORMAL
+@given(
+    _json_any_floats,
+    st.sampled_from(["\t", " ", "  ", ""]),
+    st.sampled_from([(",", ": "), (",", " : "), (", ", ":")]),
+    st.booleans(),
+    st.booleans(),
+)
+@counted("indented JSON: the same text as json.dumps")
+def test_indented_json_is_json_dumps(
+    value: Any, indent: str, separators: tuple[str, str], sort_keys: bool, ascii_only: bool
+) -> None:
+    try:
+        expected = json.dumps(
+            value, indent=indent, separators=separators, sort_keys=sort_keys, ensure_ascii=ascii_only
+        )
+    except TypeError:  # keys of mixed types cannot be sorted
+        with pytest.raises(TypeError):
+            dump_json_indented(
+                value,
+                indent=indent,
+                item_separator=separators[0],
+                key_separator=separators[1],
+                sort_keys=sort_keys,
+                ascii_only=ascii_only,
+            )
+        return
+    got = dump_json_indented(
+        value,
+        indent=indent,
+        item_separator=separators[0],
+        key_separator=separators[1],
+        sort_keys=sort_keys,
+        ascii_only=ascii_only,
+    )
+    assert got == expected
+
+
 @FEW
 @given(
     st.dictionaries(st.sampled_from(["images", "host", "notImages", "mutable", "tool"]), json_values),
@@ -703,6 +763,41 @@ def test_mount_options(text: str) -> None:
     options = parse_mount_options(text)
     ms, attrs, rest = split_vfs_options(options)
     assert ms >= 0 and attrs >= 0 and len(rest) <= len(options)
+
+
+@NORMAL
+@given(any_text | st.text(st.sampled_from(list("a=b,\\c\n:")), max_size=20))
+@counted("mount options: split as the regular expression (?:\\.|[^,\\])+ splits them")
+def test_mount_options_split_like_the_regular_expression(text: str) -> None:
+    items = re.findall(r"(?:\\.|[^,\\])+", text)
+    expected = [(k, v if sep else None) for k, sep, v in (i.partition("=") for i in items)]
+    assert parse_mount_options(text) == expected
+
+
+@NORMAL
+@given(file_names | st.text(st.sampled_from(list("a\\,:")), max_size=12))
+@counted("overlay paths: escaped as re.sub escapes them")
+def test_overlay_path_escape_is_the_substitution(path: str) -> None:
+    assert escape_overlay_path(path) == re.sub(r"([\\,:])", r"\\\1", path)
+
+
+@NORMAL
+@given(st.text(st.sampled_from(list("\\0123789a")), max_size=16))
+@counted("mountinfo: octal escapes decoded as re.sub decodes them")
+def test_mountinfo_unescapes_like_the_substitution(point: str) -> None:
+    assume(" " not in point and point)
+    line = f"36 35 98:0 / {point} rw - ext4 /dev/x rw"
+    expected = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)
+    (info,) = parse_mountinfo(line)
+    assert info.mount_point == expected
+
+
+@NORMAL
+@given(any_text | st.from_regex(r"[0-9]{1,3}\.[0-9]{0,3}[.a-z0-9-]{0,6}", fullmatch=True))
+@counted("kernel release: (major, minor) as the regular expression reads them")
+def test_kernel_version_like_the_regular_expression(release: str) -> None:
+    found = re.match(r"([0-9]+)\.([0-9]+)", release)
+    assert kernel_version(release) == ((int(found.group(1)), int(found.group(2))) if found else None)
 
 
 @NORMAL

@@ -208,6 +208,84 @@ def test_confirming_refresh_loads_no_heavy_module(merged: World) -> None:
     assert merged.record()["confirmedBy"] == "observations"
 
 
+# What a merge, a forced refresh and an unmerge of directory extensions may load beyond what the
+# interpreter and `os` load anyway: ctypes (the mount syscalls), fcntl (the lock), errno, gc, the C parts of
+# json and sha256, and functools' C half (cmp_to_key). Never pathlib, re, enum, json, typing,
+# collections, functools or dataclasses: each costs milliseconds of every merge on the boot path.
+MUTATING_STDLIB = {
+    "__future__",
+    "errno",
+    "fcntl",
+    "gc",
+    "_json",
+    "_sha256",
+    "_sha2",
+    "_functools",
+    "ctypes",
+    "_ctypes",
+    "ctypes._endian",
+    "struct",
+    "_struct",
+    "types",
+}
+# An unmerge reads the record and the live merges, unmounts and writes the record: none of the
+# modules that discover, judge, fingerprint or build is loaded.
+NOT_FOR_UNMERGE = {
+    "sysextpy.plan",
+    "sysextpy.discover",
+    "sysextpy.osrelease",
+    "sysextpy.compat",
+    "sysextpy.config",
+    "sysextpy.fingerprint",
+    "sysextpy.recording",
+    "sysextpy.pins",
+    "sysextpy.images",
+    "sysextpy.identity",
+    "sysextpy.hooks",
+    "sysextpy.versioncomp",
+    "sysextpy.dissect",
+}
+
+
+def _loaded_by(world: World, *args: str) -> set[str]:
+    """The modules a run of the command line loads beyond what `import os` loads, started as the
+    boot path starts it (isolated, without site)."""
+    repo = os.fspath(Path(__file__).resolve().parent.parent)
+    before = (
+        "import sys; import os; before = set(sys.modules); "
+        f"sys.path.insert(0, {repo!r}); sys.argv[0] = 'sysextpy'; "
+        "from sysextpy.__main__ import main; rc = main(); "
+        "print(' '.join(sorted(set(sys.modules) - before))); sys.exit(rc)"
+    )
+    argv = [
+        sys.executable,
+        "-I",
+        "-S",
+        "-c",
+        before,
+        f"--root={world.root}",
+        f"--state={world.state}",
+        *args,
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return set(proc.stdout.split())
+
+
+def test_merge_refresh_and_unmerge_load_only_their_modules(merged: World) -> None:
+    loaded = {
+        "forced refresh": _loaded_by(merged, "--always-refresh=yes", "refresh"),
+        "unmerge": _loaded_by(merged, "unmerge"),
+        "merge": _loaded_by(merged, "merge"),
+    }
+    for verb, modules in loaded.items():
+        assert "sysextpy.merge" in modules and "sysextpy.mountapi" in modules, verb  # the trace works
+        foreign = {m for m in modules if not m.startswith("sysextpy")} - MUTATING_STDLIB
+        assert foreign == set(), verb
+    assert "sysextpy.plan" in loaded["merge"] and "sysextpy.apply" in loaded["unmerge"]
+    assert loaded["unmerge"] & NOT_FOR_UNMERGE == set()
+
+
 def test_warnings_of_the_merge_are_said_again(
     mountns: None, fake_root: Path, tmp_path: Path, sysextpy_cmd: RunSysextpy
 ) -> None:

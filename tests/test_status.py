@@ -86,18 +86,18 @@ def test_live_overlay_is_merged(
     target = fake_root / hierarchy.lstrip("/")
     with overlay(target, tmp_path / "meta", image_class, names):
         path, merge = live_merge(fake_root, image_class, hierarchy)
-        assert path == target
+        assert path == os.fspath(target)
         assert merge is not None
         assert merge.extensions == tuple(names)
         assert merge.hierarchy == hierarchy
-        assert merge.path == target
+        assert merge.path == os.fspath(target)
         assert merge.image_class is image_class
-        assert merge.metadata_dir == target / image_class.metadata_dir
+        assert merge.metadata_dir == os.fspath(target / image_class.metadata_dir)
         assert merge.since_usec == os.stat(target / image_class.metadata_dir).st_mtime_ns // 1000
         # The other class's metadata is not there: not its merge.
         other = CONFEXT if image_class is SYSEXT else SYSEXT
-        assert live_merge(fake_root, other, hierarchy) == (target, None)
-    assert live_merge(fake_root, image_class, hierarchy) == (target, None)
+        assert live_merge(fake_root, other, hierarchy) == (os.fspath(target), None)
+    assert live_merge(fake_root, image_class, hierarchy) == (os.fspath(target), None)
 
 
 def test_copied_tree_is_not_merged(fake_root: Path) -> None:
@@ -108,7 +108,7 @@ def test_copied_tree_is_not_merged(fake_root: Path) -> None:
     (meta / "extensions").write_text("tools\n")
     (meta / "dev").write_text(dev_text(os.stat(usr).st_dev))
     assert not mountapi.is_mount_point(usr)
-    assert live_merge(fake_root, SYSEXT, "/usr") == (usr, None)
+    assert live_merge(fake_root, SYSEXT, "/usr") == (os.fspath(usr), None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_live_merge_never_reads_metadata_through_a_link(
     try:
         metadata_tree(tmp_path, usr, link)
         path, merge = live_merge(fake_root, SYSEXT, "/usr")
-        assert path == usr
+        assert path == os.fspath(usr)
         if link is None:
             assert merge is not None and merge.extensions == ("outside",)
         else:
@@ -191,14 +191,14 @@ def test_dev_mismatch_is_not_merged(fake_root: Path, mountns: None, tmp_path: Pa
     usr = fake_root / "usr"
     with overlay(usr, tmp_path / "meta", SYSEXT, ["tools"], dev=dev):
         assert mountapi.is_mount_point(usr)
-        assert live_merge(fake_root, SYSEXT, "/usr") == (usr, None)
+        assert live_merge(fake_root, SYSEXT, "/usr") == (os.fspath(usr), None)
 
 
 def test_mount_without_metadata_is_not_merged(fake_root: Path, mountns: None) -> None:
     usr = fake_root / "usr"
     mountapi.mount("tmpfs", usr, "tmpfs", 0, "mode=0755")
     try:
-        assert live_merge(fake_root, SYSEXT, "/usr") == (usr, None)
+        assert live_merge(fake_root, SYSEXT, "/usr") == (os.fspath(usr), None)
     finally:
         mountapi.umount2(usr)
 
@@ -213,7 +213,7 @@ def test_hierarchy_link_is_resolved_inside_root(fake_root: Path, mountns: None, 
     (fake_root / "opt").symlink_to("/sysroot-opt")
     with overlay(fake_root / "sysroot-opt", tmp_path / "meta", SYSEXT, ["a"]):
         path, merge = live_merge(fake_root, SYSEXT, "/opt")
-        assert path == fake_root / "sysroot-opt"
+        assert path == os.fspath(fake_root / "sysroot-opt")
         assert merge is not None and merge.extensions == ("a",)
 
 
