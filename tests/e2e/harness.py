@@ -607,6 +607,17 @@ class BaseRoot:
     tree: Path
 
 
+# What neither guest needs of its packages: documentation (but the copyright files) and
+# translations; mmdebstrap passes these to dpkg.
+SLIM_ROOT = (
+    "--dpkgopt=path-exclude=/usr/share/man/*",
+    "--dpkgopt=path-exclude=/usr/share/doc/*",
+    "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+    "--dpkgopt=path-exclude=/usr/share/locale/*",
+    "--dpkgopt=path-exclude=/usr/share/info/*",
+)
+
+
 def build_base_root() -> BaseRoot:
     """A minimal Debian root of the host's release with systemd and python3 (no sysextpy yet)."""
     cache = cache_dir()
@@ -634,11 +645,7 @@ def build_base_root() -> BaseRoot:
                     "--include=" + ",".join(ROOT_PACKAGES),
                     # Without it the root pulls in usrmerge and with it perl.
                     "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
-                    "--dpkgopt=path-exclude=/usr/share/man/*",
-                    "--dpkgopt=path-exclude=/usr/share/doc/*",
-                    "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-                    "--dpkgopt=path-exclude=/usr/share/locale/*",
-                    "--dpkgopt=path-exclude=/usr/share/info/*",
+                    *SLIM_ROOT,
                     codename,
                     base.tree,
                     *sources,
@@ -704,11 +711,7 @@ def build_sid_root() -> BaseRoot:
                     "--variant=minbase",
                     "--include=" + ",".join(SID_PACKAGES),
                     f"--aptopt={SID_APT_OPTION.replace('=', ' ', 1)}",
-                    "--dpkgopt=path-exclude=/usr/share/man/*",
-                    "--dpkgopt=path-exclude=/usr/share/doc/*",
-                    "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-                    "--dpkgopt=path-exclude=/usr/share/locale/*",
-                    "--dpkgopt=path-exclude=/usr/share/info/*",
+                    *SLIM_ROOT,
                     SID_SUITE,
                     base.tree,
                     *sources,
