@@ -628,34 +628,11 @@ def build_base_root() -> BaseRoot:
         versions = apt.candidates(ROOT_PACKAGES)
         sources = root_sources(codename)
         key = digest(ROOT_RECIPE, codename, sources, versions, MASKED_UNITS)
-        kind_dir = cache / "roots"
-        directory = kind_dir / key
-        base = BaseRoot(key, directory / "tree")
-        if (directory / ".complete").exists():
-            return base
-        ensure_tools()
-        log(f"building the {codename} root (mmdebstrap)")
-        with timed("root build"):
-            shutil.rmtree(directory, ignore_errors=True)
-            directory.mkdir(parents=True)
-            run(
-                [
-                    "mmdebstrap",
-                    "--variant=minbase",
-                    "--include=" + ",".join(ROOT_PACKAGES),
-                    # Without it the root pulls in usrmerge and with it perl.
-                    "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
-                    *SLIM_ROOT,
-                    codename,
-                    base.tree,
-                    *sources,
-                ],
-                timeout=1800,
-            )
-            _configure_root(base.tree, key)
-            (directory / ".complete").write_text(json.dumps(versions) + "\n")
-        prune(kind_dir, directory)
-        return base
+        # Without the hook the root pulls in usrmerge and with it perl.
+        options = ["--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr"]
+        return _debootstrapped(
+            cache / "roots", key, codename, ROOT_PACKAGES, options, sources, versions, "root build"
+        )
 
 
 # The second guest: Debian's development suite, with the systemd, dracut and Python that image-based
@@ -694,34 +671,58 @@ def build_sid_root() -> BaseRoot:
         # sid has no -updates or -security suites.
         sources = [f"deb {debian_mirror()} {SID_SUITE} main"]
         key = digest(SID_RECIPE, SID_SUITE, sources, versions, MASKED_UNITS)
+        options = [f"--aptopt={SID_APT_OPTION.replace('=', ' ', 1)}"]
         # Apart from the host release's roots: pruning one kind must not drop the other.
-        kind_dir = cache / f"roots-{SID_SUITE}"
-        directory = kind_dir / key
-        base = BaseRoot(key, directory / "tree")
-        if (directory / ".complete").exists():
-            return base
-        ensure_tools()
-        log(f"building the {SID_SUITE} root (mmdebstrap)")
-        with timed(f"root build ({SID_SUITE})"):
-            shutil.rmtree(directory, ignore_errors=True)
-            directory.mkdir(parents=True)
-            run(
-                [
-                    "mmdebstrap",
-                    "--variant=minbase",
-                    "--include=" + ",".join(SID_PACKAGES),
-                    f"--aptopt={SID_APT_OPTION.replace('=', ' ', 1)}",
-                    *SLIM_ROOT,
-                    SID_SUITE,
-                    base.tree,
-                    *sources,
-                ],
-                timeout=1800,
-            )
-            _configure_root(base.tree, key)
-            (directory / ".complete").write_text(json.dumps(versions) + "\n")
-        prune(kind_dir, directory)
+        return _debootstrapped(
+            cache / f"roots-{SID_SUITE}",
+            key,
+            SID_SUITE,
+            SID_PACKAGES,
+            options,
+            sources,
+            versions,
+            f"root build ({SID_SUITE})",
+        )
+
+
+def _debootstrapped(
+    kind_dir: Path,
+    key: str,
+    suite: str,
+    packages: Sequence[str],
+    options: Sequence[str],
+    sources: Sequence[str],
+    versions: Mapping[str, Optional[str]],
+    timer: str,
+) -> BaseRoot:
+    """The cached root `kind_dir/key`, built with mmdebstrap from `suite` when it is not there yet
+    (the caller holds the cache lock); older roots of that kind are pruned."""
+    directory = kind_dir / key
+    base = BaseRoot(key, directory / "tree")
+    if (directory / ".complete").exists():
         return base
+    ensure_tools()
+    log(f"building the {suite} root (mmdebstrap)")
+    with timed(timer):
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        run(
+            [
+                "mmdebstrap",
+                "--variant=minbase",
+                "--include=" + ",".join(packages),
+                *options,
+                *SLIM_ROOT,
+                suite,
+                base.tree,
+                *sources,
+            ],
+            timeout=1800,
+        )
+        _configure_root(base.tree, key)
+        (directory / ".complete").write_text(json.dumps(versions) + "\n")
+    prune(kind_dir, directory)
+    return base
 
 
 def _configure_root(tree: Path, key: str) -> None:
