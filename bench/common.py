@@ -34,12 +34,12 @@ SYSTEM_PYTHON = os.environ.get("SYSEXTPY_BENCH_PYTHON", "/usr/bin/python3")
 # How sysextpy is started: isolated (-I: no PYTHONPATH, no user site, no cwd on sys.path) and without
 # site (-S), as the boot path starts it; the package comes from this checkout.
 OURS_LAUNCHER = (
-    f"import sys; sys.path.insert(0, {os.fspath(REPO)!r}); from sysextpy.cli import main; sys.exit(main())"
+    f"import sys; sys.path.insert(0, {os.fspath(REPO)!r}); from sysextpy.cli import run_as_process; run_as_process()"
 )
 # The same, straight to the full run (past the confirming refresh of decide.confirm_refresh).
 OURS_FULL_LAUNCHER = (
     f"import sys; sys.path.insert(0, {os.fspath(REPO)!r}); "
-    "from sysextpy.cli import main; sys.exit(main(confirming=False))"
+    "from sysextpy.cli import run_as_process; run_as_process(confirming=False)"
 )
 HOST_SYSEXT = "/usr/bin/systemd-sysext"
 ORACLE_BASE = Path(os.environ.get("SYSEXT_ORACLE_BASE", "/opt/sysext-oracle"))
