@@ -19,7 +19,7 @@ import time
 from . import mountapi as m
 from .chase import resolve_in_root, root_relative
 from .errors import MountError, ResolveError, SysextError
-from .live import format_dev, read_metadata
+from .live import format_dev
 from .log import log
 from .model import (
     MUTABLE_BASE,
@@ -32,6 +32,7 @@ from .model import (
 )
 from .records import field, record
 from .status import live_merge
+from .unmerge import carry_submounts, unmerge_hierarchy
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -253,82 +254,9 @@ def _mount_overlay(
     m.mount(source, staging, "overlay", flags, data)
 
 
-def _remove_tree(top: str) -> None:
-    """Remove a directory tree without following links; what cannot be removed stays (said at
-    debug level)."""
-    try:
-        for parent, dirs, files in os.walk(top, topdown=False):
-            for name in files:
-                os.unlink(os.path.join(parent, name))
-            for name in dirs:
-                path = os.path.join(parent, name)
-                if os.path.islink(path):
-                    os.unlink(path)
-                else:
-                    os.rmdir(path)
-        os.rmdir(top)
-    except OSError as e:
-        log.debug("Could not remove %s: %s", top, e)
-
-
 def _write(path: str, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
-
-
-def _carry_submounts(target: str) -> list[tuple[str, int]]:
-    """Clone every top-level mount below `target` (recursively), so it can be re-attached inside
-    the new overlay. Returns (path relative to target, detached tree fd)."""
-    infos = m.read_mountinfo()
-    base = os.fspath(target)
-    below = m.submounts_below(base, infos)
-    tops: list[str] = []
-    for info in below:
-        rel = os.path.relpath(info.mount_point, base)
-        if rel.split("/", 1)[0].startswith(".systemd-"):
-            continue  # our own read-only metadata bind mount
-        if any(rel == t or rel.startswith(t + "/") for t in tops):
-            continue
-        tops = [t for t in tops if not t.startswith(rel + "/")]
-        tops.append(rel)
-    carried: list[tuple[str, int]] = []
-    for rel in tops:
-        try:
-            fd = m.open_tree(
-                m.AT_FDCWD, os.path.join(base, rel), m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC | m.AT_RECURSIVE
-            )
-        except OSError as e:
-            if e.errno == errno.EINVAL:
-                # An unbindable mount can never be cloned: no retry would do better.
-                log.warning("Cannot carry submount %s over: %s", os.path.join(base, rel), e.strerror)
-                continue
-            # Anything else may pass (no memory...): fail now rather than hide the submount.
-            for _, taken in carried:
-                os.close(taken)
-            raise MountError(
-                f"Cannot carry submount {os.path.join(base, rel)!r} over: {e.strerror}",
-                hint="the hierarchy is left as it is",
-            ) from e
-        carried.append((rel, fd))
-    return carried
-
-
-def _put_back_submounts(target: str, carried: list[tuple[str, int]]) -> None:
-    """Re-attach mounts carried off an overlay that has just been detached from `target`.
-
-    A mount whose place on the plain hierarchy is already a mount point is the original that
-    the merge cloned into the overlay: it never left, so its clone is dropped."""
-    for rel, fd in carried:
-        dest = os.path.join(target, rel)
-        try:
-            if not os.path.lexists(dest):
-                log.warning("Submount %s not put back: the hierarchy has no such path.", dest)
-            elif not m.is_mount_point(dest):
-                m.move_mount(fd, "", m.AT_FDCWD, dest, m.MOVE_MOUNT_F_EMPTY_PATH)
-        except OSError as e:
-            log.warning("Cannot put submount %s back: %s", dest, e.strerror)
-        finally:
-            os.close(fd)
 
 
 @record
@@ -357,7 +285,7 @@ def prepare_hierarchy(
     exists = os.path.isdir(target)
     _, live = live_merge(root, cls, hierarchy)
     was_merged = live is not None
-    carried: list[tuple[str, int]] = _carry_submounts(target) if exists else []
+    carried: list[tuple[str, int]] = carry_submounts(target) if exists else []
     try:
         while live is not None:
             try:
@@ -711,33 +639,3 @@ def discard(items: Sequence[Assembled]) -> None:
         if item.tree_fd is not None:
             os.close(item.tree_fd)
             item.tree_fd = None
-
-
-def unmerge_hierarchy(root: str, cls: ImageClass, hierarchy: str) -> bool:
-    """Detach every merge of ours on the hierarchy and remove its recorded work directory."""
-    path, live = live_merge(root, cls, hierarchy)
-    if live is None or path is None:
-        return False
-    work_dirs = []
-    # Mounts made on the merged view since the merge stay, on the plain hierarchy.
-    carried = _carry_submounts(path)
-    try:
-        while live is not None:
-            # Read-only merges have no work directory.
-            text = (read_metadata(os.fspath(path), cls.metadata_dir, "work_dir") or "").strip()
-            if text:
-                work_dirs.append(text)
-            try:
-                m.umount2(path, m.MNT_DETACH)
-            except OSError as e:
-                raise MountError(f"Failed to unmount {os.fspath(path)!r}: {e.strerror}") from e
-            _, live = live_merge(root, cls, hierarchy)
-    finally:
-        _put_back_submounts(path, carried)
-    for rel in work_dirs:
-        wd = os.path.join(root, rel)
-        name = os.path.basename(wd)
-        if name.startswith(".systemd-") and name.endswith("-workdir"):
-            _remove_tree(wd)  # best effort, like upstream
-    log.info("Unmerged '%s'.", os.fspath(path))
-    return True

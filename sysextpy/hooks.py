@@ -225,7 +225,7 @@ def find_all_hooks(view: LiveView) -> HookSearch:
     hierarchies: dict[ImageClass, Sequence[str]] = {}
     for cls in ALL_CLASSES:
         try:
-            hierarchies[cls] = class_hierarchies(cls, view)
+            hierarchies[cls] = class_hierarchies(cls, view.env)
         except SysextError:
             hierarchies[cls] = cls.default_hierarchies
     return find_hooks(view, hierarchies)

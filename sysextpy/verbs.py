@@ -284,9 +284,16 @@ def run_verb(opts: Options, env: Mapping[str, str], declined: Optional[str] = No
         raise SysextError(f"--root={os.fspath(opts.root)!r} is not a directory.")
     if opts.verb.mutates:
         require_privileges()
-        from .merge import run_mutating_verb
+        from .state import run_lock
 
-        return run_mutating_verb(opts, env, declined)  # settings are read under the lock
+        with run_lock(opts.state, opts.root, env):  # settings are read under the lock
+            if opts.verb is Verb.UNMERGE:
+                from .unmerge import do_unmerge
+
+                return do_unmerge(opts, env)
+            from .merge import do_merge
+
+            return do_merge(opts, env, declined)
     if opts.verb is Verb.PLAN:
         return verb_plan(opts, env)
     from .view import LiveView
