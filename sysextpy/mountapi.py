@@ -331,30 +331,48 @@ class _StatxBuf(C.Structure):
     ]
 
 
-@record(frozen=True)
 class Statx:
-    """What statx(2) returned; fields the kernel did not fill (see `mask`) are None."""
+    """What statx(2) returned; fields the kernel did not fill (see `mask`) are None. Each field is
+    read from the kernel's buffer when asked for: most callers want one or two of them."""
 
-    mask: int
-    attributes: int
-    attributes_mask: int
-    mode: int
-    nlink: int
-    uid: int
-    gid: int
-    ino: int
-    size: int
-    dev_major: int
-    dev_minor: int
-    rdev_major: int
-    rdev_minor: int
-    mnt_id: Optional[int]  # the 64-bit unique id if mask has STATX_MNT_ID_UNIQUE
-    btime: Optional[tuple[int, int]]  # (sec, nsec)
-    mtime: tuple[int, int]
+    __slots__ = ("_buf", "mask")
+
+    def __init__(self, buf: _StatxBuf) -> None:
+        self._buf = buf
+        self.mask: int = buf.stx_mask
+
+    attributes = property(lambda self: int(self._buf.stx_attributes))
+    attributes_mask = property(lambda self: int(self._buf.stx_attributes_mask))
+    mode = property(lambda self: int(self._buf.stx_mode))
+    nlink = property(lambda self: int(self._buf.stx_nlink))
+    uid = property(lambda self: int(self._buf.stx_uid))
+    gid = property(lambda self: int(self._buf.stx_gid))
+    ino = property(lambda self: int(self._buf.stx_ino))
+    size = property(lambda self: int(self._buf.stx_size))
+    dev_major = property(lambda self: int(self._buf.stx_dev_major))
+    dev_minor = property(lambda self: int(self._buf.stx_dev_minor))
+    rdev_major = property(lambda self: int(self._buf.stx_rdev_major))
+    rdev_minor = property(lambda self: int(self._buf.stx_rdev_minor))
+
+    @property
+    def mnt_id(self) -> Optional[int]:
+        """The mount id; the 64-bit unique one if mask has STATX_MNT_ID_UNIQUE."""
+        return int(self._buf.stx_mnt_id) if self.mask & (STATX_MNT_ID | STATX_MNT_ID_UNIQUE) else None
+
+    @property
+    def btime(self) -> Optional[tuple[int, int]]:
+        """(sec, nsec) of the birth time, if the file system keeps one."""
+        t = self._buf.stx_btime
+        return (t.tv_sec, t.tv_nsec) if self.mask & STATX_BTIME else None
+
+    @property
+    def mtime(self) -> tuple[int, int]:
+        t = self._buf.stx_mtime
+        return (t.tv_sec, t.tv_nsec)
 
     @property
     def dev(self) -> int:
-        return os.makedev(self.dev_major, self.dev_minor)
+        return os.makedev(self._buf.stx_dev_major, self._buf.stx_dev_minor)
 
     @property
     def mnt_id_is_unique(self) -> bool:
@@ -363,39 +381,23 @@ class Statx:
 
 def statx(dirfd: int, path: StrPath, flags: int, mask: int) -> Statx:
     buf = _StatxBuf()
-    raw = C.c_char_p(os.fsencode(path))
+    raw = os.fsencode(path)
     libc_statx = _optional("statx")
     if libc_statx is not None:
-        res = libc_statx(C.c_int(dirfd), raw, C.c_int(flags), C.c_uint(mask), C.byref(buf))
+        # Plain ints and bytes go to C as int and char *: what statx() takes (mask fits an int).
+        res = libc_statx(dirfd, raw, flags, mask, C.byref(buf))
     else:
         res = _syscall(
             C.c_long(_nr("statx")),
             C.c_long(dirfd),
-            raw,
+            C.c_char_p(raw),
             C.c_long(flags),
             C.c_long(mask),
             C.byref(buf),
         )
-    _check(int(res), "statx", path)
-    got = buf.stx_mask
-    return Statx(
-        mask=got,
-        attributes=buf.stx_attributes,
-        attributes_mask=buf.stx_attributes_mask,
-        mode=buf.stx_mode,
-        nlink=buf.stx_nlink,
-        uid=buf.stx_uid,
-        gid=buf.stx_gid,
-        ino=buf.stx_ino,
-        size=buf.stx_size,
-        dev_major=buf.stx_dev_major,
-        dev_minor=buf.stx_dev_minor,
-        rdev_major=buf.stx_rdev_major,
-        rdev_minor=buf.stx_rdev_minor,
-        mnt_id=buf.stx_mnt_id if got & (STATX_MNT_ID | STATX_MNT_ID_UNIQUE) else None,
-        btime=(buf.stx_btime.tv_sec, buf.stx_btime.tv_nsec) if got & STATX_BTIME else None,
-        mtime=(buf.stx_mtime.tv_sec, buf.stx_mtime.tv_nsec),
-    )
+    if res < 0:
+        _check(int(res), "statx", path)
+    return Statx(buf)
 
 
 def name_to_handle_at(dirfd: int, path: StrPath, flags: int) -> tuple[int, bytes, int]:
