@@ -224,14 +224,17 @@ def _read_regular(path: str, limit: int, *, allow_growth: bool = False) -> bytes
         os.close(fd)
 
 
-def tree_digest_now(top: str, changed: Optional[dict[str, int]] = None) -> str:
+def tree_digest_now(
+    top: str, changed: Optional[dict[str, int]] = None, lstats: Optional[dict[str, Any]] = None
+) -> str:
     """sha256 over (relative path, mode, size, mtime, ctime, link target) of `top` and every entry
     below it (of `top` itself every field a Stat records). File contents are not read: any change
     to a file changes its ctime, which nobody can set back, and the directory's own entry covers
     renames and new files.
 
     With `changed`, the newest change time (ns) of the tree, `top` and all, goes into it under
-    `top`, where the walk saw every entry: what apply.input_stamp needs, without a second walk."""
+    `top`, where the walk saw every entry: what apply.input_stamp needs, without a second walk.
+    With `lstats`, the lstat() of every entry below `top` goes into it, by host path."""
     h = sha256()
     try:
         st = os.lstat(top)
@@ -247,6 +250,7 @@ def tree_digest_now(top: str, changed: Optional[dict[str, int]] = None) -> str:
     scandir, readlink, kind_of = os.scandir, os.readlink, stat.S_IFMT
     link, directory_kind = stat.S_IFLNK, stat.S_IFDIR
     append = lines.append
+    seen = lstats
     while stack:
         directory, rel = stack.pop()
         try:
@@ -271,6 +275,8 @@ def tree_digest_now(top: str, changed: Optional[dict[str, int]] = None) -> str:
                 append(f"{path}\0error:{e.errno}\n")
                 whole = False
                 continue
+            if seen is not None:
+                seen[entry.path] = st
             if st.st_ctime_ns > newest:
                 newest = st.st_ctime_ns
             mode = st.st_mode
@@ -480,17 +486,28 @@ class LiveView:
     paths given to resolve() are inside the root (or inside `base`)."""
 
     def __init__(
-        self, root: str, env: Mapping[str, str], *, snapshot: bool = False, pins: Optional[Pins] = None
+        self,
+        root: str,
+        env: Mapping[str, str],
+        *,
+        snapshot: bool = False,
+        pins: Optional[Pins] = None,
+        seen: Optional[dict[str, Any]] = None,
     ) -> None:
         self.root = normalize_root(root)
         self._env = env
         # The disk images pinned at discovery (pins.py): read through their pins, not their paths.
         self.pins = pins
-        # A snapshot view (replay) looks at each directory a resolution passes once: the search
-        # directories lie on the way to every image in them.
-        self._lstat: Optional[Callable[[str], os.stat_result]] = _cached_lstat({}) if snapshot else None
+        # A snapshot view (replay, recording) looks at each directory a resolution passes once: the
+        # search directories lie on the way to every image in them. `seen` starts it with what was
+        # looked at already (a tree's entries, as its digest saw them).
+        self._lstat: Optional[Callable[[str], os.stat_result]] = (
+            _cached_lstat({} if seen is None else seen) if snapshot or seen is not None else None
+        )
         # tree -> its newest change time (ns), taken with its digest (tree_digest_now)
         self.tree_changes: dict[str, int] = {}
+        # tree -> the lstat() of each entry below it, as its digest saw them
+        self._tree_entries: dict[str, dict[str, Any]] = {}
 
     # -- the environment and the machine
 
@@ -572,7 +589,10 @@ class LiveView:
         return search_config_files(self, name)
 
     def tree_digest(self, path: str) -> str:
-        return tree_digest_now(path, self.tree_changes)
+        entries: dict[str, Any] = {}
+        digest = tree_digest_now(path, self.tree_changes, entries)
+        self._tree_entries[path] = entries
+        return digest
 
     def file_identity(self, path: str, located: bool) -> dict[str, Any]:
         return file_identity_now(path, located, self.file_pin(path))
@@ -583,8 +603,10 @@ class LiveView:
 
     def image_view(self, tree: str) -> LiveView:
         """A view of a directory extension's tree as its own root. Reads inside it are covered by
-        the tree's digest (a recording view observes that), so they are not recorded one by one."""
-        return LiveView(tree, {})
+        the tree's digest (a recording view observes that), so they are not recorded one by one.
+        Where the digest is taken, paths inside resolve through the entries it saw: what is read is
+        then what the digest describes."""
+        return LiveView(tree, {}, seen=self._tree_entries.get(tree))
 
     def scoped(self, scope: str) -> Any:
         """`with view.scoped(cls):` around what one class's inputs are read for (a recording view
