@@ -32,7 +32,6 @@ from .model import (
 )
 from .records import field, record
 from .status import live_merge
-from .unmerge import carry_submounts, unmerge_hierarchy
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -285,7 +284,7 @@ def prepare_hierarchy(
     exists = os.path.isdir(target)
     _, live = live_merge(root, cls, hierarchy)
     was_merged = live is not None
-    carried: list[tuple[str, int]] = carry_submounts(target) if exists else []
+    carried: list[tuple[str, int]] = m.carry_submounts(target) if exists else []
     try:
         while live is not None:
             try:
@@ -592,6 +591,10 @@ def swap_in(root: str, item: Assembled) -> str:
     cls, hierarchy = item.image_class, item.hierarchy
     if item.tree_fd is None:
         # Nothing to merge here any more: a full unmerge, which also keeps later submounts.
+        if live_merge(root, cls, hierarchy)[1] is None:
+            return "untouched"  # and nothing to unmerge: the unmerge path need not even be loaded
+        from .unmerge import unmerge_hierarchy
+
         return "unmerged" if unmerge_hierarchy(root, cls, hierarchy) else "untouched"
     target = item.target
     if not os.path.exists(target):

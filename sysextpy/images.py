@@ -89,6 +89,7 @@ class Workspace:
         # (class, name) of images that failed for a passing reason (PassingImageError)
         self.retry: set[tuple[str, str]] = set()
         self._counter = 0
+        self._kinds: set[str] = set()  # the scratch directories' parents made so far
         self._hook_root: Optional[str] = None  # hook_root()
         self.inside = False
 
@@ -169,6 +170,7 @@ class Workspace:
         self._tree_clones.clear()
         self._clone_errors.clear()
         self._trees.clear()
+        self._kinds.clear()
         self._hook_root = None
 
     def pinned_tree(self, candidate: Candidate) -> Optional[str]:
@@ -208,9 +210,11 @@ class Workspace:
         self._counter += 1
         parent = os.path.join(self.base, kind)
         path = os.path.join(parent, name or str(self._counter))
-        os.makedirs(parent, mode=0o700, exist_ok=True)
+        if kind not in self._kinds:
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            self._kinds.add(kind)
         os.mkdir(path, mode)
-        os.chmod(path, mode)
+        os.chmod(path, mode)  # whatever the umask
         return path
 
     def hook_root(self, root: str, hooks: str) -> str:

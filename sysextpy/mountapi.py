@@ -13,6 +13,7 @@ import os
 
 from . import libc as C
 from .errors import MountError, ParseError
+from .log import log
 from .records import record
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
@@ -884,3 +885,62 @@ def submounts_below(path: StrPath, infos: Sequence[MountInfo]) -> list[MountInfo
     base = os.path.normpath(os.fsdecode(path))
     prefix = base.rstrip("/") + "/"
     return [info for info in infos if info.mount_point != base and info.mount_point.startswith(prefix)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Mounts made on a hierarchy, carried across a change of what is mounted there
+
+
+def carry_submounts(target: str) -> list[tuple[str, int]]:
+    """Clone every top-level mount below `target` (recursively), so it can be re-attached inside
+    the new overlay. Returns (path relative to target, detached tree fd)."""
+    infos = read_mountinfo()
+    base = os.fspath(target)
+    below = submounts_below(base, infos)
+    tops: list[str] = []
+    for info in below:
+        rel = os.path.relpath(info.mount_point, base)
+        if rel.split("/", 1)[0].startswith(".systemd-"):
+            continue  # our own read-only metadata bind mount
+        if any(rel == t or rel.startswith(t + "/") for t in tops):
+            continue
+        tops = [t for t in tops if not t.startswith(rel + "/")]
+        tops.append(rel)
+    carried: list[tuple[str, int]] = []
+    for rel in tops:
+        try:
+            fd = open_tree(
+                AT_FDCWD, os.path.join(base, rel), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
+            )
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                # An unbindable mount can never be cloned: no retry would do better.
+                log.warning("Cannot carry submount %s over: %s", os.path.join(base, rel), e.strerror)
+                continue
+            # Anything else may pass (no memory...): fail now rather than hide the submount.
+            for _, taken in carried:
+                os.close(taken)
+            raise MountError(
+                f"Cannot carry submount {os.path.join(base, rel)!r} over: {e.strerror}",
+                hint="the hierarchy is left as it is",
+            ) from e
+        carried.append((rel, fd))
+    return carried
+
+
+def put_back_submounts(target: str, carried: list[tuple[str, int]]) -> None:
+    """Re-attach mounts carried off an overlay that has just been detached from `target`.
+
+    A mount whose place on the plain hierarchy is already a mount point is the original that
+    the merge cloned into the overlay: it never left, so its clone is dropped."""
+    for rel, fd in carried:
+        dest = os.path.join(target, rel)
+        try:
+            if not os.path.lexists(dest):
+                log.warning("Submount %s not put back: the hierarchy has no such path.", dest)
+            elif not is_mount_point(dest):
+                move_mount(fd, "", AT_FDCWD, dest, MOVE_MOUNT_F_EMPTY_PATH)
+        except OSError as e:
+            log.warning("Cannot put submount %s back: %s", dest, e.strerror)
+        finally:
+            os.close(fd)

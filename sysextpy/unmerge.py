@@ -7,7 +7,6 @@ unmerges loads neither, nor what they import.
 
 from __future__ import annotations
 
-import errno
 import os
 
 from . import mountapi as m
@@ -91,7 +90,7 @@ def unmerge_hierarchy(root: str, cls: ImageClass, hierarchy: str) -> bool:
         return False
     work_dirs = []
     # Mounts made on the merged view since the merge stay, on the plain hierarchy.
-    carried = carry_submounts(path)
+    carried = m.carry_submounts(path)
     try:
         while live is not None:
             # Read-only merges have no work directory.
@@ -104,7 +103,7 @@ def unmerge_hierarchy(root: str, cls: ImageClass, hierarchy: str) -> bool:
                 raise MountError(f"Failed to unmount {os.fspath(path)!r}: {e.strerror}") from e
             _, live = live_merge(root, cls, hierarchy)
     finally:
-        put_back_submounts(path, carried)
+        m.put_back_submounts(path, carried)
     for rel in work_dirs:
         wd = os.path.join(root, rel)
         name = os.path.basename(wd)
@@ -112,61 +111,6 @@ def unmerge_hierarchy(root: str, cls: ImageClass, hierarchy: str) -> bool:
             remove_tree(wd)  # best effort, like upstream
     log.info("Unmerged '%s'.", os.fspath(path))
     return True
-
-
-def carry_submounts(target: str) -> list[tuple[str, int]]:
-    """Clone every top-level mount below `target` (recursively), so it can be re-attached inside
-    the new overlay. Returns (path relative to target, detached tree fd)."""
-    infos = m.read_mountinfo()
-    base = os.fspath(target)
-    below = m.submounts_below(base, infos)
-    tops: list[str] = []
-    for info in below:
-        rel = os.path.relpath(info.mount_point, base)
-        if rel.split("/", 1)[0].startswith(".systemd-"):
-            continue  # our own read-only metadata bind mount
-        if any(rel == t or rel.startswith(t + "/") for t in tops):
-            continue
-        tops = [t for t in tops if not t.startswith(rel + "/")]
-        tops.append(rel)
-    carried: list[tuple[str, int]] = []
-    for rel in tops:
-        try:
-            fd = m.open_tree(
-                m.AT_FDCWD, os.path.join(base, rel), m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC | m.AT_RECURSIVE
-            )
-        except OSError as e:
-            if e.errno == errno.EINVAL:
-                # An unbindable mount can never be cloned: no retry would do better.
-                log.warning("Cannot carry submount %s over: %s", os.path.join(base, rel), e.strerror)
-                continue
-            # Anything else may pass (no memory...): fail now rather than hide the submount.
-            for _, taken in carried:
-                os.close(taken)
-            raise MountError(
-                f"Cannot carry submount {os.path.join(base, rel)!r} over: {e.strerror}",
-                hint="the hierarchy is left as it is",
-            ) from e
-        carried.append((rel, fd))
-    return carried
-
-
-def put_back_submounts(target: str, carried: list[tuple[str, int]]) -> None:
-    """Re-attach mounts carried off an overlay that has just been detached from `target`.
-
-    A mount whose place on the plain hierarchy is already a mount point is the original that
-    the merge cloned into the overlay: it never left, so its clone is dropped."""
-    for rel, fd in carried:
-        dest = os.path.join(target, rel)
-        try:
-            if not os.path.lexists(dest):
-                log.warning("Submount %s not put back: the hierarchy has no such path.", dest)
-            elif not m.is_mount_point(dest):
-                m.move_mount(fd, "", m.AT_FDCWD, dest, m.MOVE_MOUNT_F_EMPTY_PATH)
-        except OSError as e:
-            log.warning("Cannot put submount %s back: %s", dest, e.strerror)
-        finally:
-            os.close(fd)
 
 
 def remove_tree(top: str) -> None:

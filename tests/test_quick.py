@@ -284,6 +284,7 @@ def test_merge_refresh_and_unmerge_load_only_their_modules(merged: World) -> Non
         assert foreign == set(), verb
     assert "sysextpy.plan" in loaded["merge"] and "sysextpy.unmerge" in loaded["unmerge"]
     assert loaded["unmerge"] & NOT_FOR_UNMERGE == set()
+    assert "sysextpy.unmerge" not in loaded["merge"] | loaded["forced refresh"]
 
 
 def test_warnings_of_the_merge_are_said_again(
