@@ -224,8 +224,20 @@ def _read_regular(path: str, limit: int, *, allow_growth: bool = False) -> bytes
         os.close(fd)
 
 
+class TreeWalk:
+    """What the walk of a tree's digest saw, by host path: each entry's lstat() and each directory's
+    names. A view of the tree (LiveView.image_view) resolves and lists through it, so what is read
+    inside the tree is what its digest describes, without looking again."""
+
+    __slots__ = ("lstats", "names")
+
+    def __init__(self) -> None:
+        self.lstats: dict[str, os.stat_result] = {}
+        self.names: dict[str, list[str]] = {}
+
+
 def tree_digest_now(
-    top: str, changed: Optional[dict[str, int]] = None, lstats: Optional[dict[str, Any]] = None
+    top: str, changed: Optional[dict[str, int]] = None, walk: Optional[TreeWalk] = None
 ) -> str:
     """sha256 over (relative path, mode, size, mtime, ctime, link target) of `top` and every entry
     below it (of `top` itself every field a Stat records). File contents are not read: any change
@@ -234,7 +246,7 @@ def tree_digest_now(
 
     With `changed`, the newest change time (ns) of the tree, `top` and all, goes into it under
     `top`, where the walk saw every entry: what apply.input_stamp needs, without a second walk.
-    With `lstats`, the lstat() of every entry below `top` goes into it, by host path."""
+    With `walk`, what the walk saw goes into it (TreeWalk)."""
     h = sha256()
     try:
         st = os.lstat(top)
@@ -250,7 +262,8 @@ def tree_digest_now(
     scandir, readlink, kind_of = os.scandir, os.readlink, stat.S_IFMT
     link, directory_kind = stat.S_IFLNK, stat.S_IFDIR
     append = lines.append
-    seen = lstats
+    seen = None if walk is None else walk.lstats
+    listed = None if walk is None else walk.names
     while stack:
         directory, rel = stack.pop()
         try:
@@ -262,6 +275,8 @@ def tree_digest_now(
             continue
         if len(entries) > 1:
             entries.sort(key=_NAME)
+        if listed is not None:
+            listed[directory] = [e.name for e in entries]
         count += len(entries)
         if count > TREE_ENTRY_LIMIT:
             append("\0truncated\n")
@@ -492,22 +507,23 @@ class LiveView:
         *,
         snapshot: bool = False,
         pins: Optional[Pins] = None,
-        seen: Optional[dict[str, Any]] = None,
+        walk: Optional[TreeWalk] = None,
     ) -> None:
         self.root = normalize_root(root)
         self._env = env
         # The disk images pinned at discovery (pins.py): read through their pins, not their paths.
         self.pins = pins
         # A snapshot view (replay, recording) looks at each directory a resolution passes once: the
-        # search directories lie on the way to every image in them. `seen` starts it with what was
-        # looked at already (a tree's entries, as its digest saw them).
+        # search directories lie on the way to every image in them. `walk` starts it with what
+        # was looked at already: a tree, as its digest saw it.
+        self._walk = walk
         self._lstat: Optional[Callable[[str], os.stat_result]] = (
-            _cached_lstat({} if seen is None else seen) if snapshot or seen is not None else None
+            _cached_lstat({} if walk is None else walk.lstats) if snapshot or walk is not None else None
         )
         # tree -> its newest change time (ns), taken with its digest (tree_digest_now)
         self.tree_changes: dict[str, int] = {}
-        # tree -> the lstat() of each entry below it, as its digest saw them
-        self._tree_entries: dict[str, dict[str, Any]] = {}
+        # tree -> what its digest saw
+        self._walks: dict[str, TreeWalk] = {}
 
     # -- the environment and the machine
 
@@ -555,6 +571,10 @@ class LiveView:
         return Stat.of(os.lstat(path))
 
     def listdir(self, path: str) -> list[str]:
+        if self._walk is not None:
+            names = self._walk.names.get(path)
+            if names is not None:
+                return list(names)
         return sorted(os.listdir(path))
 
     def entries(self, path: str) -> list[tuple[str, str]]:
@@ -589,9 +609,9 @@ class LiveView:
         return search_config_files(self, name)
 
     def tree_digest(self, path: str) -> str:
-        entries: dict[str, Any] = {}
-        digest = tree_digest_now(path, self.tree_changes, entries)
-        self._tree_entries[path] = entries
+        walk = TreeWalk()
+        digest = tree_digest_now(path, self.tree_changes, walk)
+        self._walks[path] = walk
         return digest
 
     def file_identity(self, path: str, located: bool) -> dict[str, Any]:
@@ -606,7 +626,7 @@ class LiveView:
         the tree's digest (a recording view observes that), so they are not recorded one by one.
         Where the digest is taken, paths inside resolve through the entries it saw: what is read is
         then what the digest describes."""
-        return LiveView(tree, {}, seen=self._tree_entries.get(tree))
+        return LiveView(tree, {}, walk=self._walks.get(tree))
 
     def scoped(self, scope: str) -> Any:
         """`with view.scoped(cls):` around what one class's inputs are read for (a recording view
