@@ -17,7 +17,7 @@ import stat
 import time
 
 from . import mountapi as m
-from .chase import resolve_in_root, root_relative
+from .chase import normalize_root, resolve, resolve_in_root, root_relative
 from .errors import MountError, ResolveError, SysextError
 from .live import format_dev
 from .log import log
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .handoff import HookRun
     from .hooks import HookSearch
     from .images import Workspace
+    from .view import TreeWalk
 
 OVERLAY_MAX_LAYERS = 500  # the kernel's limit on lower layers (OVL_MAX_STACK)
 DEFAULT_MUTABLE_OPTIONS = "redirect_dir=on,noatime,metacopy=off,index=off"
@@ -182,15 +183,24 @@ def _nonempty_dir(path: str) -> bool:
         return False
 
 
-def hierarchy_in_image(tree: str, hierarchy: str) -> Optional[str]:
-    """The image's copy of the hierarchy (the image is its own root), if it is a non-empty directory."""
+def hierarchy_in_image(tree: str, hierarchy: str, walk: Optional[TreeWalk] = None) -> Optional[str]:
+    """The image's copy of the hierarchy (the image is its own root), if it is a non-empty directory.
+    With `walk`, the tree is looked at as its digest saw it."""
+    if walk is None:
+        try:
+            inner = resolve_in_root(tree, hierarchy)
+        except ResolveError:
+            return None
+        if not os.path.isdir(inner) or not _nonempty_dir(inner):
+            return None
+        return inner
     try:
-        inner = resolve_in_root(tree, hierarchy)
-    except ResolveError:
+        inner = resolve(normalize_root(tree), hierarchy, lstat=walk.lstat)
+        # resolve() followed any link: what `inner` names is no link
+        is_dir = stat.S_ISDIR(walk.lstat(inner).st_mode)
+    except (ResolveError, OSError):
         return None
-    if not os.path.isdir(inner) or not _nonempty_dir(inner):
-        return None
-    return inner
+    return inner if is_dir and walk.nonempty(inner) else None
 
 
 def _overlay_options(settings: ClassSettings, mutable: bool) -> list[tuple[str, Optional[str]]]:
@@ -297,7 +307,8 @@ def prepare_hierarchy(
         host_dir: Optional[str] = target if exists else None
         layers: list[tuple[str, str]] = []
         for v in merged:
-            inner = hierarchy_in_image(image_tree(v.candidate, ws), hierarchy)
+            tree = image_tree(v.candidate, ws)
+            inner = hierarchy_in_image(tree, hierarchy, ws.walk(tree))
             if inner is not None:
                 layers.append((v.name, inner))
         layout = mutable_layout(root, settings, hierarchy, host_dir, ws)
@@ -345,7 +356,7 @@ def build_hierarchy(
             # ours beyond upstream's files, e.g. the fingerprint
             _write(os.path.join(meta, filename), text)
         trees = [(v.name, image_tree(v.candidate, ws)) for v in merged]
-        shipped = shipped_hooks(trees, hierarchy)
+        shipped = shipped_hooks(trees, hierarchy, ws.walk)
         if shipped:
             _write(os.path.join(meta, SHIPPED_FILE), "".join(f"{path}\t{name}\n" for path, name in shipped))
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .dissect import ImagePlan, MountStep, TrustContext
     from .loopdev import LoopDevice
     from .pins import Pins
+    from .view import TreeWalk
 
 WORKSPACE = "/run/sysextpy/workspace"
 # Inside the view of the root a hook runs in (hook_root): a read-only tmpfs on /run holds these places.
@@ -69,9 +70,17 @@ class Workspace:
     """A private mount namespace with a tmpfs scratch directory; see the module docstring."""
 
     def __init__(
-        self, base: str = WORKSPACE, trust: Optional[TrustContext] = None, pins: Optional[Pins] = None
+        self,
+        base: str = WORKSPACE,
+        trust: Optional[TrustContext] = None,
+        pins: Optional[Pins] = None,
+        walks: Optional[Callable[[str], Optional[TreeWalk]]] = None,
     ) -> None:
         self.base = os.fspath(base)
+        # A directory's tree as its digest saw it (LiveView.walk_of), by its path: its clone here is
+        # looked at through that, so what is merged is what the digest describes.
+        self._walk_of = walks
+        self._walks: dict[str, TreeWalk] = {}  # where a clone is attached -> its walk, moved there
         # The images as discovery found them; without pins, images are opened by path.
         self.pins = pins
         self._tree_clones: dict[str, int] = {}  # path -> a bind clone of a pinned directory
@@ -170,6 +179,7 @@ class Workspace:
         self._tree_clones.clear()
         self._clone_errors.clear()
         self._trees.clear()
+        self._walks.clear()
         self._kinds.clear()
         self._hook_root = None
 
@@ -196,7 +206,14 @@ class Workspace:
         finally:
             os.close(fd)
         self._trees[path] = where
+        walk = self._walk_of(path) if self._walk_of is not None else None
+        if walk is not None:
+            self._walks[where] = walk.moved(path, where)
         return where
+
+    def walk(self, tree: str) -> Optional[TreeWalk]:
+        """What the digest saw of the directory attached at `tree` (pinned_tree()), if anything."""
+        return self._walks.get(tree)
 
     def __enter__(self) -> Workspace:
         self.enter()

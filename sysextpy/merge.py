@@ -498,7 +498,7 @@ def _build_and_swap(
     before: dict[str, tuple[dict[str, UnitRequest], Optional[dict[str, Any]]]] = {}
     after: dict[str, dict[str, UnitRequest]] = {}
     hook_errors: list[str] = []
-    ws = Workspace(trust=a.trust, pins=pins)
+    ws = Workspace(trust=a.trust, pins=pins, walks=view.walk_of)
     ws.enter()
     try:
         hooks = staged(a.hooks, ws, root) if a.hooks.hooks else a.hooks

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from typing import Any, Optional
 
     from .pins import Pins
+    from .view import TreeWalk
 
 
 class RecordingView(LiveView):
@@ -160,6 +161,9 @@ class RecordingView(LiveView):
         if is_error(value):
             raise_error(path, value)
         return value
+
+    def walk_of(self, tree: str) -> Optional[TreeWalk]:
+        return self._live.walk_of(tree)
 
     def image_view(self, tree: str) -> LiveView:
         self.tree_digest(tree)  # what is read inside the tree is covered by its digest

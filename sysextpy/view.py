@@ -235,6 +235,33 @@ class TreeWalk:
         self.lstats: dict[str, os.stat_result] = {}
         self.names: dict[str, list[str]] = {}
 
+    def lstat(self, path: str) -> os.stat_result:
+        """lstat() as the walk saw it; what it did not see is looked at now."""
+        found = self.lstats.get(path)
+        return os.lstat(path) if found is None else found
+
+    def nonempty(self, directory: str) -> bool:
+        names = self.names.get(directory)
+        if names is not None:
+            return bool(names)
+        try:
+            with os.scandir(directory) as it:
+                return any(True for _ in it)
+        except OSError:
+            return False
+
+    def listdir(self, directory: str) -> list[str]:
+        names = self.names.get(directory)
+        return sorted(os.listdir(directory)) if names is None else list(names)
+
+    def moved(self, top: str, to: str) -> TreeWalk:
+        """The same walk for the tree `top` seen at `to` (a clone of it attached elsewhere)."""
+        n = len(top)
+        out = TreeWalk()
+        out.lstats = {to + k[n:]: v for k, v in self.lstats.items() if k.startswith(top)}
+        out.names = {to + k[n:]: v for k, v in self.names.items() if k.startswith(top)}
+        return out
+
 
 def tree_digest_now(
     top: str, changed: Optional[dict[str, int]] = None, walk: Optional[TreeWalk] = None
@@ -518,7 +545,7 @@ class LiveView:
         # was looked at already: a tree, as its digest saw it.
         self._walk = walk
         self._lstat: Optional[Callable[[str], os.stat_result]] = (
-            _cached_lstat({} if walk is None else walk.lstats) if snapshot or walk is not None else None
+            walk.lstat if walk is not None else _cached_lstat({}) if snapshot else None
         )
         # tree -> its newest change time (ns), taken with its digest (tree_digest_now)
         self.tree_changes: dict[str, int] = {}
@@ -572,9 +599,7 @@ class LiveView:
 
     def listdir(self, path: str) -> list[str]:
         if self._walk is not None:
-            names = self._walk.names.get(path)
-            if names is not None:
-                return list(names)
+            return self._walk.listdir(path)
         return sorted(os.listdir(path))
 
     def entries(self, path: str) -> list[tuple[str, str]]:
@@ -620,6 +645,10 @@ class LiveView:
     def file_pin(self, path: str) -> Optional[Pin]:
         """The pin of the disk image at `path` (pins.py), or None: then it is read by its path."""
         return self.pins.file_pin(path) if self.pins is not None else None
+
+    def walk_of(self, tree: str) -> Optional[TreeWalk]:
+        """What the digest of `tree` saw, if it was taken through this view."""
+        return self._walks.get(tree)
 
     def image_view(self, tree: str) -> LiveView:
         """A view of a directory extension's tree as its own root. Reads inside it are covered by
