@@ -14,7 +14,6 @@ import os
 from . import libc as C
 from .errors import MountError, ParseError
 from .log import log
-from .records import record
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -782,19 +781,65 @@ def make_overlay_fd(
 # /proc/*/mountinfo
 
 
-@record(frozen=True)
 class MountInfo:
-    mount_id: int
-    parent_id: int
-    major: int
-    minor: int
-    root: str
-    mount_point: str
-    options: str
-    fstype: str
-    source: str
-    super_options: str
-    optional_fields: tuple[str, ...] = ()  # "shared:N", "master:N", "propagate_from:N", "unbindable"
+    """One line of mountinfo. A plain class: a mount table is parsed several times a run, and
+    a record's keyword constructor costs twice the parsing of the line itself."""
+
+    __slots__ = (
+        "mount_id",
+        "parent_id",
+        "major",
+        "minor",
+        "root",
+        "mount_point",
+        "options",
+        "fstype",
+        "source",
+        "super_options",
+        "optional_fields",
+    )
+
+    def __init__(
+        self,
+        mount_id: int,
+        parent_id: int,
+        major: int,
+        minor: int,
+        root: str,
+        mount_point: str,
+        options: str,
+        fstype: str,
+        source: str,
+        super_options: str,
+        optional_fields: tuple[str, ...] = (),  # "shared:N", "master:N", "propagate_from:N", "unbindable"
+    ) -> None:
+        self.mount_id = mount_id
+        self.parent_id = parent_id
+        self.major = major
+        self.minor = minor
+        self.root = root
+        self.mount_point = mount_point
+        self.options = options
+        self.fstype = fstype
+        self.source = source
+        self.super_options = super_options
+        self.optional_fields = optional_fields
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, n) for n in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, MountInfo)
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"MountInfo({inner})"
 
 
 _OCTAL = "01234567"
@@ -833,17 +878,17 @@ def parse_mountinfo(text: str) -> list[MountInfo]:
             raise ParseError(f"Malformed mountinfo line {lineno}: {line!r}") from exc
         result.append(
             MountInfo(
-                mount_id=mount_id,
-                parent_id=parent_id,
-                major=major,
-                minor=minor,
-                root=_unescape_octal(fields[3]),
-                mount_point=_unescape_octal(fields[4]),
-                options=fields[5],
-                fstype=_unescape_octal(fstype),
-                source=_unescape_octal(source),
-                super_options=_unescape_octal(super_options),
-                optional_fields=tuple(fields[6:sep]),
+                mount_id,
+                parent_id,
+                major,
+                minor,
+                _unescape_octal(fields[3]),
+                _unescape_octal(fields[4]),
+                fields[5],
+                _unescape_octal(fstype),
+                _unescape_octal(source),
+                _unescape_octal(super_options),
+                tuple(fields[6:sep]),
             )
         )
     return result

@@ -8,7 +8,6 @@ import os
 from .errors import SysextError
 from .log import log
 from .model import ClassSettings, JsonMode, Options, Verb, Verdict
-from .output import emit_json, emit_table, format_usec
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -68,6 +67,7 @@ def _rejected_by_class(opts: Options) -> dict[str, list[dict[str, str]]]:
 
 
 def verb_status(opts: Options, settings: tuple[ClassSettings, ...]) -> int:
+    from .output import emit_json, emit_table, format_usec  # only these verbs print tables
     from .status import live_merge
 
     rejected = _rejected_by_class(opts)
@@ -117,6 +117,7 @@ def verb_status(opts: Options, settings: tuple[ClassSettings, ...]) -> int:
 def verb_list(opts: Options, settings: tuple[ClassSettings, ...], view: LiveView) -> int:
     from .discover import discover
     from .osrelease import is_initrd_root
+    from .output import emit_json, emit_table, format_usec  # only these verbs print tables
 
     initrd = is_initrd_root(view)
     rows: list[dict[str, Any]] = []
@@ -187,6 +188,7 @@ def verb_plan(opts: Options, env: Mapping[str, str]) -> int:
     """Every image's verdict and what refresh would do, decided as refresh decides; nothing changes."""
     from .decide import culprits_status
     from .merge import assess, class_runs, confirmation
+    from .output import emit_json, emit_table  # only these verbs print tables
     from .plan import judge_all
     from .recording import RecordingView
     from .state import read_record
