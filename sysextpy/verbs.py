@@ -1,11 +1,11 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""Verb implementations: each turns Options into output and an exit status."""
+"""The verbs that only look (status, list, plan): each turns Options into output and an exit status.
+merge, refresh and unmerge are run by cli.py, through merge.py and unmerge.py."""
 
 from __future__ import annotations
 
 import os
 
-from .errors import SysextError
 from .log import log
 from .model import ClassSettings, JsonMode, Options, Verb, Verdict
 
@@ -26,11 +26,6 @@ def settings_of(opts: Options, view: LiveView) -> tuple[ClassSettings, ...]:
     for priority, text in messages:
         log.log(priority, "%s", text)
     return settings
-
-
-def require_privileges() -> None:
-    if os.geteuid() != 0:
-        raise SysextError("Need to be privileged.", hint="run as root")
 
 
 def _merge_details(hierarchy: str, metadata_dir: str) -> tuple[Optional[str], dict[str, str]]:
@@ -281,21 +276,8 @@ def verb_plan(opts: Options, env: Mapping[str, str]) -> int:
     )
 
 
-def run_verb(opts: Options, env: Mapping[str, str], declined: Optional[str] = None) -> int:
-    if opts.root_given and not os.path.isdir(opts.root):
-        raise SysextError(f"--root={os.fspath(opts.root)!r} is not a directory.")
-    if opts.verb.mutates:
-        require_privileges()
-        from .state import run_lock
-
-        with run_lock(opts.state, opts.root, env):  # settings are read under the lock
-            if opts.verb is Verb.UNMERGE:
-                from .unmerge import do_unmerge
-
-                return do_unmerge(opts, env)
-            from .merge import do_merge
-
-            return do_merge(opts, env, declined)
+def run_verb(opts: Options, env: Mapping[str, str]) -> int:
+    """The verbs that only look: status, list and plan (cli.py runs those that change things)."""
     if opts.verb is Verb.PLAN:
         return verb_plan(opts, env)
     from .view import LiveView

@@ -284,6 +284,9 @@ def test_merge_refresh_and_unmerge_load_only_their_modules(merged: World) -> Non
         assert foreign == set(), verb
     assert "sysextpy.plan" in loaded["merge"] and "sysextpy.unmerge" in loaded["unmerge"]
     assert loaded["unmerge"] & NOT_FOR_UNMERGE == set()
+    # What only lists, shows or prints tables stays out of all three.
+    for verb, modules in loaded.items():
+        assert modules & {"sysextpy.verbs", "sysextpy.output"} == set(), verb
     assert "sysextpy.unmerge" not in loaded["merge"] | loaded["forced refresh"]
 
 
