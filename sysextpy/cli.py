@@ -326,6 +326,11 @@ def run_as_process(*, confirming: bool = True) -> NoReturn:
     os._exit(status)
 
 
+def _require_root_directory(opts: Options) -> None:
+    if opts.root_given and not os.path.isdir(opts.root):
+        raise SysextError(f"--root={os.fspath(opts.root)!r} is not a directory.")
+
+
 def _mutate(opts: Options, env: Mapping[str, str], declined: Optional[str]) -> int:
     """merge, refresh and unmerge, under the lock (settings are read under it too)."""
     if os.geteuid() != 0:
@@ -382,8 +387,7 @@ def _run(argv: Optional[Sequence[str]], *, confirming: bool) -> int:
 
     setup_logging(debug=opts.debug)
     try:
-        if opts.root_given and not os.path.isdir(opts.root):
-            raise SysextError(f"--root={os.fspath(opts.root)!r} is not a directory.")
+        _require_root_directory(opts)
         if opts.verb.mutates:
             return _mutate(opts, os.environ, declined)
         from .verbs import run_verb
