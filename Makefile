@@ -109,8 +109,8 @@ install: man
 	printf '%s\n' '#!$(PYTHON) -IS' \
 		'"""sysextpy, as installed by make install: runs the package in $(PYTHONDIR)."""' \
 		'import sys' '' 'sys.path.insert(0, "$(PYTHONDIR)")' \
-		'from sysextpy.cli import main' '' \
-		'if __name__ == "__main__":' '    sys.exit(main())' > $(DESTDIR)$(BINDIR)/sysextpy
+		'from sysextpy.cli import run_as_process' '' \
+		'if __name__ == "__main__":' '    run_as_process()' > $(DESTDIR)$(BINDIR)/sysextpy
 	chmod 0755 $(DESTDIR)$(BINDIR)/sysextpy
 	for unit in units/*.service; do \
 		sed 's|/usr/bin/sysextpy|$(BINDIR)/sysextpy|g' $$unit > $(DESTDIR)$(SYSTEMDSYSTEMUNITDIR)/$${unit##*/}; \

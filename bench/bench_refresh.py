@@ -106,7 +106,7 @@ class Side:
 def _full_path(argv: list[str]) -> list[str]:
     """Our argv with the launcher swapped for one that goes straight to the full command line,
     past the confirming refresh: what a refresh costs when the observations do not confirm."""
-    return [c.OURS_FULL_LAUNCHER if a == c.OURS_LAUNCHER else a for a in argv]
+    return [c.ours_launcher(confirming=False) if a == c.ours_launcher() else a for a in argv]
 
 
 def sides(tools: c.Tools, scratch: Path, n: int) -> list[Side]:

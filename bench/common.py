@@ -8,6 +8,7 @@ run, on fake roots it builds itself. Mounting benchmarks run inside a private mo
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
@@ -31,16 +32,45 @@ RESULTS_DIR = BENCH_DIR / "results"
 
 # The interpreter sysextpy is timed with: the system's, not a venv or a pyenv shim.
 SYSTEM_PYTHON = os.environ.get("SYSEXTPY_BENCH_PYTHON", "/usr/bin/python3")
-# How sysextpy is started: isolated (-I: no PYTHONPATH, no user site, no cwd on sys.path) and without
-# site (-S), as the boot path starts it; the package comes from this checkout.
-OURS_LAUNCHER = (
-    f"import sys; sys.path.insert(0, {os.fspath(REPO)!r}); from sysextpy.cli import main; sys.exit(main())"
-)
-# The same, straight to the full run (past the confirming refresh of decide.confirm_refresh).
-OURS_FULL_LAUNCHER = (
-    f"import sys; sys.path.insert(0, {os.fspath(REPO)!r}); "
-    "from sysextpy.cli import main; sys.exit(main(confirming=False))"
-)
+BYTECODE_TOOL = REPO / "dracut/90sysextpy/python-bytecode.py"
+
+
+def _compile_boot_form() -> str:
+    """The package as the initrd holds it: byte code only, without the sources, compiled by the
+    dracut module's own python-bytecode.py with the interpreter that runs it (no docstrings, no
+    column tables), so that the interpreter loads it with its sourceless loader, as at boot.
+    Built once per benchmark process, in a directory removed at exit. Returns the directory to put
+    on sys.path."""
+    image = tempfile.mkdtemp(prefix="sysextpy-bench-bytecode-", dir="/var/tmp")
+    atexit.register(shutil.rmtree, image, True)
+    sources = sorted(os.fspath(p) for p in (REPO / "sysextpy").glob("*.py"))
+    subprocess.run(
+        [SYSTEM_PYTHON, "-I", "-X", "no_debug_ranges", os.fspath(BYTECODE_TOOL), image, *sources],
+        check=True,
+        env=TOOL_ENV,
+    )
+    return image + os.fspath(REPO)
+
+
+_BOOT_FORM: list[str] = []
+
+
+def boot_form() -> str:
+    if not _BOOT_FORM:
+        _BOOT_FORM.append(_compile_boot_form())
+    return _BOOT_FORM[0]
+
+
+def ours_launcher(*, confirming: bool = True) -> str:
+    """How sysextpy is started: isolated (-I: no PYTHONPATH, no user site, no cwd on sys.path) and
+    without site (-S), from its byte code as the initrd holds it; `confirming=False` goes straight
+    to the full run (past the confirming refresh of decide.confirm_refresh)."""
+    return (
+        f"import sys; sys.path.insert(0, {boot_form()!r}); "
+        f"from sysextpy.cli import run_as_process; run_as_process(confirming={confirming})"
+    )
+
+
 HOST_SYSEXT = "/usr/bin/systemd-sysext"
 ORACLE_BASE = Path(os.environ.get("SYSEXT_ORACLE_BASE", "/opt/sysext-oracle"))
 
@@ -86,7 +116,7 @@ def _first_line(argv: Sequence[str]) -> str:
 
 
 def ours_tool() -> Tool:
-    base = (SYSTEM_PYTHON, "-I", "-S", "-c", OURS_LAUNCHER)
+    base = (SYSTEM_PYTHON, "-I", "-S", "-c", ours_launcher())
     prefix: dict[str, tuple[str, ...]] = {
         cls: (*base, f"--class={cls}") for cls in ("sysext", "confext", "all")
     }
@@ -541,6 +571,7 @@ def print_header(title: str, tools: Tools) -> None:
     )
     for key, version in tools.describe().items():
         print(f"   {key}: {version}")
+    print(f"   sysextpy runs as the initrd holds it: {SYSTEM_PYTHON} -IS, byte code only ({boot_form()})")
     for note in tools.notes:
         print(f"   note: {note}")
 

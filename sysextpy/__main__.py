@@ -13,4 +13,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import run_as_process
+
+    run_as_process()
+    sys.exit(1)  # not reached: run_as_process() ends the process

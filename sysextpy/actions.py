@@ -245,6 +245,16 @@ def live_requests(extra: Optional[Mapping[str, Any]]) -> dict[str, UnitRequest]:
     return {n: UnitRequest.from_json(table.get(n)) for n in names}
 
 
+def act(changes: list[tuple[str, UnitRequest]]) -> list[UnitAction]:
+    """The live actions for the extensions that changed, done after the one reload."""
+    from .log import log
+
+    planned = plan_actions(changes)
+    if planned:
+        log.info("Acting on %d unit(s) the changed extensions name.", len(planned))
+    return perform(planned)
+
+
 def perform(actions: Sequence[PlannedAction]) -> list[UnitAction]:
     """Act on each unit in order, said in the log; what was done and how it went, for the record.
     A unit the manager has no file for any more (LoadState=not-found) is stopped instead."""

@@ -17,9 +17,9 @@ import stat
 import time
 
 from . import mountapi as m
-from .chase import resolve_in_root, root_relative
+from .chase import normalize_root, resolve, resolve_in_root, root_relative
 from .errors import MountError, ResolveError, SysextError
-from .live import format_dev, read_metadata
+from .live import format_dev
 from .log import log
 from .model import (
     MUTABLE_BASE,
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .handoff import HookRun
     from .hooks import HookSearch
     from .images import Workspace
+    from .view import TreeWalk
 
 OVERLAY_MAX_LAYERS = 500  # the kernel's limit on lower layers (OVL_MAX_STACK)
 DEFAULT_MUTABLE_OPTIONS = "redirect_dir=on,noatime,metacopy=off,index=off"
@@ -182,15 +183,24 @@ def _nonempty_dir(path: str) -> bool:
         return False
 
 
-def hierarchy_in_image(tree: str, hierarchy: str) -> Optional[str]:
-    """The image's copy of the hierarchy (the image is its own root), if it is a non-empty directory."""
+def hierarchy_in_image(tree: str, hierarchy: str, walk: Optional[TreeWalk] = None) -> Optional[str]:
+    """The image's copy of the hierarchy (the image is its own root), if it is a non-empty directory.
+    With `walk`, the tree is looked at as its digest saw it."""
+    if walk is None:
+        try:
+            inner = resolve_in_root(tree, hierarchy)
+        except ResolveError:
+            return None
+        if not os.path.isdir(inner) or not _nonempty_dir(inner):
+            return None
+        return inner
     try:
-        inner = resolve_in_root(tree, hierarchy)
-    except ResolveError:
+        inner = resolve(normalize_root(tree), hierarchy, lstat=walk.lstat)
+        # resolve() followed any link: what `inner` names is no link
+        is_dir = stat.S_ISDIR(walk.lstat(inner).st_mode)
+    except (ResolveError, OSError):
         return None
-    if not os.path.isdir(inner) or not _nonempty_dir(inner):
-        return None
-    return inner
+    return inner if is_dir and walk.nonempty(inner) else None
 
 
 def _overlay_options(settings: ClassSettings, mutable: bool) -> list[tuple[str, Optional[str]]]:
@@ -253,82 +263,9 @@ def _mount_overlay(
     m.mount(source, staging, "overlay", flags, data)
 
 
-def _remove_tree(top: str) -> None:
-    """Remove a directory tree without following links; what cannot be removed stays (said at
-    debug level)."""
-    try:
-        for parent, dirs, files in os.walk(top, topdown=False):
-            for name in files:
-                os.unlink(os.path.join(parent, name))
-            for name in dirs:
-                path = os.path.join(parent, name)
-                if os.path.islink(path):
-                    os.unlink(path)
-                else:
-                    os.rmdir(path)
-        os.rmdir(top)
-    except OSError as e:
-        log.debug("Could not remove %s: %s", top, e)
-
-
 def _write(path: str, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
-
-
-def _carry_submounts(target: str) -> list[tuple[str, int]]:
-    """Clone every top-level mount below `target` (recursively), so it can be re-attached inside
-    the new overlay. Returns (path relative to target, detached tree fd)."""
-    infos = m.read_mountinfo()
-    base = os.fspath(target)
-    below = m.submounts_below(base, infos)
-    tops: list[str] = []
-    for info in below:
-        rel = os.path.relpath(info.mount_point, base)
-        if rel.split("/", 1)[0].startswith(".systemd-"):
-            continue  # our own read-only metadata bind mount
-        if any(rel == t or rel.startswith(t + "/") for t in tops):
-            continue
-        tops = [t for t in tops if not t.startswith(rel + "/")]
-        tops.append(rel)
-    carried: list[tuple[str, int]] = []
-    for rel in tops:
-        try:
-            fd = m.open_tree(
-                m.AT_FDCWD, os.path.join(base, rel), m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC | m.AT_RECURSIVE
-            )
-        except OSError as e:
-            if e.errno == errno.EINVAL:
-                # An unbindable mount can never be cloned: no retry would do better.
-                log.warning("Cannot carry submount %s over: %s", os.path.join(base, rel), e.strerror)
-                continue
-            # Anything else may pass (no memory...): fail now rather than hide the submount.
-            for _, taken in carried:
-                os.close(taken)
-            raise MountError(
-                f"Cannot carry submount {os.path.join(base, rel)!r} over: {e.strerror}",
-                hint="the hierarchy is left as it is",
-            ) from e
-        carried.append((rel, fd))
-    return carried
-
-
-def _put_back_submounts(target: str, carried: list[tuple[str, int]]) -> None:
-    """Re-attach mounts carried off an overlay that has just been detached from `target`.
-
-    A mount whose place on the plain hierarchy is already a mount point is the original that
-    the merge cloned into the overlay: it never left, so its clone is dropped."""
-    for rel, fd in carried:
-        dest = os.path.join(target, rel)
-        try:
-            if not os.path.lexists(dest):
-                log.warning("Submount %s not put back: the hierarchy has no such path.", dest)
-            elif not m.is_mount_point(dest):
-                m.move_mount(fd, "", m.AT_FDCWD, dest, m.MOVE_MOUNT_F_EMPTY_PATH)
-        except OSError as e:
-            log.warning("Cannot put submount %s back: %s", dest, e.strerror)
-        finally:
-            os.close(fd)
 
 
 @record
@@ -357,7 +294,7 @@ def prepare_hierarchy(
     exists = os.path.isdir(target)
     _, live = live_merge(root, cls, hierarchy)
     was_merged = live is not None
-    carried: list[tuple[str, int]] = _carry_submounts(target) if exists else []
+    carried: list[tuple[str, int]] = m.carry_submounts(target) if exists else []
     try:
         while live is not None:
             try:
@@ -370,7 +307,8 @@ def prepare_hierarchy(
         host_dir: Optional[str] = target if exists else None
         layers: list[tuple[str, str]] = []
         for v in merged:
-            inner = hierarchy_in_image(image_tree(v.candidate, ws), hierarchy)
+            tree = image_tree(v.candidate, ws)
+            inner = hierarchy_in_image(tree, hierarchy, ws.walk(tree))
             if inner is not None:
                 layers.append((v.name, inner))
         layout = mutable_layout(root, settings, hierarchy, host_dir, ws)
@@ -418,7 +356,7 @@ def build_hierarchy(
             # ours beyond upstream's files, e.g. the fingerprint
             _write(os.path.join(meta, filename), text)
         trees = [(v.name, image_tree(v.candidate, ws)) for v in merged]
-        shipped = shipped_hooks(trees, hierarchy)
+        shipped = shipped_hooks(trees, hierarchy, ws.walk)
         if shipped:
             _write(os.path.join(meta, SHIPPED_FILE), "".join(f"{path}\t{name}\n" for path, name in shipped))
 
@@ -664,6 +602,10 @@ def swap_in(root: str, item: Assembled) -> str:
     cls, hierarchy = item.image_class, item.hierarchy
     if item.tree_fd is None:
         # Nothing to merge here any more: a full unmerge, which also keeps later submounts.
+        if live_merge(root, cls, hierarchy)[1] is None:
+            return "untouched"  # and nothing to unmerge: the unmerge path need not even be loaded
+        from .unmerge import unmerge_hierarchy
+
         return "unmerged" if unmerge_hierarchy(root, cls, hierarchy) else "untouched"
     target = item.target
     if not os.path.exists(target):
@@ -711,33 +653,3 @@ def discard(items: Sequence[Assembled]) -> None:
         if item.tree_fd is not None:
             os.close(item.tree_fd)
             item.tree_fd = None
-
-
-def unmerge_hierarchy(root: str, cls: ImageClass, hierarchy: str) -> bool:
-    """Detach every merge of ours on the hierarchy and remove its recorded work directory."""
-    path, live = live_merge(root, cls, hierarchy)
-    if live is None or path is None:
-        return False
-    work_dirs = []
-    # Mounts made on the merged view since the merge stay, on the plain hierarchy.
-    carried = _carry_submounts(path)
-    try:
-        while live is not None:
-            # Read-only merges have no work directory.
-            text = (read_metadata(os.fspath(path), cls.metadata_dir, "work_dir") or "").strip()
-            if text:
-                work_dirs.append(text)
-            try:
-                m.umount2(path, m.MNT_DETACH)
-            except OSError as e:
-                raise MountError(f"Failed to unmount {os.fspath(path)!r}: {e.strerror}") from e
-            _, live = live_merge(root, cls, hierarchy)
-    finally:
-        _put_back_submounts(path, carried)
-    for rel in work_dirs:
-        wd = os.path.join(root, rel)
-        name = os.path.basename(wd)
-        if name.startswith(".systemd-") and name.endswith("-workdir"):
-            _remove_tree(wd)  # best effort, like upstream
-    log.info("Unmerged '%s'.", os.fspath(path))
-    return True

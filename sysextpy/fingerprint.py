@@ -59,7 +59,7 @@ def merged_hierarchies(view: LiveView) -> tuple[str, ...]:
     found: list[str] = []
     for cls in ALL_CLASSES:
         try:
-            found += class_hierarchies(cls, view)
+            found += class_hierarchies(cls, view.env)
         except SysextError:
             found += cls.default_hierarchies  # the class's settings say what is wrong
     return tuple(found)

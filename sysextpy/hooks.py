@@ -39,11 +39,11 @@ from .view import FileTooLarge, NotRegularFile, drop_in_files, sha256
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from typing import Any, Optional
+    from typing import Any, Callable, Optional
 
     from .images import Workspace
     from .model import ImageClass
-    from .view import LiveView
+    from .view import LiveView, TreeWalk
 
 HOOK_DIRS = (
     "/etc/sysextpy/hooks.d",
@@ -225,24 +225,33 @@ def find_all_hooks(view: LiveView) -> HookSearch:
     hierarchies: dict[ImageClass, Sequence[str]] = {}
     for cls in ALL_CLASSES:
         try:
-            hierarchies[cls] = class_hierarchies(cls, view)
+            hierarchies[cls] = class_hierarchies(cls, view.env)
         except SysextError:
             hierarchies[cls] = cls.default_hierarchies
     return find_hooks(view, hierarchies)
 
 
-def shipped_hooks(trees: Sequence[tuple[str, str]], hierarchy: str) -> list[tuple[str, str]]:
+def shipped_hooks(
+    trees: Sequence[tuple[str, str]],
+    hierarchy: str,
+    walk_of: Optional[Callable[[str], Optional[TreeWalk]]] = None,
+) -> list[tuple[str, str]]:
     """The hook paths below `hierarchy` that extensions ship: (path inside the root, extension).
-    `trees`: (extension name, the host path of its tree, which is its own root)."""
-    from .chase import resolve_in_root
+    `trees`: (extension name, the host path of its tree, which is its own root); `walk_of` gives a
+    tree as its digest saw it, where it has one."""
+    from .chase import normalize_root, resolve, resolve_in_root
 
     found: list[tuple[str, str]] = []
     for inner_dir in HOOK_DIRS:
         if not _below(inner_dir, hierarchy):
             continue
         for extension, tree in trees:
+            walk = walk_of(tree) if walk_of is not None else None
             try:
-                names = os.listdir(resolve_in_root(tree, inner_dir))
+                if walk is None:
+                    names = os.listdir(resolve_in_root(tree, inner_dir))
+                else:
+                    names = walk.listdir(resolve(normalize_root(tree), inner_dir, lstat=walk.lstat))
             except (ResolveError, OSError):
                 continue
             found.extend((f"{inner_dir}/{n}", extension) for n in sorted(names) if n.endswith(HOOK_SUFFIX))

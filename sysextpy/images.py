@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .dissect import ImagePlan, MountStep, TrustContext
     from .loopdev import LoopDevice
     from .pins import Pins
+    from .view import TreeWalk
 
 WORKSPACE = "/run/sysextpy/workspace"
 # Inside the view of the root a hook runs in (hook_root): a read-only tmpfs on /run holds these places.
@@ -69,9 +70,17 @@ class Workspace:
     """A private mount namespace with a tmpfs scratch directory; see the module docstring."""
 
     def __init__(
-        self, base: str = WORKSPACE, trust: Optional[TrustContext] = None, pins: Optional[Pins] = None
+        self,
+        base: str = WORKSPACE,
+        trust: Optional[TrustContext] = None,
+        pins: Optional[Pins] = None,
+        walks: Optional[Callable[[str], Optional[TreeWalk]]] = None,
     ) -> None:
         self.base = os.fspath(base)
+        # A directory's tree as its digest saw it (LiveView.walk_of), by its path: its clone here is
+        # looked at through that, so what is merged is what the digest describes.
+        self._walk_of = walks
+        self._walks: dict[str, TreeWalk] = {}  # where a clone is attached -> its walk, moved there
         # The images as discovery found them; without pins, images are opened by path.
         self.pins = pins
         self._tree_clones: dict[str, int] = {}  # path -> a bind clone of a pinned directory
@@ -89,6 +98,7 @@ class Workspace:
         # (class, name) of images that failed for a passing reason (PassingImageError)
         self.retry: set[tuple[str, str]] = set()
         self._counter = 0
+        self._kinds: set[str] = set()  # the scratch directories' parents made so far
         self._hook_root: Optional[str] = None  # hook_root()
         self.inside = False
 
@@ -169,6 +179,8 @@ class Workspace:
         self._tree_clones.clear()
         self._clone_errors.clear()
         self._trees.clear()
+        self._walks.clear()
+        self._kinds.clear()
         self._hook_root = None
 
     def pinned_tree(self, candidate: Candidate) -> Optional[str]:
@@ -194,7 +206,14 @@ class Workspace:
         finally:
             os.close(fd)
         self._trees[path] = where
+        walk = self._walk_of(path) if self._walk_of is not None else None
+        if walk is not None:
+            self._walks[where] = walk.moved(path, where)
         return where
+
+    def walk(self, tree: str) -> Optional[TreeWalk]:
+        """What the digest saw of the directory attached at `tree` (pinned_tree()), if anything."""
+        return self._walks.get(tree)
 
     def __enter__(self) -> Workspace:
         self.enter()
@@ -208,9 +227,11 @@ class Workspace:
         self._counter += 1
         parent = os.path.join(self.base, kind)
         path = os.path.join(parent, name or str(self._counter))
-        os.makedirs(parent, mode=0o700, exist_ok=True)
+        if kind not in self._kinds:
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            self._kinds.add(kind)
         os.mkdir(path, mode)
-        os.chmod(path, mode)
+        os.chmod(path, mode)  # whatever the umask
         return path
 
     def hook_root(self, root: str, hooks: str) -> str:

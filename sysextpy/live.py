@@ -22,7 +22,6 @@ import stat
 
 from .chase import normalize_root, resolve
 from .errors import ResolveError, SysextError
-from .fstab import owning_mount_point, parse_fstab_mount_points
 from .jsonlite import load_json
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
@@ -153,6 +152,8 @@ def unreachable_dirs(
     """Search directories whose deepest fstab mount point (other than /) is not mounted in the root.
     `mount_check` (default: exact_mount_check) tells whether a directory is a mount point.
     Every path is resolved inside the root: a mount point that is a link never leads out of it."""
+    from .fstab import owning_mount_point, parse_fstab_mount_points  # not for an unmerge
+
     if mount_check is None:
         mount_check = exact_mount_check
     from .view import LiveView, read_text

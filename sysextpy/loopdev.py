@@ -9,7 +9,6 @@ add context (ImageError, MountError).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -17,6 +16,8 @@ import stat
 import time
 from pathlib import Path
 from types import TracebackType
+
+from . import libc as C
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -40,30 +41,30 @@ _LO_NAME_SIZE = 64
 _ATTEMPTS = 64
 
 
-class _LoopInfo64(ctypes.Structure):
+class _LoopInfo64(C.Structure):
     _fields_ = [
-        ("lo_device", ctypes.c_uint64),
-        ("lo_inode", ctypes.c_uint64),
-        ("lo_rdevice", ctypes.c_uint64),
-        ("lo_offset", ctypes.c_uint64),
-        ("lo_sizelimit", ctypes.c_uint64),
-        ("lo_number", ctypes.c_uint32),
-        ("lo_encrypt_type", ctypes.c_uint32),
-        ("lo_encrypt_key_size", ctypes.c_uint32),
-        ("lo_flags", ctypes.c_uint32),
-        ("lo_file_name", ctypes.c_char * _LO_NAME_SIZE),
-        ("lo_crypt_name", ctypes.c_char * _LO_NAME_SIZE),
-        ("lo_encrypt_key", ctypes.c_char * 32),
-        ("lo_init", ctypes.c_uint64 * 2),
+        ("lo_device", C.c_uint64),
+        ("lo_inode", C.c_uint64),
+        ("lo_rdevice", C.c_uint64),
+        ("lo_offset", C.c_uint64),
+        ("lo_sizelimit", C.c_uint64),
+        ("lo_number", C.c_uint32),
+        ("lo_encrypt_type", C.c_uint32),
+        ("lo_encrypt_key_size", C.c_uint32),
+        ("lo_flags", C.c_uint32),
+        ("lo_file_name", C.c_char * _LO_NAME_SIZE),
+        ("lo_crypt_name", C.c_char * _LO_NAME_SIZE),
+        ("lo_encrypt_key", C.c_char * 32),
+        ("lo_init", C.c_uint64 * 2),
     ]
 
 
-class _LoopConfig(ctypes.Structure):
+class _LoopConfig(C.Structure):
     _fields_ = [
-        ("fd", ctypes.c_uint32),
-        ("block_size", ctypes.c_uint32),
+        ("fd", C.c_uint32),
+        ("block_size", C.c_uint32),
         ("info", _LoopInfo64),
-        ("_reserved", ctypes.c_uint64 * 8),
+        ("_reserved", C.c_uint64 * 8),
     ]
 
 

@@ -18,13 +18,12 @@ import time
 from . import __version__
 from .chase import root_relative
 from .decide import INPUTS_CHANGED, SKIP_MESSAGE, confirmed_record, decide, exit_status, forced
-from .errors import EXIT_FAILURE, EXIT_OK, SysextError
+from .errors import EXIT_FAILURE, SysextError
 from .handoff import ClassEntry, Confirmation, HandoffRecord, HierarchyResult, bind, options_key
 from .live import exact_mount_check, format_dev, read_live_extra
 from .log import INFO, WARNING, log
 from .model import ClassSettings, ExtensionVerdict, ImageClass, Options, Verb, Verdict
 from .records import field, record
-from .state import run_lock
 from .util import is_truthy
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
     from .actions import UnitRequest
     from .discover import Discovery
     from .dissect import TrustContext
-    from .handoff import RecordCheck, UnitAction
+    from .handoff import RecordCheck
     from .hooks import HookSearch
     from .pins import Pins
     from .plan import ClassPlan, Survey
@@ -478,7 +477,7 @@ def _build_and_swap(
 ) -> int:
     # Only now the modules that build and mount: a skipped refresh never loads them.
     from . import apply
-    from .actions import UnitRequest, changed_requests, live_merge_requests
+    from .actions import UnitRequest, act, changed_requests, live_merge_requests
     from .fingerprint import EXTRA_FILE
     from .hooks import staged
     from .identity import origin_record
@@ -499,7 +498,7 @@ def _build_and_swap(
     before: dict[str, tuple[dict[str, UnitRequest], Optional[dict[str, Any]]]] = {}
     after: dict[str, dict[str, UnitRequest]] = {}
     hook_errors: list[str] = []
-    ws = Workspace(trust=a.trust, pins=pins)
+    ws = Workspace(trust=a.trust, pins=pins, walks=view.walk_of)
     ws.enter()
     try:
         hooks = staged(a.hooks, ws, root) if a.hooks.hooks else a.hooks
@@ -639,7 +638,7 @@ def _build_and_swap(
             if cls in changed_classes and cls in before:
                 old, old_inputs = before[cls]
                 changes += changed_requests(cls, old, old_inputs, after[cls], run.inputs)
-        record.actions = _act(changes)
+        record.actions = act(changes)
 
     record.errors = errors
     record.phase = "failed" if errors else "merged"
@@ -658,16 +657,6 @@ def _build_and_swap(
     return exit_status(record)
 
 
-def _act(changes: list[tuple[str, UnitRequest]]) -> list[UnitAction]:
-    """The live actions for the extensions that changed (actions.py), done after the one reload."""
-    from .actions import perform, plan_actions
-
-    planned = plan_actions(changes)
-    if planned:
-        log.info("Acting on %d unit(s) the changed extensions name.", len(planned))
-    return perform(planned)
-
-
 def _write_quietly(path: str, record: HandoffRecord) -> None:
     from .state import write_record
 
@@ -675,71 +664,3 @@ def _write_quietly(path: str, record: HandoffRecord) -> None:
         write_record(path, record)
     except SysextError as e:
         log.error("%s", e)
-
-
-def do_unmerge(opts: Options, env: Mapping[str, str]) -> int:
-    from . import apply
-    from .actions import changed_requests, live_merge_requests
-    from .reload import decide_reload, reload_manager
-    from .state import new_record, now_usec, write_record
-
-    record = new_record(opts.verb.value, opts.root, "merging", now_usec(), env)
-    requesting: set[str] = set()
-    classes = [ImageClass(c.value) for c in opts.classes]
-    hierarchies = _hierarchies_of(opts, env)
-    # what the extensions that go away asked for: read before their merges are gone
-    going: dict[ImageClass, list[tuple[str, UnitRequest]]] = {}
-    for cls in classes:
-        old, _ = live_merge_requests(opts.root, cls, hierarchies[cls], requesting)
-        going[cls] = changed_requests(cls.value, old, None, {}, {})
-    failed: list[str] = []
-    changed = False
-    gone: list[tuple[str, UnitRequest]] = []
-    for cls in classes:
-        entry = ClassEntry()
-        for h in hierarchies[cls]:
-            try:
-                did = apply.unmerge_hierarchy(opts.root, cls, h)
-                changed = changed or did
-                if did:  # once per class, whichever of its hierarchies went first
-                    gone += going.pop(cls, [])
-                entry.hierarchies[h] = HierarchyResult("unmerged" if did else "untouched")
-            except SysextError as e:
-                log.error("%s", e)
-                failed.append(str(e))
-                entry.hierarchies[h] = HierarchyResult("failed", None, None, str(e))
-        record.classes[cls.value] = entry
-    do_reload, why = decide_reload(opts, changed, requesting, env)
-    log.info("%s the service manager: %s.", "Reloading" if do_reload else "Not reloading", why)
-    if do_reload:
-        try:
-            reload_manager()
-            record.reload_done = True
-        except SysextError as e:
-            failed.append(str(e))
-            log.error("%s", e)
-    if record.reload_done:
-        record.actions = _act(gone)
-    record.phase = "failed" if failed else "merged"
-    record.errors = failed
-    record.finished = now_usec()
-    record.reload_reason = why
-    write_record(opts.state, record)
-    return EXIT_FAILURE if failed or any(a.result == "failed" for a in record.actions) else EXIT_OK
-
-
-def _hierarchies_of(opts: Options, env: Mapping[str, str]) -> dict[ImageClass, tuple[str, ...]]:
-    """The hierarchies an unmerge looks at: the environment's, else the defaults (no configuration
-    file is read: unmerging needs none)."""
-    from .settings import class_hierarchies
-    from .view import LiveView
-
-    view = LiveView(os.fspath(opts.root), env)
-    return {cls: class_hierarchies(cls, view) for cls in opts.classes}
-
-
-def run_mutating_verb(opts: Options, env: Mapping[str, str], declined: Optional[str] = None) -> int:
-    with run_lock(opts.state, opts.root, env):
-        if opts.verb is Verb.UNMERGE:
-            return do_unmerge(opts, env)
-        return do_merge(opts, env, declined)

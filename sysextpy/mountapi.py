@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""The one ctypes module: mount-related syscalls Python lacks, mountinfo parsing, feature probes.
+"""The syscall wrappers: mount-related syscalls Python lacks, mountinfo parsing, feature probes.
 
 Syscall wrappers are named after the syscall they wrap and raise OSError(errno, message, path);
 callers turn that into a MountError with context. Helpers built on them (`make_overlay_fd`,
@@ -8,17 +8,17 @@ callers turn that into a MountError with context. Helpers built on them (`make_o
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 
+from . import libc as C
 from .errors import MountError, ParseError
-from .records import record
+from .log import log
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Callable, Optional, Union
+    from typing import Any, Callable, Optional, Union
 
     StrPath = Union[str, "os.PathLike[str]"]
     MountOptions = Sequence[tuple[str, Optional[str]]]
@@ -142,9 +142,11 @@ _NR_BY_MACHINE = {
     "loongarch64": {"statx": 291, "name_to_handle_at": 264},
 }
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
+_syscall = C.function("syscall", C.c_long)
+_mount = C.function("mount")
+_umount2 = C.function("umount2")
+_unshare = C.function("unshare")
+_setns = C.function("setns")
 
 
 def _fs(path: Optional[StrPath]) -> Optional[bytes]:
@@ -153,11 +155,24 @@ def _fs(path: Optional[StrPath]) -> Optional[bytes]:
 
 def _check(result: int, what: str, path: Optional[StrPath] = None) -> int:
     if result < 0:
-        err = ctypes.get_errno()
+        err = C.get_errno()
         if path is None:
             raise OSError(err, f"{what}: {os.strerror(err)}")
         raise OSError(err, f"{what}: {os.strerror(err)}", os.fsdecode(path))
     return result
+
+
+_OPTIONAL: dict[str, Any] = {}
+
+
+def _optional(name: str) -> Any:
+    """The C library's `name`, or None where it has none (a libc older than the syscall)."""
+    if name not in _OPTIONAL:
+        try:
+            _OPTIONAL[name] = C.function(name)
+        except AttributeError:
+            _OPTIONAL[name] = None
+    return _OPTIONAL[name]
 
 
 def _nr(name: str) -> int:
@@ -178,41 +193,41 @@ def mount(
     flags: int,
     data: Optional[str] = None,
 ) -> None:
-    res = _libc.mount(
+    res = _mount(
         _fs(source),
         _fs(target),
         None if fstype is None else fstype.encode(),
-        ctypes.c_ulong(flags),
+        C.c_ulong(flags),
         None if data is None else os.fsencode(data),
     )
     _check(int(res), "mount", target)
 
 
 def umount2(target: StrPath, flags: int = 0) -> None:
-    _check(int(_libc.umount2(_fs(target), ctypes.c_int(flags))), "umount2", target)
+    _check(int(_umount2(_fs(target), C.c_int(flags))), "umount2", target)
 
 
 def unshare(flags: int) -> None:
-    _check(int(_libc.unshare(ctypes.c_int(flags))), "unshare")
+    _check(int(_unshare(C.c_int(flags))), "unshare")
 
 
 def setns(fd: int, nstype: int) -> None:
-    _check(int(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype))), "setns")
+    _check(int(_setns(C.c_int(fd), C.c_int(nstype))), "setns")
 
 
 def fsopen(fsname: str, flags: int = FSOPEN_CLOEXEC) -> int:
-    res = _syscall(ctypes.c_long(_NR_FSOPEN), ctypes.c_char_p(fsname.encode()), ctypes.c_long(flags))
+    res = _syscall(C.c_long(_NR_FSOPEN), C.c_char_p(fsname.encode()), C.c_long(flags))
     return _check(int(res), f"fsopen({fsname!r})")
 
 
 def _fsconfig(fd: int, cmd: int, key: Optional[str], value: Optional[bytes], aux: int, what: str) -> None:
     res = _syscall(
-        ctypes.c_long(_NR_FSCONFIG),
-        ctypes.c_long(fd),
-        ctypes.c_long(cmd),
-        None if key is None else ctypes.c_char_p(key.encode()),
-        None if value is None else ctypes.c_char_p(value),
-        ctypes.c_long(aux),
+        C.c_long(_NR_FSCONFIG),
+        C.c_long(fd),
+        C.c_long(cmd),
+        None if key is None else C.c_char_p(key.encode()),
+        None if value is None else C.c_char_p(value),
+        C.c_long(aux),
     )
     _check(int(res), what)
 
@@ -235,40 +250,38 @@ def fsconfig_create(fd: int) -> None:
 
 
 def fsmount(fd: int, flags: int = FSMOUNT_CLOEXEC, attr_flags: int = 0) -> int:
-    res = _syscall(
-        ctypes.c_long(_NR_FSMOUNT), ctypes.c_long(fd), ctypes.c_long(flags), ctypes.c_long(attr_flags)
-    )
+    res = _syscall(C.c_long(_NR_FSMOUNT), C.c_long(fd), C.c_long(flags), C.c_long(attr_flags))
     return _check(int(res), "fsmount")
 
 
 def move_mount(from_dfd: int, from_path: StrPath, to_dfd: int, to_path: StrPath, flags: int) -> None:
     res = _syscall(
-        ctypes.c_long(_NR_MOVE_MOUNT),
-        ctypes.c_long(from_dfd),
-        ctypes.c_char_p(os.fsencode(from_path)),
-        ctypes.c_long(to_dfd),
-        ctypes.c_char_p(os.fsencode(to_path)),
-        ctypes.c_long(flags),
+        C.c_long(_NR_MOVE_MOUNT),
+        C.c_long(from_dfd),
+        C.c_char_p(os.fsencode(from_path)),
+        C.c_long(to_dfd),
+        C.c_char_p(os.fsencode(to_path)),
+        C.c_long(flags),
     )
     _check(int(res), "move_mount", to_path if os.fspath(to_path) else from_path)
 
 
 def open_tree(dfd: int, path: StrPath, flags: int) -> int:
     res = _syscall(
-        ctypes.c_long(_NR_OPEN_TREE),
-        ctypes.c_long(dfd),
-        ctypes.c_char_p(os.fsencode(path)),
-        ctypes.c_long(flags),
+        C.c_long(_NR_OPEN_TREE),
+        C.c_long(dfd),
+        C.c_char_p(os.fsencode(path)),
+        C.c_long(flags),
     )
     return _check(int(res), "open_tree", path)
 
 
-class _MountAttr(ctypes.Structure):
+class _MountAttr(C.Structure):
     _fields_ = [
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
+        ("attr_set", C.c_uint64),
+        ("attr_clr", C.c_uint64),
+        ("propagation", C.c_uint64),
+        ("userns_fd", C.c_uint64),
     ]
 
 
@@ -277,71 +290,89 @@ def mount_setattr(
 ) -> None:
     attr = _MountAttr(attr_set, attr_clr, propagation, 0)
     res = _syscall(
-        ctypes.c_long(_NR_MOUNT_SETATTR),
-        ctypes.c_long(dfd),
-        ctypes.c_char_p(os.fsencode(path)),
-        ctypes.c_long(flags),
-        ctypes.byref(attr),
-        ctypes.c_long(ctypes.sizeof(attr)),
+        C.c_long(_NR_MOUNT_SETATTR),
+        C.c_long(dfd),
+        C.c_char_p(os.fsencode(path)),
+        C.c_long(flags),
+        C.byref(attr),
+        C.c_long(C.sizeof(attr)),
     )
     _check(int(res), "mount_setattr", path)
 
 
-class _StatxTimestamp(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_uint32), ("_reserved", ctypes.c_int32)]
+class _StatxTimestamp(C.Structure):
+    _fields_ = [("tv_sec", C.c_int64), ("tv_nsec", C.c_uint32), ("_reserved", C.c_int32)]
 
 
-class _StatxBuf(ctypes.Structure):
+class _StatxBuf(C.Structure):
     _fields_ = [
-        ("stx_mask", ctypes.c_uint32),
-        ("stx_blksize", ctypes.c_uint32),
-        ("stx_attributes", ctypes.c_uint64),
-        ("stx_nlink", ctypes.c_uint32),
-        ("stx_uid", ctypes.c_uint32),
-        ("stx_gid", ctypes.c_uint32),
-        ("stx_mode", ctypes.c_uint16),
-        ("_spare0", ctypes.c_uint16),
-        ("stx_ino", ctypes.c_uint64),
-        ("stx_size", ctypes.c_uint64),
-        ("stx_blocks", ctypes.c_uint64),
-        ("stx_attributes_mask", ctypes.c_uint64),
+        ("stx_mask", C.c_uint32),
+        ("stx_blksize", C.c_uint32),
+        ("stx_attributes", C.c_uint64),
+        ("stx_nlink", C.c_uint32),
+        ("stx_uid", C.c_uint32),
+        ("stx_gid", C.c_uint32),
+        ("stx_mode", C.c_uint16),
+        ("_spare0", C.c_uint16),
+        ("stx_ino", C.c_uint64),
+        ("stx_size", C.c_uint64),
+        ("stx_blocks", C.c_uint64),
+        ("stx_attributes_mask", C.c_uint64),
         ("stx_atime", _StatxTimestamp),
         ("stx_btime", _StatxTimestamp),
         ("stx_ctime", _StatxTimestamp),
         ("stx_mtime", _StatxTimestamp),
-        ("stx_rdev_major", ctypes.c_uint32),
-        ("stx_rdev_minor", ctypes.c_uint32),
-        ("stx_dev_major", ctypes.c_uint32),
-        ("stx_dev_minor", ctypes.c_uint32),
-        ("stx_mnt_id", ctypes.c_uint64),
-        ("_spare", ctypes.c_uint64 * 13),
+        ("stx_rdev_major", C.c_uint32),
+        ("stx_rdev_minor", C.c_uint32),
+        ("stx_dev_major", C.c_uint32),
+        ("stx_dev_minor", C.c_uint32),
+        ("stx_mnt_id", C.c_uint64),
+        ("_spare", C.c_uint64 * 13),
     ]
 
 
-@record(frozen=True)
 class Statx:
-    """What statx(2) returned; fields the kernel did not fill (see `mask`) are None."""
+    """What statx(2) returned; fields the kernel did not fill (see `mask`) are None. Each field is
+    read from the kernel's buffer when asked for: most callers want one or two of them."""
 
-    mask: int
-    attributes: int
-    attributes_mask: int
-    mode: int
-    nlink: int
-    uid: int
-    gid: int
-    ino: int
-    size: int
-    dev_major: int
-    dev_minor: int
-    rdev_major: int
-    rdev_minor: int
-    mnt_id: Optional[int]  # the 64-bit unique id if mask has STATX_MNT_ID_UNIQUE
-    btime: Optional[tuple[int, int]]  # (sec, nsec)
-    mtime: tuple[int, int]
+    __slots__ = ("_buf", "mask")
+
+    def __init__(self, buf: _StatxBuf) -> None:
+        self._buf = buf
+        self.mask: int = buf.stx_mask
+
+    attributes = property(lambda self: int(self._buf.stx_attributes))
+    attributes_mask = property(lambda self: int(self._buf.stx_attributes_mask))
+    mode = property(lambda self: int(self._buf.stx_mode))
+    nlink = property(lambda self: int(self._buf.stx_nlink))
+    uid = property(lambda self: int(self._buf.stx_uid))
+    gid = property(lambda self: int(self._buf.stx_gid))
+    ino = property(lambda self: int(self._buf.stx_ino))
+    size = property(lambda self: int(self._buf.stx_size))
+    dev_major = property(lambda self: int(self._buf.stx_dev_major))
+    dev_minor = property(lambda self: int(self._buf.stx_dev_minor))
+    rdev_major = property(lambda self: int(self._buf.stx_rdev_major))
+    rdev_minor = property(lambda self: int(self._buf.stx_rdev_minor))
+
+    @property
+    def mnt_id(self) -> Optional[int]:
+        """The mount id; the 64-bit unique one if mask has STATX_MNT_ID_UNIQUE."""
+        return int(self._buf.stx_mnt_id) if self.mask & (STATX_MNT_ID | STATX_MNT_ID_UNIQUE) else None
+
+    @property
+    def btime(self) -> Optional[tuple[int, int]]:
+        """(sec, nsec) of the birth time, if the file system keeps one."""
+        t = self._buf.stx_btime
+        return (t.tv_sec, t.tv_nsec) if self.mask & STATX_BTIME else None
+
+    @property
+    def mtime(self) -> tuple[int, int]:
+        t = self._buf.stx_mtime
+        return (t.tv_sec, t.tv_nsec)
 
     @property
     def dev(self) -> int:
-        return os.makedev(self.dev_major, self.dev_minor)
+        return os.makedev(self._buf.stx_dev_major, self._buf.stx_dev_minor)
 
     @property
     def mnt_id_is_unique(self) -> bool:
@@ -350,74 +381,56 @@ class Statx:
 
 def statx(dirfd: int, path: StrPath, flags: int, mask: int) -> Statx:
     buf = _StatxBuf()
-    raw = ctypes.c_char_p(os.fsencode(path))
-    libc_statx = getattr(_libc, "statx", None)
+    raw = os.fsencode(path)
+    libc_statx = _optional("statx")
     if libc_statx is not None:
-        res = libc_statx(
-            ctypes.c_int(dirfd), raw, ctypes.c_int(flags), ctypes.c_uint(mask), ctypes.byref(buf)
-        )
+        # Plain ints and bytes go to C as int and char *: what statx() takes (mask fits an int).
+        res = libc_statx(dirfd, raw, flags, mask, C.byref(buf))
     else:
         res = _syscall(
-            ctypes.c_long(_nr("statx")),
-            ctypes.c_long(dirfd),
-            raw,
-            ctypes.c_long(flags),
-            ctypes.c_long(mask),
-            ctypes.byref(buf),
+            C.c_long(_nr("statx")),
+            C.c_long(dirfd),
+            C.c_char_p(raw),
+            C.c_long(flags),
+            C.c_long(mask),
+            C.byref(buf),
         )
-    _check(int(res), "statx", path)
-    got = buf.stx_mask
-    return Statx(
-        mask=got,
-        attributes=buf.stx_attributes,
-        attributes_mask=buf.stx_attributes_mask,
-        mode=buf.stx_mode,
-        nlink=buf.stx_nlink,
-        uid=buf.stx_uid,
-        gid=buf.stx_gid,
-        ino=buf.stx_ino,
-        size=buf.stx_size,
-        dev_major=buf.stx_dev_major,
-        dev_minor=buf.stx_dev_minor,
-        rdev_major=buf.stx_rdev_major,
-        rdev_minor=buf.stx_rdev_minor,
-        mnt_id=buf.stx_mnt_id if got & (STATX_MNT_ID | STATX_MNT_ID_UNIQUE) else None,
-        btime=(buf.stx_btime.tv_sec, buf.stx_btime.tv_nsec) if got & STATX_BTIME else None,
-        mtime=(buf.stx_mtime.tv_sec, buf.stx_mtime.tv_nsec),
-    )
+    if res < 0:
+        _check(int(res), "statx", path)
+    return Statx(buf)
 
 
 def name_to_handle_at(dirfd: int, path: StrPath, flags: int) -> tuple[int, bytes, int]:
     """Return (handle_type, handle bytes, mount id) of `path`."""
     size = _MAX_HANDLE_SZ
-    raw = ctypes.c_char_p(os.fsencode(path))
-    mount_id = ctypes.c_uint64(0)  # large enough for AT_HANDLE_MNT_ID_UNIQUE too
-    func = getattr(_libc, "name_to_handle_at", None)
+    raw = C.c_char_p(os.fsencode(path))
+    mount_id = C.c_uint64(0)  # large enough for AT_HANDLE_MNT_ID_UNIQUE too
+    func = _optional("name_to_handle_at")
     while True:
-        buf = ctypes.create_string_buffer(8 + size)
-        ctypes.c_uint32.from_buffer(buf, 0).value = size
+        buf = C.string_buffer(8 + size)
+        C.c_uint32.from_buffer(buf, 0).value = size
         if func is not None:
-            res = func(ctypes.c_int(dirfd), raw, buf, ctypes.byref(mount_id), ctypes.c_int(flags))
+            res = func(C.c_int(dirfd), raw, buf, C.byref(mount_id), C.c_int(flags))
         else:
             res = _syscall(
-                ctypes.c_long(_nr("name_to_handle_at")),
-                ctypes.c_long(dirfd),
+                C.c_long(_nr("name_to_handle_at")),
+                C.c_long(dirfd),
                 raw,
                 buf,
-                ctypes.byref(mount_id),
-                ctypes.c_long(flags),
+                C.byref(mount_id),
+                C.c_long(flags),
             )
-        if int(res) < 0 and ctypes.get_errno() == errno.EOVERFLOW:
-            wanted = ctypes.c_uint32.from_buffer(buf, 0).value
+        if int(res) < 0 and C.get_errno() == errno.EOVERFLOW:
+            wanted = C.c_uint32.from_buffer(buf, 0).value
             if wanted <= size:  # EOVERFLOW without a bigger size: the file system has no handles
                 _check(-1, "name_to_handle_at", path)
             size = wanted
             continue
         _check(int(res), "name_to_handle_at", path)
-        handle_bytes = ctypes.c_uint32.from_buffer(buf, 0).value
-        handle_type = ctypes.c_int32.from_buffer(buf, 4).value
+        handle_bytes = C.c_uint32.from_buffer(buf, 0).value
+        handle_type = C.c_int32.from_buffer(buf, 4).value
         # Without AT_HANDLE_MNT_ID_UNIQUE the kernel wrote an int at the start of the buffer.
-        mnt = ctypes.cast(ctypes.byref(mount_id), ctypes.POINTER(ctypes.c_int)).contents.value
+        mnt = C.c_int.from_buffer(mount_id).value
         return handle_type, buf.raw[8 : 8 + handle_bytes], mnt
 
 
@@ -768,19 +781,65 @@ def make_overlay_fd(
 # /proc/*/mountinfo
 
 
-@record(frozen=True)
 class MountInfo:
-    mount_id: int
-    parent_id: int
-    major: int
-    minor: int
-    root: str
-    mount_point: str
-    options: str
-    fstype: str
-    source: str
-    super_options: str
-    optional_fields: tuple[str, ...] = ()  # "shared:N", "master:N", "propagate_from:N", "unbindable"
+    """One line of mountinfo. A plain class: a mount table is parsed several times a run, and
+    a record's keyword constructor costs twice the parsing of the line itself."""
+
+    __slots__ = (
+        "mount_id",
+        "parent_id",
+        "major",
+        "minor",
+        "root",
+        "mount_point",
+        "options",
+        "fstype",
+        "source",
+        "super_options",
+        "optional_fields",
+    )
+
+    def __init__(
+        self,
+        mount_id: int,
+        parent_id: int,
+        major: int,
+        minor: int,
+        root: str,
+        mount_point: str,
+        options: str,
+        fstype: str,
+        source: str,
+        super_options: str,
+        optional_fields: tuple[str, ...] = (),  # "shared:N", "master:N", "propagate_from:N", "unbindable"
+    ) -> None:
+        self.mount_id = mount_id
+        self.parent_id = parent_id
+        self.major = major
+        self.minor = minor
+        self.root = root
+        self.mount_point = mount_point
+        self.options = options
+        self.fstype = fstype
+        self.source = source
+        self.super_options = super_options
+        self.optional_fields = optional_fields
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, n) for n in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, MountInfo)
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"MountInfo({inner})"
 
 
 _OCTAL = "01234567"
@@ -819,17 +878,17 @@ def parse_mountinfo(text: str) -> list[MountInfo]:
             raise ParseError(f"Malformed mountinfo line {lineno}: {line!r}") from exc
         result.append(
             MountInfo(
-                mount_id=mount_id,
-                parent_id=parent_id,
-                major=major,
-                minor=minor,
-                root=_unescape_octal(fields[3]),
-                mount_point=_unescape_octal(fields[4]),
-                options=fields[5],
-                fstype=_unescape_octal(fstype),
-                source=_unescape_octal(source),
-                super_options=_unescape_octal(super_options),
-                optional_fields=tuple(fields[6:sep]),
+                mount_id,
+                parent_id,
+                major,
+                minor,
+                _unescape_octal(fields[3]),
+                _unescape_octal(fields[4]),
+                fields[5],
+                _unescape_octal(fstype),
+                _unescape_octal(source),
+                _unescape_octal(super_options),
+                tuple(fields[6:sep]),
             )
         )
     return result
@@ -871,3 +930,62 @@ def submounts_below(path: StrPath, infos: Sequence[MountInfo]) -> list[MountInfo
     base = os.path.normpath(os.fsdecode(path))
     prefix = base.rstrip("/") + "/"
     return [info for info in infos if info.mount_point != base and info.mount_point.startswith(prefix)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Mounts made on a hierarchy, carried across a change of what is mounted there
+
+
+def carry_submounts(target: str) -> list[tuple[str, int]]:
+    """Clone every top-level mount below `target` (recursively), so it can be re-attached inside
+    the new overlay. Returns (path relative to target, detached tree fd)."""
+    infos = read_mountinfo()
+    base = os.fspath(target)
+    below = submounts_below(base, infos)
+    tops: list[str] = []
+    for info in below:
+        rel = os.path.relpath(info.mount_point, base)
+        if rel.split("/", 1)[0].startswith(".systemd-"):
+            continue  # our own read-only metadata bind mount
+        if any(rel == t or rel.startswith(t + "/") for t in tops):
+            continue
+        tops = [t for t in tops if not t.startswith(rel + "/")]
+        tops.append(rel)
+    carried: list[tuple[str, int]] = []
+    for rel in tops:
+        try:
+            fd = open_tree(
+                AT_FDCWD, os.path.join(base, rel), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
+            )
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                # An unbindable mount can never be cloned: no retry would do better.
+                log.warning("Cannot carry submount %s over: %s", os.path.join(base, rel), e.strerror)
+                continue
+            # Anything else may pass (no memory...): fail now rather than hide the submount.
+            for _, taken in carried:
+                os.close(taken)
+            raise MountError(
+                f"Cannot carry submount {os.path.join(base, rel)!r} over: {e.strerror}",
+                hint="the hierarchy is left as it is",
+            ) from e
+        carried.append((rel, fd))
+    return carried
+
+
+def put_back_submounts(target: str, carried: list[tuple[str, int]]) -> None:
+    """Re-attach mounts carried off an overlay that has just been detached from `target`.
+
+    A mount whose place on the plain hierarchy is already a mount point is the original that
+    the merge cloned into the overlay: it never left, so its clone is dropped."""
+    for rel, fd in carried:
+        dest = os.path.join(target, rel)
+        try:
+            if not os.path.lexists(dest):
+                log.warning("Submount %s not put back: the hierarchy has no such path.", dest)
+            elif not is_mount_point(dest):
+                move_mount(fd, "", AT_FDCWD, dest, MOVE_MOUNT_F_EMPTY_PATH)
+        except OSError as e:
+            log.warning("Cannot put submount %s back: %s", dest, e.strerror)
+        finally:
+            os.close(fd)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from typing import Any, Optional
 
     from .pins import Pins
+    from .view import TreeWalk
 
 
 class RecordingView(LiveView):
@@ -31,7 +32,8 @@ class RecordingView(LiveView):
 
     def __init__(self, root: str, env: Mapping[str, str], pins: Optional[Pins] = None) -> None:
         super().__init__(root, env, pins=pins)
-        self._live = LiveView(self.root, env, pins=pins)
+        # A snapshot: each path is looked at once, like each observation is taken once.
+        self._live = LiveView(self.root, env, pins=pins, snapshot=True)
         self.tree_changes = self._live.tree_changes  # the trees' digests are taken by the live view
         self.observations: list[list[Any]] = []
         self.scope = ""  # "": every class's
@@ -160,9 +162,12 @@ class RecordingView(LiveView):
             raise_error(path, value)
         return value
 
+    def walk_of(self, tree: str) -> Optional[TreeWalk]:
+        return self._live.walk_of(tree)
+
     def image_view(self, tree: str) -> LiveView:
         self.tree_digest(tree)  # what is read inside the tree is covered by its digest
-        return LiveView(tree, {})
+        return self._live.image_view(tree)
 
 
 class _Scope:

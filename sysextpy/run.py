@@ -156,6 +156,33 @@ def _spawn_chrooted(
     return pid
 
 
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _adopt_orphans() -> None:
+    """Become the reaper of this process's orphaned descendants (PR_SET_CHILD_SUBREAPER): the
+    children of a command run in a session of its own then stay ours to reap when it is killed,
+    whatever reaps orphans on this machine, and how soon."""
+    from . import libc
+
+    libc.function("prctl")(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _reap_group(pgid: int, limit: float = 5.0) -> None:
+    """Reap what is left of a killed process group: its members orphaned by the kill are our
+    children (_adopt_orphans), so once this returns none of them runs any more."""
+    until = time.monotonic() + limit
+    while True:
+        try:
+            got, _ = os.waitpid(-pgid, os.WNOHANG)
+        except ChildProcessError:
+            return  # none left
+        if got == 0:
+            if time.monotonic() >= until:
+                return
+            time.sleep(0.001)
+
+
 def run(
     cmd: Sequence[PathString],
     *,
@@ -196,6 +223,8 @@ def run(
                 pipes[r] = []
                 ends.append(w)
                 actions.append((os.POSIX_SPAWN_DUP2, w, target))
+        if new_session:
+            _adopt_orphans()
         try:
             if chroot is None:
                 pid = os.posix_spawn(path, argv, full_env, file_actions=actions, setsid=new_session)
@@ -240,6 +269,8 @@ def run(
             except ProcessLookupError:
                 pass  # it ended meanwhile; reaped below all the same
             os.waitpid(pid, 0)
+            if new_session:
+                _reap_group(pid)
             raise TimedOut(f"{shown!r} did not finish within {timeout:g} s")
     finally:
         for fd in pipes:

@@ -10,6 +10,8 @@ from .model import ClassSettings, ImageClass, MutableMode, Options
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from typing import Callable, Optional
+
     from .view import LiveView
 
 
@@ -37,10 +39,11 @@ def _mutable_from_text(value: str) -> MutableMode:
     return parse_mutable_mode(value)
 
 
-def class_hierarchies(image_class: ImageClass, view: LiveView) -> tuple[str, ...]:
-    """The hierarchies a class merges into: $SYSTEMD_<CLASS>_HIERARCHIES, else the defaults."""
+def class_hierarchies(image_class: ImageClass, env: Callable[[str], Optional[str]]) -> tuple[str, ...]:
+    """The hierarchies a class merges into: $SYSTEMD_<CLASS>_HIERARCHIES, else the defaults. `env`
+    reads a variable (a view's env(), which a recording view notes, or a mapping's get())."""
     hier_var = f"{image_class.env_prefix}_HIERARCHIES"
-    value = view.env(hier_var)
+    value = env(hier_var)
     return parse_hierarchies(value, hier_var) if value is not None else image_class.default_hierarchies
 
 
@@ -50,7 +53,7 @@ def resolve_settings(opts: Options, image_class: ImageClass, view: LiveView) -> 
 
     warnings: list[str] = []
     prefix = image_class.env_prefix
-    hierarchies = class_hierarchies(image_class, view)
+    hierarchies = class_hierarchies(image_class, view.env)
 
     config = load_config(view, image_class)
     warnings.extend(config.warnings)

@@ -1,14 +1,13 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""Verb implementations: each turns Options into output and an exit status."""
+"""The verbs that only look (status, list, plan): each turns Options into output and an exit status.
+merge, refresh and unmerge are run by cli.py, through merge.py and unmerge.py."""
 
 from __future__ import annotations
 
 import os
 
-from .errors import SysextError
 from .log import log
 from .model import ClassSettings, JsonMode, Options, Verb, Verdict
-from .output import emit_json, emit_table, format_usec
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -27,11 +26,6 @@ def settings_of(opts: Options, view: LiveView) -> tuple[ClassSettings, ...]:
     for priority, text in messages:
         log.log(priority, "%s", text)
     return settings
-
-
-def require_privileges() -> None:
-    if os.geteuid() != 0:
-        raise SysextError("Need to be privileged.", hint="run as root")
 
 
 def _merge_details(hierarchy: str, metadata_dir: str) -> tuple[Optional[str], dict[str, str]]:
@@ -68,6 +62,7 @@ def _rejected_by_class(opts: Options) -> dict[str, list[dict[str, str]]]:
 
 
 def verb_status(opts: Options, settings: tuple[ClassSettings, ...]) -> int:
+    from .output import emit_json, emit_table, format_usec  # only these verbs print tables
     from .status import live_merge
 
     rejected = _rejected_by_class(opts)
@@ -117,6 +112,7 @@ def verb_status(opts: Options, settings: tuple[ClassSettings, ...]) -> int:
 def verb_list(opts: Options, settings: tuple[ClassSettings, ...], view: LiveView) -> int:
     from .discover import discover
     from .osrelease import is_initrd_root
+    from .output import emit_json, emit_table, format_usec  # only these verbs print tables
 
     initrd = is_initrd_root(view)
     rows: list[dict[str, Any]] = []
@@ -187,6 +183,7 @@ def verb_plan(opts: Options, env: Mapping[str, str]) -> int:
     """Every image's verdict and what refresh would do, decided as refresh decides; nothing changes."""
     from .decide import culprits_status
     from .merge import assess, class_runs, confirmation
+    from .output import emit_json, emit_table  # only these verbs print tables
     from .plan import judge_all
     from .recording import RecordingView
     from .state import read_record
@@ -279,14 +276,8 @@ def verb_plan(opts: Options, env: Mapping[str, str]) -> int:
     )
 
 
-def run_verb(opts: Options, env: Mapping[str, str], declined: Optional[str] = None) -> int:
-    if opts.root_given and not os.path.isdir(opts.root):
-        raise SysextError(f"--root={os.fspath(opts.root)!r} is not a directory.")
-    if opts.verb.mutates:
-        require_privileges()
-        from .merge import run_mutating_verb
-
-        return run_mutating_verb(opts, env, declined)  # settings are read under the lock
+def run_verb(opts: Options, env: Mapping[str, str]) -> int:
+    """The verbs that only look: status, list and plan (cli.py runs those that change things)."""
     if opts.verb is Verb.PLAN:
         return verb_plan(opts, env)
     from .view import LiveView

@@ -224,14 +224,56 @@ def _read_regular(path: str, limit: int, *, allow_growth: bool = False) -> bytes
         os.close(fd)
 
 
-def tree_digest_now(top: str, changed: Optional[dict[str, int]] = None) -> str:
+class TreeWalk:
+    """What the walk of a tree's digest saw, by host path: each entry's lstat() and each directory's
+    names. A view of the tree (LiveView.image_view) resolves and lists through it, so what is read
+    inside the tree is what its digest describes, without looking again."""
+
+    __slots__ = ("lstats", "names")
+
+    def __init__(self) -> None:
+        self.lstats: dict[str, os.stat_result] = {}
+        self.names: dict[str, list[str]] = {}
+
+    def lstat(self, path: str) -> os.stat_result:
+        """lstat() as the walk saw it; what it did not see is looked at now."""
+        found = self.lstats.get(path)
+        return os.lstat(path) if found is None else found
+
+    def nonempty(self, directory: str) -> bool:
+        names = self.names.get(directory)
+        if names is not None:
+            return bool(names)
+        try:
+            with os.scandir(directory) as it:
+                return any(True for _ in it)
+        except OSError:
+            return False
+
+    def listdir(self, directory: str) -> list[str]:
+        names = self.names.get(directory)
+        return sorted(os.listdir(directory)) if names is None else list(names)
+
+    def moved(self, top: str, to: str) -> TreeWalk:
+        """The same walk for the tree `top` seen at `to` (a clone of it attached elsewhere)."""
+        n = len(top)
+        out = TreeWalk()
+        out.lstats = {to + k[n:]: v for k, v in self.lstats.items() if k.startswith(top)}
+        out.names = {to + k[n:]: v for k, v in self.names.items() if k.startswith(top)}
+        return out
+
+
+def tree_digest_now(
+    top: str, changed: Optional[dict[str, int]] = None, walk: Optional[TreeWalk] = None
+) -> str:
     """sha256 over (relative path, mode, size, mtime, ctime, link target) of `top` and every entry
     below it (of `top` itself every field a Stat records). File contents are not read: any change
     to a file changes its ctime, which nobody can set back, and the directory's own entry covers
     renames and new files.
 
     With `changed`, the newest change time (ns) of the tree, `top` and all, goes into it under
-    `top`, where the walk saw every entry: what apply.input_stamp needs, without a second walk."""
+    `top`, where the walk saw every entry: what apply.input_stamp needs, without a second walk.
+    With `walk`, what the walk saw goes into it (TreeWalk)."""
     h = sha256()
     try:
         st = os.lstat(top)
@@ -247,6 +289,8 @@ def tree_digest_now(top: str, changed: Optional[dict[str, int]] = None) -> str:
     scandir, readlink, kind_of = os.scandir, os.readlink, stat.S_IFMT
     link, directory_kind = stat.S_IFLNK, stat.S_IFDIR
     append = lines.append
+    seen = None if walk is None else walk.lstats
+    listed = None if walk is None else walk.names
     while stack:
         directory, rel = stack.pop()
         try:
@@ -258,6 +302,8 @@ def tree_digest_now(top: str, changed: Optional[dict[str, int]] = None) -> str:
             continue
         if len(entries) > 1:
             entries.sort(key=_NAME)
+        if listed is not None:
+            listed[directory] = [e.name for e in entries]
         count += len(entries)
         if count > TREE_ENTRY_LIMIT:
             append("\0truncated\n")
@@ -271,6 +317,8 @@ def tree_digest_now(top: str, changed: Optional[dict[str, int]] = None) -> str:
                 append(f"{path}\0error:{e.errno}\n")
                 whole = False
                 continue
+            if seen is not None:
+                seen[entry.path] = st
             if st.st_ctime_ns > newest:
                 newest = st.st_ctime_ns
             mode = st.st_mode
@@ -480,17 +528,29 @@ class LiveView:
     paths given to resolve() are inside the root (or inside `base`)."""
 
     def __init__(
-        self, root: str, env: Mapping[str, str], *, snapshot: bool = False, pins: Optional[Pins] = None
+        self,
+        root: str,
+        env: Mapping[str, str],
+        *,
+        snapshot: bool = False,
+        pins: Optional[Pins] = None,
+        walk: Optional[TreeWalk] = None,
     ) -> None:
         self.root = normalize_root(root)
         self._env = env
         # The disk images pinned at discovery (pins.py): read through their pins, not their paths.
         self.pins = pins
-        # A snapshot view (replay) looks at each directory a resolution passes once: the search
-        # directories lie on the way to every image in them.
-        self._lstat: Optional[Callable[[str], os.stat_result]] = _cached_lstat({}) if snapshot else None
+        # A snapshot view (replay, recording) looks at each directory a resolution passes once: the
+        # search directories lie on the way to every image in them. `walk` starts it with what
+        # was looked at already: a tree, as its digest saw it.
+        self._walk = walk
+        self._lstat: Optional[Callable[[str], os.stat_result]] = (
+            walk.lstat if walk is not None else _cached_lstat({}) if snapshot else None
+        )
         # tree -> its newest change time (ns), taken with its digest (tree_digest_now)
         self.tree_changes: dict[str, int] = {}
+        # tree -> what its digest saw
+        self._walks: dict[str, TreeWalk] = {}
 
     # -- the environment and the machine
 
@@ -538,6 +598,8 @@ class LiveView:
         return Stat.of(os.lstat(path))
 
     def listdir(self, path: str) -> list[str]:
+        if self._walk is not None:
+            return self._walk.listdir(path)
         return sorted(os.listdir(path))
 
     def entries(self, path: str) -> list[tuple[str, str]]:
@@ -572,7 +634,10 @@ class LiveView:
         return search_config_files(self, name)
 
     def tree_digest(self, path: str) -> str:
-        return tree_digest_now(path, self.tree_changes)
+        walk = TreeWalk()
+        digest = tree_digest_now(path, self.tree_changes, walk)
+        self._walks[path] = walk
+        return digest
 
     def file_identity(self, path: str, located: bool) -> dict[str, Any]:
         return file_identity_now(path, located, self.file_pin(path))
@@ -581,10 +646,16 @@ class LiveView:
         """The pin of the disk image at `path` (pins.py), or None: then it is read by its path."""
         return self.pins.file_pin(path) if self.pins is not None else None
 
+    def walk_of(self, tree: str) -> Optional[TreeWalk]:
+        """What the digest of `tree` saw, if it was taken through this view."""
+        return self._walks.get(tree)
+
     def image_view(self, tree: str) -> LiveView:
         """A view of a directory extension's tree as its own root. Reads inside it are covered by
-        the tree's digest (a recording view observes that), so they are not recorded one by one."""
-        return LiveView(tree, {})
+        the tree's digest (a recording view observes that), so they are not recorded one by one.
+        Where the digest is taken, paths inside resolve through the entries it saw: what is read is
+        then what the digest describes."""
+        return LiveView(tree, {}, walk=self._walks.get(tree))
 
     def scoped(self, scope: str) -> Any:
         """`with view.scoped(cls):` around what one class's inputs are read for (a recording view

@@ -99,7 +99,7 @@ def settings(opts: Options, image_class: ImageClass, env: Mapping[str, str]) -> 
 def test_hierarchies_per_class(
     root: Path, image_class: ImageClass, env: dict[str, str], hierarchies: tuple[str, ...]
 ) -> None:
-    assert class_hierarchies(image_class, LiveView(os.fspath(root), env)) == hierarchies
+    assert class_hierarchies(image_class, LiveView(os.fspath(root), env).env) == hierarchies
     assert settings(Options(root=root), image_class, env).hierarchies == hierarchies
 
 
@@ -108,7 +108,7 @@ def test_bad_hierarchies_fail_resolution(root: Path) -> None:
     with pytest.raises(SysextError, match="SYSTEMD_SYSEXT_HIERARCHIES"):
         settings(Options(root=root), SYSEXT, env)
     with pytest.raises(SysextError, match="SYSTEMD_SYSEXT_HIERARCHIES"):
-        class_hierarchies(SYSEXT, LiveView(os.fspath(root), env))
+        class_hierarchies(SYSEXT, LiveView(os.fspath(root), env).env)
 
 
 # --------------------------------------------------------------------------------------------------
