@@ -484,7 +484,7 @@ def _build_and_swap(
     from .images import Workspace
     from .jsonlite import dump_json
     from .plan import Survey, judge_all
-    from .reload import decide_reload, reload_manager
+    from .reload import reload_once
     from .state import now_usec, write_record
     from .view import LiveView
 
@@ -621,16 +621,7 @@ def _build_and_swap(
             entry.inputs_digest = run.inputs_digest
             entry.observations_digest = run.observations_digest
 
-    do_reload, why = decide_reload(opts, changed, requesting, env)
-    log.info("%s the service manager: %s.", "Reloading" if do_reload else "Not reloading", why)
-    record.reload_reason = why
-    if do_reload:
-        try:
-            reload_manager()
-            record.reload_done = True
-        except SysextError as e:
-            errors.append(str(e))
-            log.error("%s", e)
+    reload_once(opts, changed, requesting, env, record, errors)
     if record.reload_done:
         changes = []
         for run in todo:

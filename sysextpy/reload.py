@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
+from .errors import SysextError
 from .log import log
 from .state import in_initrd
 
-__all__ = ["decide_reload", "in_initrd", "reload_manager"]
+__all__ = ["decide_reload", "in_initrd", "reload_manager", "reload_once"]
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from typing import Optional
 
+    from .handoff import HandoffRecord
     from .model import Options
 
 
@@ -40,3 +42,25 @@ def reload_manager() -> None:
 
     run(["systemctl", "daemon-reload"], timeout=90)
     log.info("Reloaded the service manager.")
+
+
+def reload_once(
+    opts: Options,
+    changed: bool,
+    requesting: Iterable[str],
+    env: Optional[Mapping[str, str]],
+    record: HandoffRecord,
+    errors: list[str],
+) -> None:
+    """The run's one reload, if decide_reload() wants it: why goes into the log and the record,
+    and a failed reload into `errors` (what was merged stays)."""
+    do_reload, why = decide_reload(opts, changed, requesting, env)
+    log.info("%s the service manager: %s.", "Reloading" if do_reload else "Not reloading", why)
+    record.reload_reason = why
+    if do_reload:
+        try:
+            reload_manager()
+            record.reload_done = True
+        except SysextError as e:
+            errors.append(str(e))
+            log.error("%s", e)

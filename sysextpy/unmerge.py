@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 def do_unmerge(opts: Options, env: Mapping[str, str]) -> int:
     from .actions import act, changed_requests, live_merge_requests
-    from .reload import decide_reload, reload_manager
+    from .reload import reload_once
     from .state import new_record, now_usec, write_record
 
     record = new_record(opts.verb.value, opts.root, "merging", now_usec(), env)
@@ -56,21 +56,12 @@ def do_unmerge(opts: Options, env: Mapping[str, str]) -> int:
                 failed.append(str(e))
                 entry.hierarchies[h] = HierarchyResult("failed", None, None, str(e))
         record.classes[cls.value] = entry
-    do_reload, why = decide_reload(opts, changed, requesting, env)
-    log.info("%s the service manager: %s.", "Reloading" if do_reload else "Not reloading", why)
-    if do_reload:
-        try:
-            reload_manager()
-            record.reload_done = True
-        except SysextError as e:
-            failed.append(str(e))
-            log.error("%s", e)
+    reload_once(opts, changed, requesting, env, record, failed)
     if record.reload_done:
         record.actions = act(gone)
     record.phase = "failed" if failed else "merged"
     record.errors = failed
     record.finished = now_usec()
-    record.reload_reason = why
     write_record(opts.state, record)
     return EXIT_FAILURE if failed or any(a.result == "failed" for a in record.actions) else EXIT_OK
 
