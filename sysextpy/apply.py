@@ -32,6 +32,7 @@ from .model import (
 )
 from .records import field, record
 from .status import live_merge
+from .view import TreeWalk, nonempty_dir
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
     from .handoff import HookRun
     from .hooks import HookSearch
     from .images import Workspace
-    from .view import TreeWalk
 
 OVERLAY_MAX_LAYERS = 500  # the kernel's limit on lower layers (OVL_MAX_STACK)
 DEFAULT_MUTABLE_OPTIONS = "redirect_dir=on,noatime,metacopy=off,index=off"
@@ -175,32 +175,17 @@ def mutable_layout(
     return MutableLayout(persistent, work, (), root_relative(root, persistent), same_as_host)
 
 
-def _nonempty_dir(path: str) -> bool:
-    try:
-        with os.scandir(path) as it:
-            return any(True for _ in it)
-    except OSError:
-        return False
-
-
 def hierarchy_in_image(tree: str, hierarchy: str, walk: Optional[TreeWalk] = None) -> Optional[str]:
     """The image's copy of the hierarchy (the image is its own root), if it is a non-empty directory.
     With `walk`, the tree is looked at as its digest saw it."""
-    if walk is None:
-        try:
-            inner = resolve_in_root(tree, hierarchy)
-        except ResolveError:
-            return None
-        if not os.path.isdir(inner) or not _nonempty_dir(inner):
-            return None
-        return inner
+    seen = TreeWalk() if walk is None else walk  # an empty walk looks at everything now
     try:
-        inner = resolve(normalize_root(tree), hierarchy, lstat=walk.lstat)
+        inner = resolve(normalize_root(tree), hierarchy, lstat=seen.lstat)
         # resolve() followed any link: what `inner` names is no link
-        is_dir = stat.S_ISDIR(walk.lstat(inner).st_mode)
+        is_dir = stat.S_ISDIR(seen.lstat(inner).st_mode)
     except (ResolveError, OSError):
         return None
-    return inner if is_dir and walk.nonempty(inner) else None
+    return inner if is_dir and seen.nonempty(inner) else None
 
 
 def _overlay_options(settings: ClassSettings, mutable: bool) -> list[tuple[str, Optional[str]]]:
@@ -363,7 +348,7 @@ def build_hierarchy(
         lowers: list[str] = []
         lowers.extend(layout.import_dirs)
         lowers.extend(path for _, path in reversed(prep.layers))
-        if host_dir is not None and _nonempty_dir(host_dir) and not layout.host_is_upper:
+        if host_dir is not None and nonempty_dir(host_dir) and not layout.host_is_upper:
             lowers.append(host_dir)
             host_dev = os.stat(host_dir).st_dev
             if os.major(host_dev) != 0:
@@ -552,7 +537,7 @@ def _generate(
                     f"{cls}: the new merge of {hierarchy!r} was not built: {done.reason()}",
                     hint="the merge that was there stays; the next refresh tries again",
                 )
-            if _nonempty_dir(out):
+            if nonempty_dir(out):
                 outputs.insert(0, out)
     finally:
         ws.hide_from_hooks(merged)

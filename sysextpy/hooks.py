@@ -239,7 +239,8 @@ def shipped_hooks(
     """The hook paths below `hierarchy` that extensions ship: (path inside the root, extension).
     `trees`: (extension name, the host path of its tree, which is its own root); `walk_of` gives a
     tree as its digest saw it, where it has one."""
-    from .chase import normalize_root, resolve, resolve_in_root
+    from .chase import normalize_root, resolve
+    from .view import TreeWalk
 
     found: list[tuple[str, str]] = []
     for inner_dir in HOOK_DIRS:
@@ -247,11 +248,9 @@ def shipped_hooks(
             continue
         for extension, tree in trees:
             walk = walk_of(tree) if walk_of is not None else None
+            seen = TreeWalk() if walk is None else walk  # an empty walk looks at everything now
             try:
-                if walk is None:
-                    names = os.listdir(resolve_in_root(tree, inner_dir))
-                else:
-                    names = walk.listdir(resolve(normalize_root(tree), inner_dir, lstat=walk.lstat))
+                names = seen.listdir(resolve(normalize_root(tree), inner_dir, lstat=seen.lstat))
             except (ResolveError, OSError):
                 continue
             found.extend((f"{inner_dir}/{n}", extension) for n in sorted(names) if n.endswith(HOOK_SUFFIX))

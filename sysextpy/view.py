@@ -224,6 +224,15 @@ def _read_regular(path: str, limit: int, *, allow_growth: bool = False) -> bytes
         os.close(fd)
 
 
+def nonempty_dir(path: str) -> bool:
+    """Whether the directory `path` has entries; one that cannot be read has none."""
+    try:
+        with os.scandir(path) as it:
+            return any(True for _ in it)
+    except OSError:
+        return False
+
+
 class TreeWalk:
     """What the walk of a tree's digest saw, by host path: each entry's lstat() and each directory's
     names. A view of the tree (LiveView.image_view) resolves and lists through it, so what is read
@@ -241,14 +250,9 @@ class TreeWalk:
         return os.lstat(path) if found is None else found
 
     def nonempty(self, directory: str) -> bool:
+        """Whether `directory` has entries; one that cannot be read has none."""
         names = self.names.get(directory)
-        if names is not None:
-            return bool(names)
-        try:
-            with os.scandir(directory) as it:
-                return any(True for _ in it)
-        except OSError:
-            return False
+        return nonempty_dir(directory) if names is None else bool(names)
 
     def listdir(self, directory: str) -> list[str]:
         names = self.names.get(directory)
