@@ -250,6 +250,15 @@ def test_boot_timeout_kills_the_guest_and_explains(fake_qemu: Path) -> None:
         raise AssertionError("a scenario check")
 
 
+def test_failure_context_names_a_kernel_crash(tmp_path: Path) -> None:
+    console = "[    1.9] sched_clock: Marking stable\n[    1.98] Oops: int3: 0000 [#1] PREEMPT SMP\n"
+    crashed = harness.BootResult("t", console, None, {}, 2.0, 0, False, "", tmp_path)
+    assert "=== the guest kernel failed: [    1.98] Oops: int3" in crashed.failure_context()
+    console = "[    1.9] Run /init as init process\n"
+    quiet = harness.BootResult("t", console, None, {}, 2.0, 0, False, "", tmp_path)
+    assert "kernel failed" not in quiet.failure_context()
+
+
 # --------------------------------------------------------------------------------------------------
 # The guest-side report's pure parts (the script runs on the guest's Python; loaded by path here)
 
