@@ -10,7 +10,6 @@ The number of examples each property ran is reported (tests/RELIABILITY.md).
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import os
 import posixpath
@@ -65,7 +64,6 @@ from sysextpy.state import boot_id, read_record, write_record
 from sysextpy.status import parse_dev
 from sysextpy.util import parse_bool, parse_bool_or_none
 from sysextpy.verity import parse_root_hash, parse_verity_sig, parse_verity_superblock, pem_certificates
-from sysextpy.versioncomp import compare_versions, version_key
 from sysextpy.vpick import VersionedName, best_candidate, parse_versioned_name, split_vdir_name
 from tests.faults import Tally
 
@@ -178,39 +176,7 @@ def test_image_names(name: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Versions and .v/ directories
-
-_version_text = st.text(st.sampled_from(list("0123456789abzAZ.-~^_+é ")), max_size=8) | any_text
-
-
-@settings(max_examples=400, deadline=None)
-@given(_version_text, _version_text)
-@counted("versions: antisymmetric and reflexive")
-def test_versions_antisymmetric(a: str, b: str) -> None:
-    r = compare_versions(a, b)
-    assert r in (-1, 0, 1)
-    assert compare_versions(b, a) == -r
-    assert compare_versions(a, a) == 0
-
-
-@settings(max_examples=400, deadline=None)
-@given(_version_text, _version_text, _version_text)
-@counted("versions: transitive")
-def test_versions_transitive(a: str, b: str, c: str) -> None:
-    ab, bc, ac = compare_versions(a, b), compare_versions(b, c), compare_versions(a, c)
-    if ab <= 0 and bc <= 0:
-        assert ac <= 0 and (ac < 0 or (ab == 0 and bc == 0))
-    if ab == 0:
-        assert ac == bc
-
-
-@FEW
-@given(st.lists(_version_text, min_size=2, max_size=10))
-@counted("versions: sorting is consistent for every pair")
-def test_versions_sort(items: list[str]) -> None:
-    ordered = sorted(items, key=version_key)
-    for i, j in itertools.combinations(range(len(ordered)), 2):
-        assert compare_versions(ordered[i], ordered[j]) <= 0
+# .v/ directories
 
 
 @NORMAL
