@@ -2,11 +2,13 @@
 """Version ordering exactly as systemd's `strverscmp_improved()` (UAPI version format specification).
 
 Used to pick the newest entry of a `.v/` directory and to order extensions by name. Upstream
-compares two strings step by step; each step of the walk looks at one string only, in the same
-order every time, and the first step whose outcome differs decides. `version_key` writes down a
-string's steps as tuples whose order is that outcome, so that comparing two keys is the same walk
-done by the interpreter's tuple comparison: sorting takes one key per name instead of a call per
-comparison. tests/test_versioncomp.py holds it to upstream's `systemd-analyze compare-versions`.
+walks two strings together, segment by segment, asking both the same questions in the same order
+(a "~"? the end? a "-", "^", "." prefix? digits or letters, and which?); the first answer that
+differs decides, and how far each string moves depends on that string alone. `version_key` writes
+down one string's answers as tuples ordered like the outcomes, so that comparing two keys is the
+same walk, done by the interpreter's tuple comparison: a sort computes one key per name instead of
+calling a function per comparison. tests/test_versioncomp.py holds it to upstream's
+`systemd-analyze compare-versions`.
 """
 
 from __future__ import annotations
