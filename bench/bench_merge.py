@@ -4,7 +4,10 @@
 Each fake root carries N directory sysexts and N directory confexts. Two comparisons per size:
   sysext only   sysextpy --class=sysext  vs  systemd-sysext (new, and Debian's where it has the verb)
   both classes  sysextpy --class=all     vs  systemd-sysext + systemd-confext (new; two processes,
-                                             their times added up)
+                                             their times added up), and the floor:
+                                             bench/floor.py, the interpreter's start and the
+                                             syscalls any merge makes, without and with a walk
+                                             of every extension tree
 One cycle is merge, refresh (forced: --always-refresh=yes; Debian's v252 has no skip and no such
 option, its refresh always re-merges) and unmerge; every step is checked against the mount table
 (overlays present after merge and refresh, gone after unmerge), not just the exit status. The
@@ -35,7 +38,7 @@ class Contender:
 
     label: str
     key: str
-    ours: bool
+    rated: bool  # ratios to upstream on its rows: sysextpy's, and the floor's
     group: str  # "sysext" or "all"
     expect: set[str]  # hierarchies (relative to the root) merged after merge and refresh
     steps: dict[str, list[list[str]]]
@@ -114,6 +117,14 @@ def contenders(tools: c.Tools, root: Path) -> list[Contender]:
                     ]
                     for step in STEPS
                 },
+            )
+        )
+    # The floor (floor.py): the interpreter's start and the syscalls any merge makes, nothing else.
+    for label, extra in (("python floor", []), ("python floor + walk", ["--walk"])):
+        floor = [c.SYSTEM_PYTHON, "-I", "-S", "-c", c.floor_launcher(), *extra, str(root)]
+        out.append(
+            Contender(
+                label, "floor", True, "all", {"usr", "etc"}, {step: [[*floor, step]] for step in STEPS}
             )
         )
     return out
@@ -206,7 +217,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for step in STEPS:
             for n, everyone in by_size:
                 cells = [
-                    c.Cell(w.label, w.series[step], w.ours, w.key) for w in everyone if w.group == group
+                    c.Cell(w.label, w.series[step], w.rated, w.key) for w in everyone if w.group == group
                 ]
                 case = f"{step}, {n} ext"
                 baselines = c.baselines_of(cells, keys)

@@ -35,29 +35,32 @@ SYSTEM_PYTHON = os.environ.get("SYSEXTPY_BENCH_PYTHON", "/usr/bin/python3")
 BYTECODE_TOOL = REPO / "dracut/90sysextpy/python-bytecode.py"
 
 
-def _compile_boot_form() -> str:
-    """The package as the initrd holds it: byte code only, without the sources, compiled by the
-    dracut module's own python-bytecode.py with the interpreter that runs it (no docstrings, no
-    column tables), so that the interpreter loads it with its sourceless loader, as at boot.
-    Built once per benchmark process, in a directory removed at exit. Returns the directory to put
-    on sys.path."""
+def _compile_boot_form(sources: Sequence[str]) -> str:
+    """Sources as the initrd holds the package: byte code only, without the sources, compiled by
+    the dracut module's own python-bytecode.py with the interpreter that runs it (no docstrings, no
+    column tables), so that the interpreter loads it with its sourceless loader, as at boot. Into a
+    directory removed at exit; returns that directory, where each source's .pyc sits at the
+    source's own absolute path below it."""
     image = tempfile.mkdtemp(prefix="sysextpy-bench-bytecode-", dir="/var/tmp")
     atexit.register(shutil.rmtree, image, True)
-    sources = sorted(os.fspath(p) for p in (REPO / "sysextpy").glob("*.py"))
     subprocess.run(
         [SYSTEM_PYTHON, "-I", "-X", "no_debug_ranges", os.fspath(BYTECODE_TOOL), image, *sources],
         check=True,
         env=TOOL_ENV,
     )
-    return image + os.fspath(REPO)
+    return image
 
 
 _BOOT_FORM: list[str] = []
 
 
 def boot_form() -> str:
+    """The directory to put on sys.path for the package and bench/floor.py, built once per benchmark
+    process."""
     if not _BOOT_FORM:
-        _BOOT_FORM.append(_compile_boot_form())
+        sources = [os.fspath(p) for p in sorted((REPO / "sysextpy").glob("*.py"))]
+        sources.append(os.fspath(BENCH_DIR / "floor.py"))
+        _BOOT_FORM.append(_compile_boot_form(sources) + os.fspath(REPO))
     return _BOOT_FORM[0]
 
 
@@ -69,6 +72,11 @@ def ours_launcher(*, confirming: bool = True) -> str:
         f"import sys; sys.path.insert(0, {boot_form()!r}); "
         f"from sysextpy.cli import run_as_process; run_as_process(confirming={confirming})"
     )
+
+
+def floor_launcher() -> str:
+    """How bench/floor.py is started: as sysextpy is (ours_launcher), from its byte code."""
+    return f"import sys; sys.path.insert(0, {boot_form() + '/bench'!r}); from floor import run; run()"
 
 
 HOST_SYSEXT = "/usr/bin/systemd-sysext"
