@@ -28,6 +28,7 @@ import os
 import stat
 
 from .handoff import HierarchyResult
+from .jsonlite import load_json
 from .live import EXTRA_FILE, exact_mount_check, format_dev, probe, read_metadata
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
@@ -161,8 +162,6 @@ def adoption(
     (None, which check failed) otherwise. `identities` are upstream's identities of the class's
     images (identity.extension_identity), taken in the host's mount namespace: mount ids differ in
     the workspace."""
-    import json
-
     from . import apply
     from .identity import origin_record
     from .images import image_tree
@@ -177,7 +176,7 @@ def adoption(
     origin_text = next(iter(origins.values()))
     assert origin_text is not None
     try:
-        theirs = json.loads(origin_text)
+        theirs = load_json(origin_text)
     except ValueError as e:
         return None, f"its origin is not JSON ({e})"
     merged = list(cp.to_merge)

@@ -18,8 +18,6 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from .errors import ImageError, ParseError, SysextError
 from .gpt import Partition, PartitionTable, partitions_of, read_partition_table, select_partitions
@@ -43,6 +41,7 @@ from .view import LiveView
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from typing import Callable, Optional
 
     Reader = Callable[[int, int], bytes]
@@ -77,7 +76,7 @@ class TrustContext:
         from .arch import native_architecture, secondary_architectures
 
         self.view = view
-        self.root = Path(view.root)
+        self.root = view.root
         self.explicit: dict[ImageClass, ImagePolicy] = {}
         for cls, text in (policies or {}).items():
             if text is None:
@@ -164,13 +163,13 @@ class TrustContext:
         return default_policy(candidate.image_class), f"{candidate.image_class.value} default"
 
 
-def candidate_root(candidate: Candidate) -> Path:
+def candidate_root(candidate: Candidate) -> str:
     """The root an image was discovered in: its entry is <root><search_dir>/<entry name>."""
     entry = os.fspath(candidate.entry)
     tail = candidate.search_dir.rstrip("/") + "/" + os.path.basename(entry)
     if entry.endswith(tail):
-        return Path(entry[: -len(tail)] or "/")
-    return Path("/")
+        return entry[: -len(tail)] or "/"
+    return "/"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,7 +179,7 @@ def candidate_root(candidate: Candidate) -> Path:
 @record(frozen=True)
 class VerityPlan:
     root_hash: RootHash
-    hash_file: Path
+    hash_file: str
     hash_offset: int
     hash_size: int  # 0: to the end of the file
     signature: Optional[Signature] = None
@@ -192,7 +191,7 @@ class VerityPlan:
 class MountStep:
     designator: str  # root or usr
     where: str  # "" for the image root, "usr" for a /usr partition
-    source: Path
+    source: str
     offset: int
     size: int  # 0: to the end of the file
     fstype: str
@@ -203,7 +202,7 @@ class MountStep:
 
 @record(frozen=True)
 class ImagePlan:
-    path: Path
+    path: str
     kind: str  # "gpt" or the naked file system's type
     steps: tuple[MountStep, ...]
     policy: str  # the decisive rules, "root=...:usr=..."
@@ -481,14 +480,13 @@ def _dissect_naked(
         finally:
             os.close(hfd)
         if problem is not None:
-            raise ImageError(
-                f"root hash from {root_hash.source} cannot be used with {side.hash_tree.name!r}: {problem}"
-            )
+            tree = os.path.basename(side.hash_tree)
+            raise ImageError(f"root hash from {root_hash.source} cannot be used with {tree!r}: {problem}")
         has_hash = True
     elif root_hash is not None:
         hash_note = f"root hash from {root_hash.source}, but no .verity hash tree next to the image"
     elif side.hash_tree is not None:
-        notes.append(f"hash tree {side.hash_tree.name!r} ignored: no root hash for it")
+        notes.append(f"hash tree {os.path.basename(side.hash_tree)!r} ignored: no root hash for it")
 
     signature = "none"
     reason = ""
@@ -524,7 +522,7 @@ def _dissect_naked(
     step = MountStep(
         designator=designator,
         where="usr" if designator == "usr" else "",
-        source=Path(candidate.path),
+        source=os.fspath(candidate.path),
         offset=0,
         size=0,
         fstype=fstype,
@@ -533,7 +531,7 @@ def _dissect_naked(
         verity=verity,
     )
     return ImagePlan(
-        path=Path(candidate.path),
+        path=os.fspath(candidate.path),
         kind=fstype,
         steps=(step,),
         policy=":".join(policy_words(policy, d) for d in ("root", "usr")),
@@ -695,7 +693,7 @@ def _dissect_gpt(
             assert root_hash is not None and vp is not None
             verity = VerityPlan(
                 root_hash=root_hash,
-                hash_file=Path(candidate.path),
+                hash_file=os.fspath(candidate.path),
                 hash_offset=vp.offset,
                 hash_size=vp.size,
                 signature=signature,
@@ -708,7 +706,7 @@ def _dissect_gpt(
             MountStep(
                 designator=designator,
                 where="usr" if designator == "usr" else "",
-                source=Path(candidate.path),
+                source=os.fspath(candidate.path),
                 offset=p.offset,
                 size=p.size,
                 fstype=fstype,
@@ -729,7 +727,7 @@ def _dissect_gpt(
     if not steps:
         raise ImageError("nothing to mount: the image policy ignores every partition of the image")
     return ImagePlan(
-        path=Path(candidate.path),
+        path=os.fspath(candidate.path),
         kind="gpt",
         steps=tuple(steps),
         policy=":".join(policy_words(policy, d) for d in ("root", "usr")),

@@ -9,17 +9,15 @@ first, then the secondary one.
 
 from __future__ import annotations
 
-import functools
 import struct
-import uuid
 import zlib
-from collections.abc import Mapping, Sequence
 
 from .errors import ImageError
 from .records import record
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from typing import Callable, Optional
 
     Reader = Callable[[int, int], bytes]
@@ -39,6 +37,77 @@ FLAG_NO_AUTO = 1 << 63
 
 class GptError(ImageError):
     """The image's partition table is missing, damaged or inconsistent."""
+
+
+# The types, for annotations inside Guid, which has properties of these names.
+_Bytes = bytes
+_Int = int
+
+
+class Guid:
+    """A GUID as a GPT stores it, in the part of `uuid.UUID` this package uses: `bytes` (big
+    endian, the RFC 4122 order), `bytes_le` (the on-disk order), `int`, the usual text; equal to,
+    and hashed like, the uuid.UUID of the same value. The `uuid` module itself imports `enum` and
+    `platform`, and with them `re`: milliseconds of every boot that dissects a disk image."""
+
+    __slots__ = ("_value",)
+    _value: _Int
+
+    def __init__(self, text: str) -> None:
+        digits = text.replace("-", "")
+        if len(digits) != 32:
+            raise ValueError(f"badly formed GUID {text!r}")
+        object.__setattr__(self, "_value", int(digits, 16))
+
+    @classmethod
+    def from_bytes_le(cls, raw: _Bytes) -> Guid:
+        """The GUID of 16 bytes in the mixed-endian order of GPT (first three fields little endian)."""
+        if len(raw) != 16:
+            raise ValueError("a GUID is 16 bytes")
+        guid = object.__new__(cls)
+        object.__setattr__(guid, "_value", int.from_bytes(_swap_fields(raw), "big"))
+        return guid
+
+    @property
+    def int(self) -> _Int:
+        value: _Int = self._value
+        return value
+
+    @property
+    def bytes(self) -> _Bytes:
+        raw: _Bytes = self._value.to_bytes(16, "big")
+        return raw
+
+    @property
+    def bytes_le(self) -> _Bytes:
+        return _swap_fields(self.bytes)
+
+    def __str__(self) -> str:
+        h = f"{self._value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+    def __repr__(self) -> str:
+        return f"Guid({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Guid):
+            return self._value == other._value
+        value = getattr(other, "int", None)  # a uuid.UUID
+        if not isinstance(value, int) or not hasattr(other, "bytes_le"):
+            return NotImplemented
+        same: bool = self._value == value
+        return same
+
+    def __hash__(self) -> _Int:
+        return hash(self._value)  # as uuid.UUID hashes
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot set {name!r}: a Guid is immutable")
+
+
+def _swap_fields(raw: _Bytes) -> _Bytes:
+    """GPT's mixed-endian GUID bytes to RFC 4122 order, and back: the first three fields reversed."""
+    return raw[3::-1] + raw[5:3:-1] + raw[7:5:-1] + raw[8:]
 
 
 # Per architecture, in this order: root, usr, root-verity, usr-verity, root-verity-sig, usr-verity-sig.
@@ -215,31 +284,29 @@ _ARCH_TYPES: dict[str, tuple[str, str, str, str, str, str]] = {
 }
 
 # Architecture-independent types, named like image policy designators where policies can name them.
-LINUX_GENERIC = uuid.UUID("0fc63daf-8483-4772-8e79-3d69d8477de4")
+LINUX_GENERIC = Guid("0fc63daf-8483-4772-8e79-3d69d8477de4")
 _OTHER_TYPES = {
-    uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b"): "esp",
-    uuid.UUID("bc13c2ff-59e6-4262-a352-b275fd6f7172"): "xbootldr",
-    uuid.UUID("0657fd6d-a4ab-43c4-84e5-0933c84b4f4f"): "swap",
-    uuid.UUID("933ac7e1-2eb4-4f13-b844-0e14e2aef915"): "home",
-    uuid.UUID("3b8f8425-20e0-4f3b-907f-1a25a76f98e8"): "srv",
-    uuid.UUID("4d21b016-b534-45c2-a9fb-5c16e091fd2d"): "var",
-    uuid.UUID("7ec6f557-3bc5-4aca-b293-16ef5df639d1"): "tmp",
+    Guid("c12a7328-f81f-11d2-ba4b-00a0c93ec93b"): "esp",
+    Guid("bc13c2ff-59e6-4262-a352-b275fd6f7172"): "xbootldr",
+    Guid("0657fd6d-a4ab-43c4-84e5-0933c84b4f4f"): "swap",
+    Guid("933ac7e1-2eb4-4f13-b844-0e14e2aef915"): "home",
+    Guid("3b8f8425-20e0-4f3b-907f-1a25a76f98e8"): "srv",
+    Guid("4d21b016-b534-45c2-a9fb-5c16e091fd2d"): "var",
+    Guid("7ec6f557-3bc5-4aca-b293-16ef5df639d1"): "tmp",
 }
 
-_BY_TYPE: dict[uuid.UUID, tuple[str, Optional[str]]] = {
-    uuid.UUID(text): (role, arch)
-    for arch, texts in _ARCH_TYPES.items()
-    for role, text in zip(DATA_ROLES, texts)
+_BY_TYPE: dict[Guid, tuple[str, Optional[str]]] = {
+    Guid(text): (role, arch) for arch, texts in _ARCH_TYPES.items() for role, text in zip(DATA_ROLES, texts)
 }
 _BY_TYPE.update({u: (name, None) for u, name in _OTHER_TYPES.items()})
 
 
-def type_uuid(role: str, arch: str) -> uuid.UUID:
+def type_uuid(role: str, arch: str) -> Guid:
     """The partition type of `role` (root, usr, root-verity, ... usr-verity-sig) for `arch`."""
-    return uuid.UUID(_ARCH_TYPES[arch][DATA_ROLES.index(role)])
+    return Guid(_ARCH_TYPES[arch][DATA_ROLES.index(role)])
 
 
-def partition_role(type_id: uuid.UUID) -> Optional[tuple[str, Optional[str]]]:
+def partition_role(type_id: Guid) -> Optional[tuple[str, Optional[str]]]:
     """(designator, architecture or None) of a partition type; None for types we do not know."""
     return _BY_TYPE.get(type_id)
 
@@ -251,7 +318,7 @@ def known_architectures() -> tuple[str, ...]:
 @record(frozen=True)
 class GptHeader:
     sector_size: int
-    disk_uuid: uuid.UUID
+    disk_uuid: Guid
     current_lba: int
     backup_lba: int
     first_usable_lba: int
@@ -265,8 +332,8 @@ class GptHeader:
 @record(frozen=True)
 class Partition:
     number: int  # 1-based slot in the entry array, like /dev/loop0p<number>
-    type_uuid: uuid.UUID
-    uuid: uuid.UUID
+    type_uuid: Guid
+    uuid: Guid
     first_lba: int
     last_lba: int
     attributes: int
@@ -322,7 +389,7 @@ def parse_header(block: bytes, sector_size: int) -> GptHeader:
     if zlib.crc32(bytes(raw)) != header_crc:
         raise GptError("GPT header checksum mismatch (damaged or truncated partition table)")
     current, backup, first, last = struct.unpack_from("<QQQQ", block, 24)
-    disk = uuid.UUID(bytes_le=bytes(block[56:72]))
+    disk = Guid.from_bytes_le(bytes(block[56:72]))
     entries_lba, count, entry_size, entries_crc = struct.unpack_from("<QIII", block, 72)
     if current != 1:
         raise GptError(f"GPT header claims to be at LBA {current}, not 1")
@@ -358,7 +425,7 @@ def parse_entries(data: bytes, header: GptHeader) -> tuple[Partition, ...]:
     partitions = []
     for index in range(header.entry_count):
         entry = data[index * header.entry_size : (index + 1) * header.entry_size]
-        type_id = uuid.UUID(bytes_le=bytes(entry[0:16]))
+        type_id = Guid.from_bytes_le(bytes(entry[0:16]))
         if type_id.int == 0:
             continue
         first, last, attributes = struct.unpack_from("<QQQ", entry, 32)
@@ -369,7 +436,7 @@ def parse_entries(data: bytes, header: GptHeader) -> tuple[Partition, ...]:
             Partition(
                 number=index + 1,
                 type_uuid=type_id,
-                uuid=uuid.UUID(bytes_le=bytes(entry[16:32])),
+                uuid=Guid.from_bytes_le(bytes(entry[16:32])),
                 first_lba=first,
                 last_lba=last,
                 attributes=attributes,
@@ -461,7 +528,11 @@ def _pick(candidates: Sequence[Partition], wanted_uuid: Optional[bytes]) -> Opti
         matching = [p for p in candidates if p.uuid.bytes == wanted_uuid]
         if matching:
             return matching[0]
-    return sorted(candidates, key=functools.cmp_to_key(_newest_first))[0]
+    best = candidates[0]
+    for p in candidates[1:]:
+        if _newest_first(p, best) < 0:
+            best = p
+    return best
 
 
 def select_partitions(

@@ -20,7 +20,6 @@ from .model import Candidate, ImageClass, ImageType
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from pathlib import Path
     from typing import Callable, Optional
 
     from .chase import StrPath
@@ -376,7 +375,7 @@ class Workspace:
         loops: list[LoopDevice] = []
         verity_name: Optional[str] = None
 
-        def attach(source: Path, offset: int, size: int) -> LoopDevice:
+        def attach(source: str, offset: int, size: int) -> LoopDevice:
             try:
                 loop = LoopDevice.attach(
                     source, read_only=True, offset=offset, sizelimit=size, file_fd=self._file_fd(source)
@@ -422,19 +421,18 @@ class Workspace:
             deactivate(verity_name, deferred=True)
 
     def _activate_verity(
-        self, step: MountStep, data: LoopDevice, attach: Callable[[Path, int, int], LoopDevice]
-    ) -> tuple[Path, str]:
+        self, step: MountStep, data: LoopDevice, attach: Callable[[str, int, int], LoopDevice]
+    ) -> tuple[str, str]:
         from .verity import VerityActivation, activate
 
         assert step.verity is not None
         v = step.verity
         hash_loop = attach(v.hash_file, v.hash_offset, v.hash_size)
-        signature_file: Optional[Path] = None
+        signature_file: Optional[str] = None
         if v.kernel_check and v.signature is not None:
-            from pathlib import Path  # only for signed raw images: verity.py works in Paths
-
-            signature_file = Path(self.scratch_dir("signatures"), "roothash.p7s")
-            signature_file.write_bytes(v.signature.data)
+            signature_file = os.path.join(self.scratch_dir("signatures"), "roothash.p7s")
+            with open(signature_file, "wb") as f:
+                f.write(v.signature.data)
         self._counter += 1
         # Unique per activation: the device of the current merge may still be in use during a refresh.
         name = f"sysextpy-{v.root_hash.hex[:32]}-{os.getpid()}-{self._counter}"

@@ -14,14 +14,15 @@ import fcntl
 import os
 import stat
 import time
-from pathlib import Path
-from types import TracebackType
 
 from . import libc as C
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from types import TracebackType
     from typing import Optional
+
+    from .chase import StrPath
 
 LOOP_SET_FD = 0x4C00
 LOOP_CLR_FD = 0x4C01
@@ -35,7 +36,7 @@ LO_FLAGS_AUTOCLEAR = 4
 LO_FLAGS_PARTSCAN = 8
 
 LOOP_MAJOR = 7
-LOOP_CONTROL = Path("/dev/loop-control")
+LOOP_CONTROL = "/dev/loop-control"
 _LOOP_CONTROL_DEVNUM = (10, 237)
 _LO_NAME_SIZE = 64
 _ATTEMPTS = 64
@@ -68,7 +69,7 @@ class _LoopConfig(C.Structure):
     ]
 
 
-def _ensure_node(path: Path, kind: int, major: int, minor: int) -> None:
+def _ensure_node(path: str, kind: int, major: int, minor: int) -> None:
     """Create a missing device node (no devtmpfs, e.g. some containers)."""
     try:
         os.mknod(path, kind | 0o660, os.makedev(major, minor))
@@ -79,7 +80,8 @@ def _ensure_node(path: Path, kind: int, major: int, minor: int) -> None:
 def _loop_devnum(number: int) -> tuple[int, int]:
     """major:minor of loopN; the minor is N shifted by the driver's partition bits."""
     try:
-        text = Path(f"/sys/devices/virtual/block/loop{number}/dev").read_text(encoding="ascii")
+        with open(f"/sys/devices/virtual/block/loop{number}/dev", encoding="ascii") as f:
+            text = f.read()
     except OSError:
         return LOOP_MAJOR, number
     major, _, minor = text.strip().partition(":")
@@ -87,7 +89,7 @@ def _loop_devnum(number: int) -> tuple[int, int]:
 
 
 def _open_control() -> int:
-    if not LOOP_CONTROL.exists():
+    if not os.path.exists(LOOP_CONTROL):
         _ensure_node(LOOP_CONTROL, stat.S_IFCHR, *_LOOP_CONTROL_DEVNUM)
     return os.open(LOOP_CONTROL, os.O_RDWR | os.O_CLOEXEC)
 
@@ -95,19 +97,19 @@ def _open_control() -> int:
 class LoopDevice:
     """An attached loop device; closing or detaching it lets the kernel clear it (autoclear)."""
 
-    def __init__(self, path: Path, fd: int, number: int, backing: Path) -> None:
+    def __init__(self, path: str, fd: int, number: int, backing: str) -> None:
         self.path = path
         self.fd = fd
         self.number = number
         self.backing = backing
 
     def __repr__(self) -> str:
-        return f"LoopDevice({str(self.path)!r}, backing={str(self.backing)!r}, fd={self.fd})"
+        return f"LoopDevice({self.path!r}, backing={self.backing!r}, fd={self.fd})"
 
     @classmethod
     def attach(
         cls,
-        path: Path,
+        path: StrPath,
         *,
         read_only: bool = True,
         partscan: bool = False,
@@ -143,12 +145,14 @@ class LoopDevice:
                 os.close(file_fd)
 
     @classmethod
-    def _attach_free(cls, control: int, config: _LoopConfig, read_only: bool, backing: Path) -> LoopDevice:
+    def _attach_free(
+        cls, control: int, config: _LoopConfig, read_only: bool, backing: StrPath
+    ) -> LoopDevice:
         for _ in range(_ATTEMPTS):
             try:
                 number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
-                dev = Path(f"/dev/loop{number}")
-                if not dev.exists():
+                dev = f"/dev/loop{number}"
+                if not os.path.exists(dev):
                     _ensure_node(dev, stat.S_IFBLK, *_loop_devnum(number))
                 loop_fd = os.open(dev, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
             except OSError as exc:
@@ -161,8 +165,8 @@ class LoopDevice:
                 if exc.errno == errno.EBUSY:
                     time.sleep(0.001)
                     continue
-                raise _with_context(exc, f"attaching to {str(dev)!r} failed", backing) from exc
-            return cls(dev, loop_fd, number, Path(os.path.abspath(backing)))
+                raise _with_context(exc, f"attaching to {dev!r} failed", backing) from exc
+            return cls(dev, loop_fd, number, os.path.abspath(backing))
         raise OSError(errno.EBUSY, "every free loop device was taken by others", os.fspath(backing))
 
     def close(self) -> None:
@@ -196,7 +200,7 @@ class LoopDevice:
         self.detach()
 
 
-def _with_context(exc: OSError, what: str, path: Path) -> OSError:
+def _with_context(exc: OSError, what: str, path: StrPath) -> OSError:
     return OSError(exc.errno, f"{what}: {exc.strerror}", os.fspath(path))
 
 

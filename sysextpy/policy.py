@@ -14,8 +14,7 @@ partition they protect.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from pathlib import PurePosixPath
+import os
 
 from .errors import ParseError
 from .model import ImageClass
@@ -23,7 +22,10 @@ from .records import record
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from typing import Optional, Union
+    from collections.abc import Iterable
+    from typing import Optional
+
+    from .chase import StrPath
 
 __all__ = [
     "DESIGNATORS",
@@ -305,16 +307,28 @@ def default_policy(image_class: ImageClass) -> ImagePolicy:
     return SYSEXT_POLICY if image_class is ImageClass.SYSEXT else CONFEXT_POLICY
 
 
-def initrd_extra_policy(image_path: Union[str, PurePosixPath]) -> Optional[ImagePolicy]:
+def _below_extra(image_path: StrPath) -> Optional[list[str]]:
+    """The components of `image_path` below /.extra, or None when it is not there. Read as
+    pathlib.PurePosixPath reads it: empty and "." components dropped, ".." kept as a name, and a
+    path that starts with exactly two slashes has a root of its own (POSIX), so is not below it."""
+    text = os.fspath(image_path)
+    if not text.startswith("/") or (text.startswith("//") and not text.startswith("///")):
+        return None
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if not parts or parts[0] != ".extra":
+        return None
+    return parts[1:]
+
+
+def initrd_extra_policy(image_path: StrPath) -> Optional[ImagePolicy]:
     """The stricter policy for images passed in from the ESP via /.extra/ (§7.4.2), or None.
 
     image_path is the resolved image path inside the root. /.extra/sysext and /.extra/global_sysext
     must be signed sysext images, /.extra/confext and /.extra/global_confext signed confext images,
     and anything else below /.extra/ is denied.
     """
-    try:
-        below = PurePosixPath(image_path).relative_to("/.extra").parts
-    except ValueError:
+    below = _below_extra(image_path)
+    if below is None:
         return None
     if below and below[0] in ("sysext", "global_sysext"):
         return SYSEXT_STRICT_POLICY
@@ -325,7 +339,7 @@ def initrd_extra_policy(image_path: Union[str, PurePosixPath]) -> Optional[Image
 
 def effective_policy(
     image_class: ImageClass,
-    image_path: Union[str, PurePosixPath],
+    image_path: StrPath,
     *,
     explicit: Optional[ImagePolicy],
     initrd_without_root: bool,

@@ -18,23 +18,24 @@ from __future__ import annotations
 
 import binascii
 import errno
-import hashlib
-import json
 import os
 import struct
-from collections.abc import Sequence
-from pathlib import Path
 
 from .chase import MISSING, root_relative
 from .errors import ImageError, ParseError, ResolveError, SysextError
+from .jsonlite import load_json
 from .log import log
 from .records import record
 from .view import FileTooLarge, NotRegularFile, drop_in_files
 
+# Neither pathlib, json nor hashlib: with what they import (re, enum, collections, urllib, OpenSSL)
+# they cost every boot that merges a disk image milliseconds (docs/measurements.md).
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from typing import Optional, Union
+    from collections.abc import Sequence
+    from typing import Any, Callable, Optional, Union
 
+    from .chase import StrPath
     from .view import LiveView
 
 HASH_SOURCES = (
@@ -52,7 +53,36 @@ MAX_SIDECAR_BYTES = 1 << 20
 MAX_VERITY_SIG_BYTES = 4 << 20
 CERTIFICATE_DIRS = ("/etc/verity.d", "/run/verity.d", "/usr/local/lib/verity.d", "/usr/lib/verity.d")
 CERTIFICATE_SUFFIX = ".crt"
+SHA256_SIZE = 32
 VERITY_SUPERBLOCK_SIGNATURE = b"verity\0\0"
+
+# The interpreter's own hash modules by algorithm name, as (module, constructor): `hashlib` would
+# load OpenSSL to find the same ones. Python 3.12 merged the SHA-2 modules into _sha2.
+_BUILT_IN_HASHES = {
+    "sha256": (("_sha256", "sha256"), ("_sha2", "sha256")),
+    "sha224": (("_sha256", "sha224"), ("_sha2", "sha224")),
+    "sha512": (("_sha512", "sha512"), ("_sha2", "sha512")),
+    "sha384": (("_sha512", "sha384"), ("_sha2", "sha384")),
+    "sha1": (("_sha1", "sha1"),),
+    "md5": (("_md5", "md5"),),
+}
+
+
+def hash_function(name: str) -> Callable[..., Any]:
+    """The constructor of hash algorithm `name` (lower case), e.g. hash_function("sha256")(data):
+    the interpreter's own where it has one, else OpenSSL's through hashlib; ValueError if neither
+    knows it."""
+    for module, attr in _BUILT_IN_HASHES.get(name, ()):
+        try:
+            found: Callable[..., Any] = getattr(__import__(module), attr)
+            return found
+        except (ImportError, AttributeError):
+            continue
+    import hashlib  # an algorithm only OpenSSL has (or an interpreter built without its own)
+
+    if name not in hashlib.algorithms_available:
+        raise ValueError(f"unsupported hash type {name}")
+    return lambda data=b"": hashlib.new(name, data)
 
 
 def sidecars_enabled(view: LiveView) -> bool:
@@ -109,7 +139,7 @@ def parse_verity_sig(data: bytes, what: str = "verity-sig partition") -> VerityS
     if not text.strip():
         raise ParseError(f"{what} is empty")
     try:
-        obj = json.loads(text.decode("utf-8"))
+        obj = load_json(text.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise ParseError(f"{what} does not hold valid JSON: {e}") from None
     if not isinstance(obj, dict):
@@ -127,7 +157,7 @@ def parse_verity_sig(data: bytes, what: str = "verity-sig partition") -> VerityS
             fingerprint = binascii.unhexlify(fp.replace(":", ""))
         except (binascii.Error, ValueError):
             raise ParseError(f'"certificateFingerprint" of the {what} is not hexadecimal') from None
-        if len(fingerprint) != hashlib.sha256().digest_size:
+        if len(fingerprint) != SHA256_SIZE:
             raise ParseError(f'"certificateFingerprint" of the {what} is not a SHA-256 fingerprint')
     sig = obj.get("signature")
     if not isinstance(sig, str):
@@ -149,7 +179,7 @@ def parse_verity_sig(data: bytes, what: str = "verity-sig partition") -> VerityS
 class Sidecars:
     root_hash: Optional[RootHash] = None
     signature: Optional[Signature] = None
-    hash_tree: Optional[Path] = None  # the `.verity` file, host path
+    hash_tree: Optional[str] = None  # the `.verity` file, host path
 
 
 def _read_xattr(view: LiveView, path: str, name: str) -> Optional[bytes]:
@@ -234,7 +264,7 @@ def find_sidecars(view: LiveView, image: str) -> Sidecars:
     return Sidecars(
         root_hash=root_hash,
         signature=signature,
-        hash_tree=Path(hash_tree) if hash_tree is not None else None,
+        hash_tree=hash_tree,
     )
 
 
@@ -265,14 +295,15 @@ class VeritySuperblock:
     salt: bytes
 
     def digest(self, block: bytes) -> bytes:
-        h = hashlib.new(self.algorithm)
+        h = hash_function(self.algorithm)()
         if self.hash_type == 0:
             h.update(block)
             h.update(self.salt)
         else:
             h.update(self.salt)
             h.update(block)
-        return h.digest()
+        digest: bytes = h.digest()
+        return digest
 
 
 def parse_verity_superblock(data: bytes) -> VeritySuperblock:
@@ -284,8 +315,10 @@ def parse_verity_superblock(data: bytes) -> VeritySuperblock:
     data_block_size, hash_block_size, data_blocks, salt_size = struct.unpack_from("<IIQH", data, 64)
     if version != 1 or hash_type not in (0, 1):
         raise ParseError(f"unsupported dm-verity superblock (version {version}, type {hash_type})")
-    if algorithm not in hashlib.algorithms_available:
-        raise ParseError(f"unsupported dm-verity hash algorithm {algorithm!r}")
+    try:
+        hash_function(algorithm)
+    except ValueError:
+        raise ParseError(f"unsupported dm-verity hash algorithm {algorithm!r}") from None
     for size in (data_block_size, hash_block_size):
         if size < 512 or size > (1 << 20) or size & (size - 1):
             raise ParseError(f"invalid dm-verity block size {size}")
@@ -320,7 +353,7 @@ def top_block_location(sb: VeritySuperblock) -> tuple[str, int, int]:
 
 @record(frozen=True)
 class Certificate:
-    path: Path  # host path (root-prefixed)
+    path: str  # host path (root-prefixed)
     name: str  # path inside the root, for messages
     fingerprint: bytes  # SHA-256 of the DER encoding
     pem: bytes
@@ -331,7 +364,7 @@ class CertificateSearch:
     certificates: tuple[Certificate, ...]
     searched: tuple[str, ...]  # directories inside the root, in precedence order
     ignored: tuple[tuple[str, str], ...] = ()  # (path inside the root, why)
-    root: Path = Path("/")
+    root: str = "/"
 
     def describe_dirs(self) -> str:
         where = "" if os.fspath(self.root) == "/" else f" (inside {os.fspath(self.root)!r})"
@@ -412,9 +445,9 @@ def find_certificates(view: LiveView) -> CertificateSearch:
             block = binascii.b2a_base64(der, newline=False)
             lines = [block[i : i + 64] for i in range(0, len(block), 64)]
             one_pem = b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
-            certs.append(Certificate(Path(path), inner, hashlib.sha256(der).digest(), one_pem))
+            certs.append(Certificate(path, inner, hash_function("sha256")(der).digest(), one_pem))
     return CertificateSearch(
-        certificates=tuple(certs), searched=CERTIFICATE_DIRS, ignored=tuple(ignored), root=Path(view.root)
+        certificates=tuple(certs), searched=CERTIFICATE_DIRS, ignored=tuple(ignored), root=view.root
     )
 
 
@@ -445,11 +478,18 @@ def b64decode_strict(data: Union[str, bytes]) -> bytes:
     return binascii.a2b_base64(raw)
 
 
-def _private_dir(parent: Optional[Path]) -> Path:
+def _write_new(path: str, data: bytes) -> None:
+    """Write a file that must not exist yet (in a directory only we can use)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with open(fd, "wb") as f:
+        f.write(data)
+
+
+def _private_dir(parent: Optional[StrPath]) -> str:
     """A new directory only we can use, in `parent` (default: $TMPDIR or /tmp)."""
-    base = parent if parent is not None else Path(os.environ.get("TMPDIR") or "/tmp")
+    base = os.fspath(parent) if parent is not None else os.environ.get("TMPDIR") or "/tmp"
     for _ in range(100):
-        path = base / f"sysextpy-verity-{os.getpid()}-{os.urandom(6).hex()}"
+        path = os.path.join(base, f"sysextpy-verity-{os.getpid()}-{os.urandom(6).hex()}")
         try:
             os.mkdir(path, 0o700)
             return path
@@ -458,13 +498,13 @@ def _private_dir(parent: Optional[Path]) -> Path:
     raise SysextError(f"cannot create a private directory in {os.fspath(base)!r}")
 
 
-def _remove_private_dir(path: Path) -> None:
+def _remove_private_dir(path: str) -> None:
     # Best effort: the files are ours and small; a leftover in the workspace dies with it.
     for name in os.listdir(path):
         try:
-            os.unlink(path / name)
+            os.unlink(os.path.join(path, name))
         except OSError as e:
-            log.debug("Could not remove %s: %s", path / name, e)
+            log.debug("Could not remove %s: %s", os.path.join(path, name), e)
     try:
         os.rmdir(path)
     except OSError as e:
@@ -478,7 +518,7 @@ def verify_signature(
     *,
     fingerprint: Optional[bytes] = None,
     openssl: str = "openssl",
-    workdir: Optional[Path] = None,
+    workdir: Optional[StrPath] = None,
 ) -> SignatureCheck:
     """Check a detached PKCS#7 signature of the hex root hash against the trusted certificates."""
     from .run import run
@@ -488,10 +528,10 @@ def verify_signature(
         return SignatureCheck(False, None, f"no trusted certificate: no *{CERTIFICATE_SUFFIX} in {dirs}")
     tmpdir = _private_dir(workdir)
     try:
-        (tmpdir / "roothash").write_text(root_hash_hex, encoding="ascii")
-        (tmpdir / "signature.p7s").write_bytes(signature)
-        (tmpdir / "trusted.pem").write_bytes(b"".join(c.pem for c in search.certificates))
-        argv: list[Union[str, Path]] = [
+        _write_new(os.path.join(tmpdir, "roothash"), root_hash_hex.encode("ascii"))
+        _write_new(os.path.join(tmpdir, "signature.p7s"), signature)
+        _write_new(os.path.join(tmpdir, "trusted.pem"), b"".join(c.pem for c in search.certificates))
+        argv = [
             openssl,
             "smime",
             "-verify",
@@ -499,16 +539,16 @@ def verify_signature(
             "-inform",
             "DER",
             "-in",
-            tmpdir / "signature.p7s",
+            os.path.join(tmpdir, "signature.p7s"),
             "-content",
-            tmpdir / "roothash",
+            os.path.join(tmpdir, "roothash"),
             "-certfile",
-            tmpdir / "trusted.pem",
+            os.path.join(tmpdir, "trusted.pem"),
             # Only the trusted certificates may be the signer; no chain to a CA is built.
             "-nointern",
             "-noverify",
             "-signer",
-            tmpdir / "signer.pem",
+            os.path.join(tmpdir, "signer.pem"),
             "-out",
             os.devnull,
         ]
@@ -518,10 +558,11 @@ def verify_signature(
             return SignatureCheck(False, None, f"cannot check the signature: {e}")
         if proc.returncode == 0:
             try:
-                signer = pem_certificates((tmpdir / "signer.pem").read_bytes())
+                with open(os.path.join(tmpdir, "signer.pem"), "rb") as f:
+                    signer = pem_certificates(f.read())
             except OSError:
                 signer = []
-            prints = {hashlib.sha256(der).digest() for der in signer}
+            prints = {hash_function("sha256")(der).digest() for der in signer}
             for cert in search.certificates:
                 if cert.fingerprint in prints:
                     return SignatureCheck(True, cert, f"signed by {cert.name}")
@@ -550,15 +591,15 @@ def verify_signature(
 @record(frozen=True)
 class VerityActivation:
     name: str  # the /dev/mapper name
-    data_device: Path
-    hash_device: Path
+    data_device: str
+    hash_device: str
     root_hash_hex: str
     hash_offset: int = 0
-    signature_file: Optional[Path] = None  # kernel keyring check of the signature
+    signature_file: Optional[str] = None  # kernel keyring check of the signature
 
     @property
-    def device(self) -> Path:
-        return Path("/dev/mapper") / self.name
+    def device(self) -> str:
+        return f"/dev/mapper/{self.name}"
 
 
 def veritysetup_open_argv(act: VerityActivation, veritysetup: str = "veritysetup") -> list[str]:
@@ -577,7 +618,7 @@ def veritysetup_open_argv(act: VerityActivation, veritysetup: str = "veritysetup
     return argv
 
 
-def activate(act: VerityActivation) -> Path:
+def activate(act: VerityActivation) -> str:
     """Create the dm-verity device; MountError-free: raises ImageError with veritysetup's reason."""
     from .run import run
 

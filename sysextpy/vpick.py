@@ -9,11 +9,8 @@ systemd-sysext would pick must be the image we pick.
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import stat
-from collections.abc import Iterable
-from pathlib import Path
 
 from .arch import is_architecture, native_architecture, secondary_architectures
 from .chase import is_within_root, root_relative
@@ -24,6 +21,7 @@ from .versioncomp import compare_versions
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Optional
 
     from .view import LiveView
@@ -183,7 +181,11 @@ def best_candidate(
 
     if not ranked:
         return None
-    return max(ranked, key=functools.cmp_to_key(compare))[0]
+    best = ranked[0]  # max() by compare: the first of equals stays (no functools on the boot path)
+    for other in ranked[1:]:
+        if compare(other, best) > 0:
+            best = other
+    return best[0]
 
 
 def _cmp_bytes(a: bytes, b: bytes) -> int:
@@ -192,7 +194,7 @@ def _cmp_bytes(a: bytes, b: bytes) -> int:
 
 @record(frozen=True)
 class Picked:
-    path: Path  # the chosen entry, fully resolved inside the root, root-prefixed
+    path: str  # the chosen entry, fully resolved inside the root, root-prefixed
     name: VersionedName
 
 
@@ -239,4 +241,4 @@ def pick_version(
     best = best_candidate((n for n, _ in usable.values()), native, secondary)
     if best is None:
         return None
-    return Picked(path=Path(usable[best.filename][1]), name=best)
+    return Picked(path=usable[best.filename][1], name=best)

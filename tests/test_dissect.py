@@ -371,7 +371,8 @@ def test_naked_image_root_hash_sources(
     assert step.where == ("usr" if designator == "usr" else "")
     if dm:
         assert step.protection == "verity"
-        assert step.verity is not None and step.verity.hash_file == root / "var/lib/extensions/foo.verity"
+        assert step.verity is not None
+        assert step.verity.hash_file == os.fspath(root / "var/lib/extensions/foo.verity")
     else:
         assert step.protection == "unprotected" and step.verity is None
         assert any("WITHOUT verity" in n and "dm-verity is not available" in n for n in plan.notes)
@@ -826,7 +827,7 @@ def test_candidate_root_from_entry(tmp_path: Path) -> None:
         entry=tmp_path / "etc/extensions/foo.raw",
         search_dir="/etc/extensions",
     )
-    assert candidate_root(c) == tmp_path
+    assert candidate_root(c) == os.fspath(tmp_path)
     host = Candidate(
         name="foo",
         image_class=ImageClass.SYSEXT,
@@ -835,7 +836,7 @@ def test_candidate_root_from_entry(tmp_path: Path) -> None:
         entry=Path("/var/lib/extensions/foo.raw"),
         search_dir="/var/lib/extensions",
     )
-    assert candidate_root(host) == Path("/")
+    assert candidate_root(host) == "/"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -895,7 +896,7 @@ def test_trust_context_from_settings(tmp_path: Path, initrd: bool, root_given: b
     )
     ctx = TrustContext.from_settings(opts, settings, LiveView(os.fspath(root), {}))
     assert ctx.initrd_without_root is rules
-    assert ctx.root == root
+    assert ctx.root == os.fspath(root)
     sysext = candidate(root, root / "var/lib/extensions/foo.raw")
     assert ctx.policy_for(sysext)[1] == "image policy setting"
     confext = candidate(root, root / ".extra/confext/foo.raw", cls=ImageClass.CONFEXT)

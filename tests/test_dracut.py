@@ -717,7 +717,7 @@ def test_self_check_stops_a_broken_build(tmp_path: Path) -> None:
     helper = tmp_path / "dest/usr/lib/dracut/modules.d/90sysextpy/python-closure.py"
     text = helper.read_text()
     broken = text.replace(
-        "        print(path)", '        if path.name != "enum.py":\n            print(path)'
+        "        print(path)", '        if path.name != "struct.py":\n            print(path)'
     )
     assert broken != text
     helper.write_text(broken)

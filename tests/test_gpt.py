@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sysextpy.gpt import (
     FLAG_NO_AUTO,
     FLAG_READ_ONLY,
     LINUX_GENERIC,
     GptError,
+    Guid,
     known_architectures,
     parse_partition_table,
     partition_role,
@@ -405,3 +408,36 @@ def test_generic_partition(entries: list[uuid.UUID], generic: bool) -> None:
     sel = select_partitions(table, ("x86-64",))
     assert sel.generic is generic
     assert (sel.get("root") is not None) is generic
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(min_size=16, max_size=16))
+def test_guid_agrees_with_uuid(raw: bytes) -> None:
+    """The package's own GUID type (uuid is not imported on the boot path) against the standard
+    library's: from GPT's mixed-endian bytes and from text, each view of the value, equality both
+    ways and the hash, so that either kind finds the other in a dict."""
+    ours, theirs = Guid.from_bytes_le(raw), uuid.UUID(bytes_le=raw)
+    assert (ours.bytes, ours.bytes_le, ours.int, str(ours)) == (
+        theirs.bytes,
+        theirs.bytes_le,
+        theirs.int,
+        str(theirs),
+    )
+    assert ours == theirs and theirs == ours and hash(ours) == hash(theirs)
+    assert Guid(str(theirs)) == ours and Guid(theirs.hex) == ours
+    assert {theirs: 1}.get(ours) == 1 and {ours: 1}.get(theirs) == 1
+    other = uuid.UUID(int=theirs.int ^ 1)
+    assert ours != other and other != ours and ours != Guid.from_bytes_le(other.bytes_le)
+
+
+def test_guid_is_a_value() -> None:
+    g = Guid("0fc63daf-8483-4772-8e79-3d69d8477de4")
+    assert repr(g) == "Guid('0fc63daf-8483-4772-8e79-3d69d8477de4')"
+    assert g != "0fc63daf-8483-4772-8e79-3d69d8477de4" and g != g.int
+    with pytest.raises(AttributeError):
+        g.x = 1  # type: ignore[attr-defined]
+    for bad in ("", "0fc63daf", "0fc63daf-8483-4772-8e79-3d69d8477de4ff"):
+        with pytest.raises(ValueError):
+            Guid(bad)
+    with pytest.raises(ValueError):
+        Guid.from_bytes_le(b"\0" * 15)

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def _squashfs(base: Path, name: str = "img.raw") -> Path:
 
 
 def _sysfs(loop: LoopDevice, attr: str) -> str:
-    return (Path("/sys/block") / loop.path.name / attr).read_text().strip()
+    return (Path("/sys/block") / os.path.basename(loop.path) / attr).read_text().strip()
 
 
 def test_attach_mount_detach(mount_tmp_path: Path) -> None:
@@ -36,7 +37,7 @@ def test_attach_mount_detach(mount_tmp_path: Path) -> None:
     target.mkdir()
     before = loops_backed_below(mount_tmp_path)
     with LoopDevice.attach(image) as loop:
-        assert loop.path.name.startswith("loop") and loop.fd >= 0
+        assert os.path.basename(loop.path).startswith("loop") and loop.fd >= 0
         assert loops_backed_below(mount_tmp_path) == before + 1
         assert count_attached_loops() >= 1
         assert _sysfs(loop, "loop/backing_file") == str(image)

@@ -258,7 +258,7 @@ def test_picks_newest_raw_file(root: Path) -> None:
     )
     picked = pick(root, d, "foo", ".raw")
     assert picked is not None
-    assert picked.path == d / "foo_2.raw"
+    assert picked.path == os.fspath(d / "foo_2.raw")
     assert picked.name.version == "2"
 
 
@@ -288,7 +288,7 @@ def test_symlinked_entries_resolve_inside_the_root(root: Path) -> None:
     )
     picked = pick(root, d, "foo", ".raw")
     assert picked is not None
-    assert picked.path == root / "store/foo-6.img"
+    assert picked.path == os.fspath(root / "store/foo-6.img")
     assert picked.name.filename == "foo_6.raw"
 
 
@@ -298,7 +298,7 @@ def test_symlinked_vdir(root: Path) -> None:
     (real / "foo_1.raw").write_text("")
     os.symlink("/store/foo.raw.v", root / "var/lib/extensions/foo.raw.v")
     picked = pick(root, real, "foo", ".raw")
-    assert picked is not None and picked.path == real / "foo_1.raw"
+    assert picked is not None and picked.path == os.fspath(real / "foo_1.raw")
 
 
 def test_dangling_candidate_fails_the_whole_pick(root: Path) -> None:
@@ -334,7 +334,7 @@ def test_directories(root: Path) -> None:
     picked = pick(root, d, "foo", "")
     assert picked is not None
     assert picked.name.filename == "foo_5"
-    assert picked.path == root / "store"
+    assert picked.path == os.fspath(root / "store")
 
 
 def test_wrong_types_only_gives_none(root: Path) -> None:
