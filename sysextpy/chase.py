@@ -22,7 +22,6 @@ from .errors import ResolveError
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from pathlib import Path
     from typing import Callable, Optional, Union
 
     StrPath = Union[str, "os.PathLike[str]"]
@@ -48,12 +47,10 @@ def normalize_root(root: StrPath) -> str:
     return "/" + r.lstrip("/") if r != "/" else "/"
 
 
-def canonical_root(root: StrPath) -> Path:
+def canonical_root(root: StrPath) -> str:
     """The root with all its own symlinks resolved. Call it once at start: resolution does not
     resolve the root itself, and `root_relative` can only strip the root in the spelling it was given."""
-    from pathlib import Path
-
-    return Path(os.path.realpath(os.fspath(root)))
+    return os.path.realpath(os.fspath(root))
 
 
 def join_root(root: str, inner: str) -> str:

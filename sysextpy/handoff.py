@@ -659,9 +659,8 @@ def parse_record(text: Optional[str], current_boot: str) -> RecordCheck:
         data = load_json(text)
     except ValueError as e:
         msg, lineno = getattr(e, "msg", None), getattr(e, "lineno", None)
-        return RecordCheck(
-            None, False, f"corrupt record ({msg} at line {lineno})" if msg else f"corrupt record ({e})"
-        )
+        where = f" at line {lineno}" if lineno is not None else ""
+        return RecordCheck(None, False, f"corrupt record ({msg}{where})" if msg else f"corrupt record ({e})")
     except RecursionError:
         return RecordCheck(None, False, "corrupt record (nested too deeply)")
     if isinstance(data, dict) and data.get("schema") != SCHEMA:

@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """JSON in and out through the C parts of the standard `json` package, without importing it.
 
-`import json` pulls in `re` and `enum`, which cost more than a whole confirming refresh should.
-The scanner and the encoder in `_json` are what `json.loads` and `json.dumps` use themselves
-when no indentation is asked for, so the text is the same.
+`import json` pulls in `re` and `enum`, which cost more than a whole confirming refresh should,
+and the initrd holds none of them: nothing in the package imports `json`. The scanner and the
+encoder in `_json` are what `json.loads` and `json.dumps` use themselves when no indentation is
+asked for, so the text is the same.
 
 This file imports nothing from the sysextpy package: the generator loads it as a top-level module.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from typing import Any, Callable, Optional
 
 _CONSTANTS = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}
 _WHITESPACE = " \t\n\r"
@@ -31,15 +32,27 @@ class _Context:
 _scan: list[Callable[[str, int], tuple[Any, int]]] = []
 
 
-def load_json(text: str) -> Any:
-    """json.loads(text). Raises ValueError like json.loads."""
-    if not _scan:
-        try:
-            from _json import make_scanner
-        except ImportError:  # an interpreter without the C accelerator
-            import json
+class JsonError(ValueError):
+    """What load_json refuses: a ValueError with json.JSONDecodeError's `msg` and, where the
+    position is known, its `pos`, `lineno` and `colno`."""
 
-            return json.loads(text)
+    def __init__(self, msg: str, text: str, pos: Optional[int] = None) -> None:
+        self.msg = msg
+        self.pos = pos
+        if pos is None:
+            self.lineno = self.colno = None
+            super().__init__(msg)
+            return
+        self.lineno = text.count("\n", 0, pos) + 1
+        self.colno = pos - text.rfind("\n", 0, pos)
+        super().__init__(f"{msg}: line {self.lineno} column {self.colno} (char {pos})")
+
+
+def load_json(text: str) -> Any:
+    """json.loads(text). Raises ValueError for what json.loads refuses."""
+    if not _scan:
+        from _json import make_scanner
+
         # typeshed wants a JSONDecoder as the context; the C code only reads the attributes above.
         _scan.append(make_scanner(_Context()))  # type: ignore[arg-type]
     start = len(text) - len(text.lstrip(_WHITESPACE))
@@ -47,14 +60,17 @@ def load_json(text: str) -> Any:
         value, end = _scan[0](text, start)
     except RecursionError:
         raise
+    except StopIteration as e:  # no value where one must be
+        raise JsonError("Expecting value", text, e.value) from None
     except Exception:
-        # The scanner builds its error from json.decoder, which it expects to be imported already
-        # (without it, it fails with a SystemError). Errors are rare: let json.loads say it properly.
-        import json
-
-        return json.loads(text)
-    if text[end:].strip(_WHITESPACE):
-        raise ValueError(f"Extra data (char {end})")
+        # Any other error the scanner builds from json.decoder, which only a program that imported
+        # json has; without it the scanner fails with a SystemError that says nothing more.
+        raise JsonError(
+            "invalid JSON: an unterminated string, object or array, or a missing ',' or ':'", text
+        ) from None
+    rest = len(text) - len(text[end:].lstrip(_WHITESPACE))
+    if rest < len(text):
+        raise JsonError("Extra data", text, rest)
     return value
 
 
@@ -62,23 +78,19 @@ def _unsupported(value: object) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-_encoders: dict[bool, Callable[[Any, int], Any]] = {}
+_encoders: dict[tuple[bool, bool], Callable[[Any, int], Any]] = {}
 
 
-def dump_json(value: Any, *, ascii_only: bool = True) -> str:
-    """json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=ascii_only)."""
-    encoder = _encoders.get(ascii_only)
+def dump_json(value: Any, *, ascii_only: bool = True, sort_keys: bool = True) -> str:
+    """json.dumps(value, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=ascii_only)."""
+    encoder = _encoders.get((ascii_only, sort_keys))
     if encoder is None:
-        try:
-            from _json import encode_basestring, encode_basestring_ascii, make_encoder
-        except ImportError:  # an interpreter without the C accelerator
-            import json
+        from _json import encode_basestring, encode_basestring_ascii, make_encoder
 
-            return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=ascii_only)
         quote = encode_basestring_ascii if ascii_only else encode_basestring
         # markers=None: no cycle check (our values are trees); allow_nan like json.dumps.
-        encoder = make_encoder(None, _unsupported, quote, None, ":", ",", True, False, True)
-        _encoders[ascii_only] = encoder
+        encoder = make_encoder(None, _unsupported, quote, None, ":", ",", sort_keys, False, True)
+        _encoders[(ascii_only, sort_keys)] = encoder
     return "".join(encoder(value, 0))
 
 
@@ -94,18 +106,8 @@ def dump_json_indented(
     """json.dumps(value, indent=indent, separators=(item_separator, key_separator),
     sort_keys=sort_keys, ensure_ascii=ascii_only), for dicts, lists, tuples, strings, numbers,
     booleans and None: the standard encoder writes indented text in Python only, through `re`."""
-    try:
-        from _json import encode_basestring, encode_basestring_ascii
-    except ImportError:  # an interpreter without the C accelerator
-        import json
+    from _json import encode_basestring, encode_basestring_ascii
 
-        return json.dumps(
-            value,
-            indent=indent,
-            separators=(item_separator, key_separator),
-            sort_keys=sort_keys,
-            ensure_ascii=ascii_only,
-        )
     quote = encode_basestring_ascii if ascii_only else encode_basestring
     out: list[str] = []
 

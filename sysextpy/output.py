@@ -28,17 +28,23 @@ def _write(text: str) -> None:
         buffer.flush()
 
 
-def emit_json(value: Any, mode: JsonMode) -> None:
-    import json  # only JSON output pays for it: tables are the default on the boot path
+def _json_text(value: Any, mode: JsonMode, ascii_only: bool) -> str:
+    """json.dumps(value, indent=2) for pretty, json.dumps(value, separators=(",", ":")) for short."""
+    from .jsonlite import dump_json, dump_json_indented
 
-    indent, separators = (2, None) if mode is JsonMode.PRETTY else (None, (",", ":"))
-    text = json.dumps(value, indent=indent, separators=separators, ensure_ascii=False)
+    if mode is JsonMode.PRETTY:
+        return dump_json_indented(value, indent="  ", ascii_only=ascii_only)
+    return dump_json(value, ascii_only=ascii_only, sort_keys=False)
+
+
+def emit_json(value: Any, mode: JsonMode) -> None:
+    text = _json_text(value, mode, ascii_only=False)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         # A string that is not valid Unicode (a path that is not UTF-8): JSON must stay UTF-8, so
         # escape everything; "\udcXX" decodes back to the path's bytes with os.fsencode().
-        text = json.dumps(value, indent=indent, separators=separators, ensure_ascii=True)
+        text = _json_text(value, mode, ascii_only=True)
     _write(text + "\n")
 
 

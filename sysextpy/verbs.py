@@ -30,14 +30,13 @@ def settings_of(opts: Options, view: LiveView) -> tuple[ClassSettings, ...]:
 
 def _merge_details(hierarchy: str, metadata_dir: str) -> tuple[Optional[str], dict[str, str]]:
     """(mutable mode, extension name -> image path) of a live merge, from its metadata files."""
-    import json
-
+    from .jsonlite import load_json
     from .live import read_metadata
 
     mode: Optional[str] = None
     paths: dict[str, str] = {}
     try:
-        origin = json.loads(read_metadata(hierarchy, metadata_dir, "origin", 8 << 20) or "")
+        origin = load_json(read_metadata(hierarchy, metadata_dir, "origin", 8 << 20) or "")
         mode = origin.get("mutable", {}).get("mode")
         for name, ident in (origin.get("extensions") or {}).items():
             if isinstance(ident, dict) and isinstance(ident.get("path"), str):

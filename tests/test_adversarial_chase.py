@@ -186,7 +186,7 @@ HAVE_OPENAT2 = _kernel_has_openat2()
 def check_tree(entries: list[tuple[str, Node]], paths: list[tuple[str, bool]]) -> None:
     tree = effective_tree(entries)
     with tempfile.TemporaryDirectory() as tmp:
-        base = canonical_root(Path(tmp))
+        base = Path(canonical_root(tmp))
         root = base / "root"
         root.mkdir()
         # Decoys a resolution would reach if it escaped: base/outside/secret, base/secret.

@@ -67,7 +67,7 @@ def build(base: Path, tree: dict[str, object]) -> None:
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    base = canonical_root(tmp_path)
+    base = Path(canonical_root(tmp_path))
     r = base / "root"
     r.mkdir()
     build(r, TREE)
@@ -222,7 +222,7 @@ def test_root_reached_through_a_symlink(root: Path, tmp_path: Path) -> None:
     # The root is used as spelled, so results keep the alias; canonical_root gives the real one.
     assert resolve_in_root(alias, "/abs_passwd") == os.fspath(alias / "etc/passwd")
     assert resolve_in_root(alias, "/escape/passwd") == os.fspath(alias / "etc/passwd")
-    assert canonical_root(alias) == root
+    assert canonical_root(alias) == os.fspath(root)
     assert resolve_in_root(canonical_root(alias), "/abs_passwd") == os.fspath(root / "etc/passwd")
 
 
@@ -424,7 +424,7 @@ def _materialise(base: Path, nodes: dict[str, Optional[str]]) -> None:
 )
 def test_never_leaves_the_root(nodes: dict[str, Optional[str]], path: str, missing_ok: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        base = canonical_root(Path(tmp))
+        base = Path(canonical_root(tmp))
         root = base / "root"
         root.mkdir()
         (base / "outside").mkdir()

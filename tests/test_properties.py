@@ -41,7 +41,7 @@ from sysextpy.gpt import GptError, known_architectures, parse_partition_table, s
 from sysextpy.handoff import SCHEMA, ClassEntry, Confirmation, HandoffRecord, HierarchyResult, parse_record
 from sysextpy.identity import format_origin
 from sysextpy.jsonlite import dump_json_indented
-from sysextpy.model import HostInfo, HostRelease, ImageClass, component_name
+from sysextpy.model import HostInfo, HostRelease, ImageClass, JsonMode, component_name
 from sysextpy.mountapi import (
     classic_overlay_options,
     escape_overlay_path,
@@ -659,6 +659,27 @@ def test_indented_json_is_json_dumps(
         return
     got = dump_json_indented(value, indent=indent, sort_keys=sort_keys, ascii_only=ascii_only, **options)
     assert got == expected
+
+
+@NORMAL
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | any_text,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4),
+        max_leaves=20,
+    ),
+    st.sampled_from([JsonMode.PRETTY, JsonMode.SHORT]),
+    st.booleans(),
+)
+@counted("--json output: the text of json.dumps, pretty and short")
+def test_json_output_is_json_dumps(value: Any, mode: JsonMode, ascii_only: bool) -> None:
+    from sysextpy.output import _json_text
+
+    if mode is JsonMode.PRETTY:
+        expected = json.dumps(value, indent=2, ensure_ascii=ascii_only)
+    else:
+        expected = json.dumps(value, separators=(",", ":"), ensure_ascii=ascii_only)
+    assert _json_text(value, mode, ascii_only) == expected
 
 
 @FEW
