@@ -14,6 +14,10 @@ option, its refresh always re-merges) and unmerge; every step is checked against
 tools run interleaved on the same root, in an order that rotates every cycle, after one untimed
 warm-up cycle each.
 
+With --squashfs every extension is a squashfs image instead (`name.raw`, packed by mksquashfs
+from the same tree): the same cycle through loop devices, without the floor (bench/floor.py reads
+directories only). Its results go to bench/results/merge-squashfs.json.
+
 overlayfs stacks at most 500 lower layers and both tools add two of their own (the metadata layer
 and the host hierarchy), so 498 extensions is the most that can be merged; 500 is attempted once
 to show how each tool fails.
@@ -22,6 +26,8 @@ to show how each tool fails.
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +58,7 @@ class Contender:
         return any(s.failed for s in self.series.values())
 
 
-def contenders(tools: c.Tools, root: Path) -> list[Contender]:
+def contenders(tools: c.Tools, root: Path, floor: bool = True) -> list[Contender]:
     r = f"--root={root}"
     forced = "--always-refresh=yes"
     out = []
@@ -120,7 +126,7 @@ def contenders(tools: c.Tools, root: Path) -> list[Contender]:
             )
         )
     # The floor (floor.py): the interpreter's start and the syscalls any merge makes, nothing else.
-    for label, extra in (("python floor", []), ("python floor + walk", ["--walk"])):
+    for label, extra in (("python floor", []), ("python floor + walk", ["--walk"])) if floor else ():
         floor = [c.SYSTEM_PYTHON, "-I", "-S", "-c", c.floor_launcher(), *extra, str(root)]
         out.append(
             Contender(
@@ -160,10 +166,24 @@ def one_cycle(runner: c.Runner, root: Path, who: Contender, record: bool) -> Non
             who.series[step].add(wall, cpu)
 
 
-def bench_size(runner: c.Runner, tools: c.Tools, scratch: Path, n: int, runs: int) -> list[Contender]:
+def pack_squashfs(root: Path) -> None:
+    """Each extension tree of the root as a squashfs image beside it (`name.raw`), the tree removed."""
+    for search in ("var/lib/extensions", "var/lib/confexts"):
+        for tree in sorted((root / search).iterdir()):
+            image = f"{tree}.raw"
+            argv = ["mksquashfs", str(tree), image, "-quiet", "-no-progress", "-noappend", "-all-root"]
+            subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
+            shutil.rmtree(tree)
+
+
+def bench_size(
+    runner: c.Runner, tools: c.Tools, scratch: Path, n: int, runs: int, squashfs: bool
+) -> list[Contender]:
     root = scratch / f"r{n}"
     c.build_root(root, n, n)
-    everyone = contenders(tools, root)
+    if squashfs:
+        pack_squashfs(root)
+    everyone = contenders(tools, root, floor=not squashfs)
     for who in everyone:
         one_cycle(runner, root, who, record=False)
     for i in range(runs):
@@ -192,7 +212,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument(
         "--sizes", default="1,10,100,498,500", help="extension counts (default 1,10,100,498,500)"
     )
+    ap.add_argument(
+        "--squashfs", action="store_true", help="extensions as squashfs images (needs mksquashfs)"
+    )
     args = ap.parse_args(argv)
+    if args.squashfs and shutil.which("mksquashfs") is None:
+        raise SystemExit("--squashfs needs mksquashfs (Debian: squashfs-tools)")
     c.enter_bench_namespace()
     tools = c.find_tools()
     sizes = [int(x) for x in args.sizes.split(",") if x]
@@ -201,7 +226,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     with c.scratch_area("merge") as scratch:
         runner = c.Runner(Path("/run/sysextpy-bench"))
         for n in sizes:
-            by_size.append((n, bench_size(runner, tools, scratch, n, runs_for(n, args.runs))))
+            by_size.append((n, bench_size(runner, tools, scratch, n, runs_for(n, args.runs), args.squashfs)))
 
     results: list[dict[str, Any]] = []
     c.print_header(
@@ -229,10 +254,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         for note in c.failure_notes(cases):
             if "not measured" not in note:
                 print(f"   failed: {note}")
+    name = "merge-squashfs" if args.squashfs else "merge"
     path = c.write_results(
-        "merge",
+        name,
         {
-            "benchmark": "merge",
+            "benchmark": name,
             "host": c.host_info(),
             "tools": tools.describe(),
             "runs": {str(n): runs_for(n, args.runs) for n in sizes},
