@@ -65,9 +65,7 @@ def load_json(text: str) -> Any:
     except Exception:
         # Any other error the scanner builds from json.decoder, which only a program that imported
         # json has; without it the scanner fails with a SystemError that says nothing more.
-        raise JsonError(
-            "invalid JSON: an unterminated string, object or array, or a missing ',' or ':'", text
-        ) from None
+        raise JsonError("invalid JSON: a malformed string, object or array", text) from None
     rest = len(text) - len(text[end:].lstrip(_WHITESPACE))
     if rest < len(text):
         raise JsonError("Extra data", text, rest)
