@@ -26,6 +26,7 @@ OURS = [
     ("bench_list.py", False, ["--runs", "5"]),
     ("bench_merge.py", True, ["--runs", "3", "--sizes", "1,10,100"]),
     ("bench_refresh.py", True, ["--runs", "5", "--gap-runs", "2"]),
+    ("imports.py", True, ["--runs", "5"]),
 ]
 # (script, arguments, arguments for --quick): benchmarks kept by their own authors, run when present.
 # identify_raw.py's default of 20 runs alone takes about ten minutes (upstream needs ~15 s per no-op
