@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -128,33 +126,33 @@ else:
 """
 
 
-def loaded_modules(root: Path, args: tuple[str, ...], scratch: Path) -> list[str]:
+def loaded_modules(runner: c.Runner, root: Path, args: tuple[str, ...], scratch: Path) -> list[str]:
     out = scratch / "modules.txt"
     code = _RECORD.format(path=c.boot_form())
-    argv = [c.SYSTEM_PYTHON, "-I", "-S", "-c", code, os.fspath(out), f"--root={root}", *args]
-    done = subprocess.run(argv, env=c.TOOL_ENV, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+    done = runner.run([c.SYSTEM_PYTHON, "-I", "-S", "-c", code, os.fspath(out), f"--root={root}", *args])
+    if not done.ok:
+        raise SystemExit(f"{' '.join(args)} failed, {done.why()}")
     return out.read_text().split()
 
 
-def measure(mode: str, names: list[str]) -> list[int]:
-    argv = [c.SYSTEM_PYTHON, "-I", "-S", "-c", _MEASURE, mode, c.boot_form(), *names]
-    done = subprocess.run(argv, env=c.TOOL_ENV, capture_output=True, text=True, check=True)
+def measure(runner: c.Runner, mode: str, names: list[str]) -> list[int]:
+    done = runner.run([c.SYSTEM_PYTHON, "-I", "-S", "-c", _MEASURE, mode, c.boot_form(), *names])
+    if not done.ok:
+        raise SystemExit(f"importing the modules ({mode}) failed, {done.why()}")
     return [int(x) for x in done.stdout.split()]
 
 
-def interpreter_cost(runs: int) -> tuple[float, float]:
+def interpreter_cost(runner: c.Runner, runs: int) -> tuple[float, float]:
     """Median wall ms of `python3 -IS -c "import os"` and of `"import posix"`, taking turns."""
-    times: dict[str, list[float]] = {"os": [], "posix": []}
+    series = {"os": c.Series(), "posix": c.Series()}
     for i in range(runs + 1):
-        for name in c.rotated(list(times), i):
-            argv = [c.SYSTEM_PYTHON, "-I", "-S", "-c", f"import {name}; {name}._exit(0)"]
-            t0 = time.perf_counter_ns()
-            subprocess.run(argv, env=c.TOOL_ENV, check=True)
-            if i:
-                times[name].append((time.perf_counter_ns() - t0) / 1e6)
-    return statistics.median(times["os"]), statistics.median(times["posix"])
+        for name in c.rotated(list(series), i):
+            done = runner.run([c.SYSTEM_PYTHON, "-I", "-S", "-c", f"import {name}; {name}._exit(0)"])
+            if i:  # the first round warms the page cache
+                series[name].add(done.wall_ns, done.cpu_ns)
+    with_os, with_posix = series["os"].median_ms(), series["posix"].median_ms()
+    assert with_os is not None and with_posix is not None
+    return with_os, with_posix
 
 
 def pyc_bytes(names: list[str]) -> int:
@@ -175,17 +173,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     c.enter_bench_namespace()
 
+    runner = c.Runner(Path("/run/sysextpy-bench"))
     rows: list[list[str]] = []
     results: list[dict[str, Any]] = []
     with c.scratch_area("imports") as scratch:
         root = scratch / "root"
         c.build_root(root, args.size, args.size)
-        lists = {label: loaded_modules(root, verb, scratch) for label, verb in VERBS}
+        lists = {label: loaded_modules(runner, root, verb, scratch) for label, verb in VERBS}
     for label, names in lists.items():
         samples: dict[str, list[list[int]]] = {"import": [], "split": [], "stdlib": []}
         for i in range(args.runs + 1):
             for mode in c.rotated(list(samples), i):
-                got = measure(mode, names)
+                got = measure(runner, mode, names)
                 if i:  # the first round warms the page cache
                     samples[mode].append(got)
         total = statistics.median(s[0] for s in samples["import"]) / 1e3
@@ -220,7 +219,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "finder_loader_ms": finding,
             }
         )
-    with_os, with_posix = interpreter_cost(args.runs)
+    with_os, with_posix = interpreter_cost(runner, args.runs)
 
     print(f"\n-- imports of each verb, {args.size} + {args.size} (median ms of {args.runs} processes each)")
     headers = [
